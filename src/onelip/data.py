@@ -170,3 +170,7 @@ def load(name: str, **kwargs) -> DataSplit:
     if sep and prefix in _PREFIX_LOADERS:
         return _PREFIX_LOADERS[prefix](arg, **kwargs)
     raise ValueError(f"Unknown data set {name!r}; known: {', '.join(available())}")
+
+
+# File-based sets register themselves (fashion-mnist, idx:DIR, cifar10:DIR).
+from onelip import datasets_files as _datasets_files  # noqa: E402,F401
