@@ -187,10 +187,16 @@ def estimate_lipschitz(model: nn.Module, x: Tensor, *, n_power: int = 30, n_asce
     v = torch.randn(x.shape, generator=gen).to(x)
     v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
     best = 0.0
+    # Note: plain autograd (J v by double backward), not torch.func: onelip layers update
+    # persistent buffers in train mode, which torch.func transforms refuse to mutate.
     for _ in range(n_power):
-        _, jvp = torch.func.jvp(model, (x,), (v,))
-        _, vjp_fn = torch.func.vjp(model, x)
-        (jtjv,) = vjp_fn(jvp)
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = model(xg)
+            u = torch.zeros_like(out, requires_grad=True)
+            (jtu,) = torch.autograd.grad(out, xg, u, create_graph=True)  # Jᵀu, linear in u
+            (jvp,) = torch.autograd.grad(jtu, u, v)  # J v
+            (jtjv,) = torch.autograd.grad(out, xg, jvp)  # JᵀJ v
         norms = jtjv.flatten(1).norm(dim=1).clamp_min(1e-30)
         best = max(best, float(jvp.detach().flatten(1).norm(dim=1).max()))
         v = jtjv.detach() / norms.detach().view(-1, *[1] * (x.dim() - 1))
