@@ -97,6 +97,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes on this machine (gloo on CPU, NCCL on CUDA); "
+                        "see docs/distributed.md for torchrun and several nodes")
 
 
 def _model_fields(name: str, args: argparse.Namespace, data) -> dict:
@@ -128,9 +131,16 @@ def _train(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:
         raise CLIError(f"{out} already exists; choose another --out or pass --force to overwrite")
+    from onelip import distributed
+
+    if args.nproc > 1 and not distributed.in_worker():  # re-run in N processes (torchrun-like)
+        return distributed.launch(distributed.without_nproc(args.argv), args.nproc)
     extra = {"n_samples": args.n_samples} if args.n_samples else {}
     data = datasets.load(args.data, **extra)
     model_kw = _model_fields(args.model, args, data)
+    import torch
+
+    torch.manual_seed(args.seed)  # same seed, same initial weights (and on every rank)
     model, model_cfg = models.build(args.model, **model_kw)
     loss = losses.build_loss(args.loss, num_classes=model_kw["num_outputs"], alpha=args.alpha,
                              margin=args.margin, tau=args.tau, hinge_mode=args.hinge_mode)
@@ -138,8 +148,11 @@ def _train(args: argparse.Namespace) -> int:
                       optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
                       device=args.device)
     t0 = time.perf_counter()
-    history = fit(model, data, loss, cfg, progress=not args.quiet)
+    with distributed.process_group(cfg.device):
+        history = fit(model, data, loss, cfg, progress=not args.quiet)
     seconds = time.perf_counter() - t0
+    if not distributed.is_main():  # only rank 0 writes files and prints
+        return 0
     if out.exists() and args.force:
         shutil.rmtree(out)
     from dataclasses import asdict
@@ -278,6 +291,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 command("inspect")((_inspect_args, _inspect))
 
+from onelip._cli_export import export_args, export_run  # noqa: E402
+
+command("export")((export_args, export_run))
+
 
 # ==== main ==================================================================================
 
@@ -298,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return _COMMANDS[args.command][1](args)
     except CLIError as e:
         print(f"onelip: error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from onelip.data import DataSplit
+from onelip.distributed import Context
 from onelip.nn import retract_
 
 __all__ = ["TrainConfig", "fit", "evaluate_accuracy"]
@@ -130,16 +131,23 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
     Deterministic for a given ``config.seed`` (same data order, same weights) on one device.
     After each optimiser step, orthogonal latents are retracted every ``retract_every`` steps
     (:func:`onelip.nn.retract_`).
+
+    If ``torch.distributed`` is initialised (``onelip train --nproc N``, torchrun), trains
+    data-parallel with the same result as one process on the same global batches of
+    ``batch_size``: see :mod:`onelip.distributed`. Records then also hold
+    ``rank_divergence``; only rank 0 shows progress.
     """
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    ddp = Context(config.device)
+    device = ddp.device
     model.to(device)
+    net = ddp.wrap(model)
     x, y = data.x_train.to(device), data.y_train.to(device)
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt, sched = _make_optimizer(model, config, config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
-    bar = _Progress(config.epochs, steps_per_epoch, progress)
+    bar = _Progress(config.epochs, steps_per_epoch, progress and ddp.is_main)
     history: list[dict] = []
     step = 0
     try:
@@ -150,8 +158,9 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
             total, count = 0.0, 0
             for i in range(0, n, config.batch_size):
                 idx = perm[i:i + config.batch_size]
-                out = model(x[idx])
-                value = loss(out, y[idx])
+                mine = ddp.shard(idx)  # this rank's part of the global batch
+                out = net(x[mine])
+                value, value_sum = ddp.loss(loss, out, y[mine], idx.numel())
                 if not torch.isfinite(value):
                     raise FloatingPointError(
                         f"loss became {float(value)} at epoch {epoch}; lower the learning rate"
@@ -163,9 +172,10 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
                 step += 1
                 if config.retract_every and step % config.retract_every == 0:
                     retract_(model)
-                total += float(value.detach()) * idx.numel()
-                count += idx.numel()
+                total += value_sum
+                count += mine.numel()
                 bar.step()
+            total, count = ddp.all_sum(total, count)
             record = {
                 "epoch": epoch,
                 "loss": total / count,
@@ -174,6 +184,8 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
                                               data.y_test.to(device)),
                 "seconds": time.perf_counter() - t0,
             }
+            if ddp.active:
+                record["rank_divergence"] = ddp.sync_(model)
             history.append(record)
             bar.epoch(f"epoch {epoch}/{config.epochs}  loss {record['loss']:.4f}  "
                       f"train {record['train_acc']:.3f}  test {record['test_acc']:.3f}  "

@@ -1,0 +1,274 @@
+# SPDX-License-Identifier: MIT
+r"""Data-parallel training: ``torch.distributed`` + ``DistributedDataParallel``.
+
+Two ways to start it, one code path (torchrun's environment variables ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``):
+
+* ``onelip train ... --nproc N`` — :func:`launch` re-runs the same command in N local
+  processes (``python -m onelip``) with that environment;
+* ``torchrun --nproc_per_node N [--nnodes ...] -m onelip train ...`` (see docs/distributed.md).
+
+Backend: gloo on CPU, NCCL on CUDA (rank r uses ``cuda:LOCAL_RANK``).
+
+**Same result as one process on the same global batch.** Every rank draws the same
+permutation (same seed); each global batch of ``batch_size`` samples is split into
+``WORLD_SIZE`` contiguous shards (:meth:`Context.shard`), so the union of the shards is the
+single-process batch. The KR terms need class frequencies of the *global* batch: their counts
+are summed across ranks (:meth:`Context.frequency`, an ``all_reduce``) and passed to the loss as
+``frequency=``. DDP averages gradients over ranks; each rank's mean loss is weighted by
+:math:`n_r W / n` (:math:`n_r` its shard size, W ranks, n the global batch), so the averaged
+gradient is the gradient of the global mean even for the last, uneven batch (no sample is
+dropped). The retraction after each step (:func:`onelip.nn.retract_`) is deterministic, so
+ranks stay bit-identical; at the end of each epoch :meth:`Context.sync_` measures the largest
+difference to rank 0 (recorded as ``rank_divergence``, 0.0 on CPU) and copies rank 0's
+weights. Only rank 0 shows progress and writes files.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Context", "in_worker", "is_main", "launch", "process_group", "without_nproc"]
+
+
+def in_worker() -> bool:
+    """True in a process started by :func:`launch` or torchrun (``WORLD_SIZE`` and ``RANK`` set)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def is_main() -> bool:
+    """Rank 0 (or not distributed): the process that prints and writes files."""
+    if _dist_ready():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@contextmanager
+def process_group(device: str = "cpu") -> Iterator[None]:
+    """Initialise ``torch.distributed`` from torchrun's environment for the body, then tear it
+    down; does nothing outside a worker (see :func:`in_worker`) or if one is already set up.
+
+    Backend: NCCL when ``device`` is CUDA (and ``cuda:LOCAL_RANK`` becomes the current
+    device), gloo otherwise.
+    """
+    if not in_worker() or _dist_ready():
+        yield
+        return
+    dist = torch.distributed
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(_local_rank())
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, init_method="env://")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+class Context:
+    """What :func:`onelip.train.fit` needs to know about data parallelism.
+
+    Inactive (one process, every method the identity) unless ``torch.distributed`` is
+    initialised.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.active = _dist_ready()
+        dist = torch.distributed
+        self.rank = dist.get_rank() if self.active else 0
+        self.world = dist.get_world_size() if self.active else 1
+        dev = torch.device(device)
+        if self.active and dev.type == "cuda":
+            dev = torch.device("cuda", _local_rank())
+        self.device = dev
+        self._takes_frequency: dict[type, bool] = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``DistributedDataParallel(model)`` when active, else ``model``."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def shard(self, idx: Tensor) -> Tensor:
+        """This rank's contiguous part of the global batch ``idx`` (sizes differ by ≤ 1)."""
+        if not self.active:
+            return idx
+        return idx.tensor_split(self.world)[self.rank]
+
+    def frequency(self, out: Tensor, target: Tensor) -> Tensor:
+        """Class frequencies of the global batch: (p(−1), p(+1)) for one output, (p_k) for K.
+
+        Counts are summed over ranks (``all_reduce``), in float64.
+        """
+        binary = out.dim() == 1 or out.shape[1] == 1
+        t = target.reshape(-1)
+        if binary:
+            pos = (t > 0).sum()
+            counts = torch.stack((t.numel() - pos, pos))  # (2,)
+        else:
+            counts = torch.bincount(t.long(), minlength=out.shape[1])  # (K,)
+        counts = counts.to(torch.float64)
+        if self.active:
+            torch.distributed.all_reduce(counts)
+        return counts / counts.sum().clamp_min(1)
+
+    def _frequency_kw(self, loss: nn.Module) -> bool:
+        cls = type(loss)
+        if cls not in self._takes_frequency:
+            try:
+                params = inspect.signature(loss.forward).parameters
+            except (TypeError, ValueError):
+                params = {}
+            self._takes_frequency[cls] = "frequency" in params
+        return self._takes_frequency[cls]
+
+    def loss(self, loss: nn.Module, out: Tensor, target: Tensor,
+             n_global: int) -> tuple[Tensor, float]:
+        """(value to backpropagate, sum of this shard's per-sample losses).
+
+        One process: ``loss(out, target)`` unchanged. Distributed: the loss of the shard with
+        the global class frequencies (if the loss takes ``frequency=``), weighted so that
+        DDP's average of the ranks' gradients is the gradient of the global-batch loss.
+        """
+        n_local = target.shape[0]
+        if not self.active:
+            value = loss(out, target)
+            return value, float(value.detach()) * n_local
+        kw = {"frequency": self.frequency(out, target)} if self._frequency_kw(loss) else {}
+        if n_local == 0:  # fewer samples than ranks: take part in the gradient all-reduce
+            return out.sum() * 0.0, 0.0
+        value = loss(out, target, **kw)
+        if getattr(loss, "reduction", "mean") == "sum":
+            return value * self.world, float(value.detach())
+        scale = n_local * self.world / n_global
+        weighted = value if scale == 1 else value * scale
+        return weighted, float(value.detach()) * n_local
+
+    def all_sum(self, *values: float) -> tuple[float, ...]:
+        """Sum scalars over ranks."""
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return tuple(t.tolist())
+
+    @torch.no_grad()
+    def sync_(self, model: nn.Module) -> float:
+        """Copy rank 0's parameters and buffers to every rank; returns the largest absolute
+        difference there was (0.0 when the ranks stayed in sync)."""
+        if not self.active:
+            return 0.0
+        tensors = [t for t in list(model.parameters()) + list(model.buffers())]
+        worst = torch.zeros((), dtype=torch.float64, device=self.device)
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            ref = flat.clone()
+            torch.distributed.broadcast(ref, src=0)
+            if flat.numel():
+                worst = torch.maximum(worst, (ref.double() - flat.double()).abs().max())
+            offset = 0
+            for t in group:
+                t.copy_(ref[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+        torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
+        return float(worst)
+
+
+# ==== launcher ==============================================================================
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def without_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N``."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def launch(argv: Sequence[str], nproc: int, *, poll_s: float = 0.05) -> int:
+    """Run ``python -m onelip *argv`` in ``nproc`` local processes, as torchrun would.
+
+    Sets ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``,
+    ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` and, unless set, ``OMP_NUM_THREADS`` (the cores
+    divided among the processes). If one process fails, the others are terminated. Returns
+    the first non-zero exit status, or 0.
+    """
+    if nproc < 1:
+        raise ValueError(f"Expected nproc >= 1, but got nproc={nproc}")
+    src = str(Path(__file__).resolve().parents[1])  # so children import this onelip
+    base = dict(os.environ)
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                PYTHONPATH=os.pathsep.join(p for p in (src, base.get("PYTHONPATH")) if p))
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    procs = [subprocess.Popen([sys.executable, "-m", "onelip", *argv],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(nproc)]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                _stop(procs)
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(poll_s)
+    except BaseException:
+        _stop(procs)
+        raise
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
