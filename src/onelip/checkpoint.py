@@ -72,10 +72,14 @@ def load_config(path: str | Path) -> dict:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e}); the run folder is corrupt")
-    if not isinstance(cfg, dict) or "model" not in cfg or "name" not in cfg.get("model", {}):
+    if (not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict)
+            or "name" not in cfg["model"]):
         raise CheckpointError(f"{cfg_path} has no model section; the run folder is corrupt")
+    if not isinstance(cfg.get("data", {}), dict):
+        raise CheckpointError(f"{cfg_path}: the data section is not an object; the run folder "
+                              "is corrupt")
     version = cfg.get("onelip_version")
-    if version is None or version.split(".")[:2] != __version__.split(".")[:2]:
+    if not isinstance(version, str) or version.split(".")[:2] != __version__.split(".")[:2]:
         raise CheckpointError(
             f"{path} was written by onelip {version}, this is onelip {__version__}; "
             "load it with that version or retrain"
