@@ -7,19 +7,43 @@ from torch import nn
 
 from onelip.nn._base import LipschitzModule
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
+from onelip.nn.conv import OrthoConv2d, SpectralConv2d
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
+from onelip.nn.normalization import BatchCentering, LayerCentering
+from onelip.nn.pooling import (
+    Flatten,
+    GlobalL2NormPool2d,
+    InvertibleDownsample,
+    L2NormPool2d,
+    ScaledAvgPool2d,
+    ToImage,
+)
+from onelip.nn.residual import ConvexResidual, SLLBlock, SLLConv2d
 from onelip.nn.sequential import Sequential, module_lipschitz_bound
 
 __all__ = [
     "Abs",
+    "BatchCentering",
+    "ConvexResidual",
+    "Flatten",
     "FrobeniusLinear",
     "FullSort",
+    "GlobalL2NormPool2d",
     "GroupSort",
+    "InvertibleDownsample",
+    "L2NormPool2d",
+    "LayerCentering",
     "LipschitzModule",
     "MaxMin",
+    "OrthoConv2d",
     "OrthoLinear",
+    "SLLBlock",
+    "SLLConv2d",
+    "ScaledAvgPool2d",
     "Sequential",
+    "SpectralConv2d",
     "SpectralLinear",
+    "ToImage",
     "module_lipschitz_bound",
     "retract_",
 ]

@@ -1,0 +1,380 @@
+# SPDX-License-Identifier: MIT
+"""1-Lipschitz convolutions: :class:`OrthoConv2d` (orthogonal, BCOP by block convolution) and
+:class:`SpectralConv2d` (normalised by a certified bound of its operator norm)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor, nn
+
+from onelip import functional as F
+from onelip.nn._base import LipschitzModule
+
+__all__ = ["OrthoConv2d", "SpectralConv2d"]
+
+
+def _check_input(x: Tensor, channels: int, name: str) -> None:
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"{name} expected input of shape (N, {channels}, H, W), but got {tuple(x.shape)}"
+        )
+
+
+# Lanczos steps that start the power iteration at initialisation (relative error of the
+# estimate ~5e-6 at 64 channels, 32×32; exact to 1e-12 on 8×8 inputs).
+_INIT_LANCZOS = 60
+
+
+class OrthoConv2d(LipschitzModule):
+    r"""Orthogonal 2-D convolution: an explicit k×k kernel built by BCOP block convolutions.
+
+    .. math::
+        K = M \circledast B_1 \circledast \dots \circledast B_{k_b-1} \;[\circledast\; D],
+        \qquad
+        B_j[a, b] = (R_j \text{ or } I - R_j)\,(P_j \text{ or } I - P_j),
+
+    where :math:`\circledast` composes two kernels into the kernel of their composition
+    (:func:`onelip.functional.compose_kernels`), :math:`P_j = Q_jQ_j^\top` and
+    :math:`R_j` are orthogonal projectors of rank :math:`\lfloor n/2\rfloor`
+    (:func:`~onelip.functional.bcop_kernel`), M is a 1×1 kernel with orthonormal
+    columns or rows, and, for stride s > 1, D is an s×s stride-s kernel whose
+    :math:`(C_{out}, C_{mid} s^2)` matrix has orthonormal rows or columns (pixel unshuffle
+    followed by an orthogonal 1×1: "RKO"), :math:`k_b = k - s + 1`. Every orthonormal factor
+    comes from its latent matrix by :func:`~onelip.functional.cholesky_orthonormalize`
+    (Cholesky QR, in float64).
+
+    **Claims.** On circular (or infinite) signals the operator is an isometry when
+    :math:`C_{out} \ge C_{in} s^2` and a co-isometry (orthonormal rows) otherwise: every
+    non-zero singular value is 1 (``padding_mode="circular"``, tested to 1e-5). With zero
+    padding (the default, "same" size :math:`\lceil H/s\rceil` for odd k) the operator is a
+    compression of the infinite one, so :math:`\sigma_{\max} \le 1` on every input size, and
+    it preserves the norm of signals supported away from the borders, so
+    :math:`\sigma_{\max} = 1` as soon as the input is larger than the kernel. The bound
+    :math:`\le 1` does not depend on orthonormalisation accuracy: the factors are divided by
+    :math:`\sqrt{1+\|Q^\top Q-I\|_F}`, so each 2×2 block's symbol
+    :math:`(R + (I-R)e^{i\omega_2})(P + (I-P)e^{i\omega_1})` is a contraction, and the final
+    kernel is scaled by :math:`1-\delta` to absorb the float32 rounding
+    (:func:`~onelip.functional.float32_cast_margin`, δ ~ 1e-6). Same function in train and
+    eval mode.
+
+    **Why BCOP by block convolution** (Li et al. 2019, in the fast form of AOC, Boissin et
+    al. 2025). The forward pass is one ``conv2d`` with an explicit kernel, and the kernel is
+    built from :math:`2(k-1)` small :math:`n \times n/2` matrices: on a CPU (3×3, 64→64,
+    32×32, batch 64) building it costs a few percent of the convolution, so a training step
+    costs what an ``nn.Conv2d`` step costs, with *exact* orthogonality (no truncated series
+    like SOC, no FFT of every input like Cayley, no iteration to converge like Björck).
+    Reshaping the kernel to :math:`(C_{out}, C_{in}k^2)` and orthogonalising it ("RKO") would
+    be as cheap but is *not* an orthogonal convolution (σ spread in [0.3, 1] for 3×3).
+    Strides use a stride-1 BCOP into :math:`C_{mid} = \max(C_{in}, \lfloor C_{out}/s^2\rfloor)`
+    channels composed with the RKO kernel D, which *is* orthogonal when kernel = stride:
+    the composed k×k stride-s kernel exports as one ``nn.Conv2d``. Measured:
+    ``benchmarks/results/conv.md``.
+
+    **Train mode** computes the kernel (with gradients) at each forward; **eval mode**
+    computes it once and caches it: inference is one ``conv2d``. :meth:`retract_` replaces
+    the latents by their orthonormal factors (the function is unchanged);
+    :func:`onelip.train.fit` calls it after every step so the latents stay well conditioned.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        kernel_size: k, odd when ``stride == 1``; ``k >= stride``. Default: 3.
+        stride: s. Default: 1.
+        bias: learn an additive bias. Default: ``True``.
+        padding_mode: ``"zeros"`` (default) or ``"circular"``.
+
+    Shape:
+        :math:`(N, C_{in}, H, W) \to (N, C_{out}, H', W')`, :math:`H' = \lfloor (H + 2p - k)/s
+        \rfloor + 1`, :math:`p = \lfloor (k-1)/2 \rfloor` (:math:`H' = \lceil H/s \rceil` for
+        k = 3).
+
+    References:
+        Li, Haghighi, Ghodsi, Jiang, Grosse, Jacobsen, *Preventing gradient attenuation in
+        Lipschitz constrained convolutional networks*, NeurIPS 2019 (BCOP).
+        Boissin, Mamalet, Fel, Picard, Massena, Serrurier, *An Adaptive Orthogonal Convolution
+        Scheme for Efficient and Flexible CNN Architectures*, 2025 (arXiv 2501.07930).
+
+    Example:
+        >>> conv = OrthoConv2d(4, 4, 3, padding_mode="circular").double().eval()
+        >>> x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+        >>> y = conv(x) - conv.bias.view(1, -1, 1, 1)
+        >>> bool(torch.allclose(y.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1)))
+        True
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
+                 stride: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        k, s = int(kernel_size), int(stride)
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(
+                f"Expected positive channels, but got in_channels={in_channels}, "
+                f"out_channels={out_channels}"
+            )
+        if s < 1 or k < s:
+            raise ValueError(
+                f"Expected 1 <= stride <= kernel_size, but got stride={s}, kernel_size={k}"
+            )
+        if s == 1 and k % 2 == 0:
+            raise ValueError(f"Expected an odd kernel_size for stride 1, but got {k}")
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(
+                f"Expected padding_mode 'zeros' or 'circular', but got {padding_mode!r}"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = (k, k), (s, s)
+        self.padding = ((k - 1) // 2, (k - 1) // 2)
+        self.padding_mode = padding_mode
+        # Channels of the stride-1 BCOP part (C_in -> C_mid), then RKO (C_mid s² -> C_out).
+        self.mid_channels = out_channels if s == 1 else max(in_channels, out_channels // (s * s))
+        n = max(in_channels, self.mid_channels)  # channels of the 2×2 blocks
+        kb = k - s + 1
+        if kb > 1 and n < 2:
+            raise ValueError(
+                f"A {k}x{k} orthogonal convolution needs at least 2 channels, but got "
+                f"in_channels={in_channels}, out_channels={out_channels}"
+            )
+        small = min(in_channels, self.mid_channels)
+        self.mix = nn.Parameter(torch.empty(n, small, **factory))  # (n, min)
+        if kb > 1:  # 2(kb-1) projectors of rank n/2: (2(kb-1), n, n/2)
+            self.proj = nn.Parameter(torch.empty(2 * (kb - 1), n, n // 2, **factory))
+        else:
+            self.register_parameter("proj", None)
+        if s > 1:
+            self.down = nn.Parameter(
+                torch.empty(out_channels, self.mid_channels * s * s, **factory))
+        else:
+            self.register_parameter("down", None)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.orthogonal_(self.mix)
+        if self.proj is not None:
+            for p in self.proj:
+                nn.init.orthogonal_(p)
+        if self.down is not None:
+            nn.init.orthogonal_(self.down)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _cache_sources(self):
+        return tuple(p for p in (self.mix, self.proj, self.down) if p is not None)
+
+    def _kernel(self) -> Tensor:
+        """The orthogonal kernel (C_out, C_in, k, k), built in float64."""
+        mix = F.cholesky_orthonormalize(self.mix.double())
+        if self.proj is not None:
+            proj = F.cholesky_orthonormalize(self.proj.double())
+        else:
+            proj = mix.new_zeros(0, mix.shape[0], 1)
+        kernel = F.bcop_kernel(mix, proj, in_channels=self.in_channels,
+                               out_channels=self.mid_channels)  # (C_mid, C_in, kb, kb)
+        if self.down is not None:
+            s = self.stride[0]
+            down = F.cholesky_orthonormalize(self.down.double())
+            down = down.reshape(self.out_channels, self.mid_channels, s, s)
+            kernel = F.compose_kernels(kernel, down)  # (C_out, C_in, k, k)
+        margin = F.float32_cast_margin(kernel) if self.mix.dtype != torch.float64 else 0.0
+        return (kernel * (1 - margin)).to(self.mix.dtype)
+
+    def effective_weight(self) -> Tensor:
+        """The orthogonal kernel, shape (C_out, C_in, k, k), used with ``stride``,
+        ``padding`` and ``padding_mode``; cached in eval mode."""
+        if self.training:
+            return self._kernel()
+        return self._cached("weight", self._kernel)
+
+    @torch.no_grad()
+    def retract_(self) -> None:
+        """Replace each latent by its orthonormal factor; the function is unchanged."""
+        for p in self._cache_sources():
+            p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.in_channels, "OrthoConv2d")
+        w = self.effective_weight()
+        if self.padding_mode == "circular":
+            ph, pw = self.padding
+            x = TF.pad(x, (pw, pw, ph, ph), mode="circular")
+            return TF.conv2d(x, w, self.bias, stride=self.stride)
+        return TF.conv2d(x, w, self.bias, stride=self.stride, padding=self.padding)
+
+    @torch.no_grad()
+    def export(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the eval-mode kernel folded in."""
+        w = self._kernel() if self.training else self.effective_weight()
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                         stride=self.stride, padding=self.padding,
+                         padding_mode=self.padding_mode, bias=self.bias is not None,
+                         device=w.device, dtype=w.dtype)
+        conv.weight.copy_(w)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, "
+                f"padding_mode={self.padding_mode!r}, bias={self.bias is not None}")
+
+
+class SpectralConv2d(LipschitzModule):
+    r"""Convolution normalised by its operator norm: padding, stride and input size included.
+
+    .. math::
+        y = \frac{K}{\beta(K)} \star x + b,
+
+    with :math:`\beta(K)` a bound of :math:`\sigma_{\max}(T_K)`, :math:`T_K` the linear map
+    ``conv2d(·, K, stride, padding)`` on inputs of spatial size (H, W) — not of the reshaped
+    kernel, whose norm can be larger or smaller than the operator's.
+
+    **Eval mode (certified, cached).** :math:`\beta` is
+    :func:`onelip.functional.conv2d_operator_norm_bound`: the exact norm of a circular
+    convolution of which the zero-padded :math:`T_K` is a restriction (polyphase for
+    stride > 1), computed by SVD of the kernel's DFT in float64. So
+    :math:`\|T_{K/\beta}\| \le 1` is *guaranteed*, for the size of the input at hand (the
+    normalised kernel is cached per input size), and the kernel is scaled by
+    :math:`1-\delta` for the float32 rounding. It is not the norm itself: the padded
+    operator's norm is smaller by its border effects (measured: 0.96–0.99 for 3×3 kernels on
+    8×8–16×16 inputs, → 1 as the size grows; ``benchmarks/results/conv.md``).
+
+    **Train mode.** :math:`\hat\sigma = \|T_K v\|` after ``n_power_iterations`` of power
+    iteration through ``conv2d`` / ``conv_transpose2d`` on the persistent unit vector v
+    (buffer ``v``, shape (1, C_in, H, W), saved in the ``state_dict``; converged at
+    initialisation by Lanczos). :math:`\hat\sigma \le \sigma_{\max}`, so the training-mode layer can
+    exceed 1 by the power-iteration lag (measured ≤ 1e-3 after 25 Adam steps at lr 1e-2);
+    certificates are computed in eval mode.
+
+    Args:
+        in_channels, out_channels, kernel_size: as in ``nn.Conv2d``.
+        input_size: (H, W) of the training inputs (the operator depends on it).
+        stride: Default: 1.
+        padding: zero padding; default ``(k-1)//2`` ("same" for odd k and stride 1).
+        bias: Default: ``True``.
+        n_power_iterations: per training forward. Default: 1.
+
+    Shape:
+        :math:`(N, C_{in}, H, W) \to (N, C_{out}, H', W')` as ``nn.Conv2d``.
+
+    Example:
+        >>> conv = SpectralConv2d(2, 3, 3, input_size=(6, 6)).double().eval()
+        >>> basis = torch.eye(72, dtype=torch.float64).reshape(72, 2, 6, 6)
+        >>> op = (conv(basis) - conv.bias.view(1, -1, 1, 1)).reshape(72, -1)
+        >>> bool(torch.linalg.matrix_norm(op, ord=2) <= 1)
+        True
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
+                 input_size: tuple[int, int], stride: int = 1, padding: int | None = None,
+                 bias: bool = True, n_power_iterations: int = 1, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        k, s = int(kernel_size), int(stride)
+        if in_channels < 1 or out_channels < 1 or k < 1 or s < 1:
+            raise ValueError(
+                f"Expected positive channels, kernel_size and stride, but got "
+                f"{in_channels}, {out_channels}, {k}, {s}"
+            )
+        if n_power_iterations < 1:
+            raise ValueError(
+                "Expected n_power_iterations to be positive, but got "
+                f"n_power_iterations={n_power_iterations}"
+            )
+        if len(input_size) != 2 or min(input_size) < 1:
+            raise ValueError(f"Expected input_size (H, W), but got {input_size}")
+        p = (k - 1) // 2 if padding is None else int(padding)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (k, k), (s, s), (p, p)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.n_power_iterations = n_power_iterations
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, k, k, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer("v", torch.empty(1, in_channels, *self.input_size, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        with torch.no_grad():
+            self.v.copy_(F.conv2d_top_singular_vector(
+                self.weight, torch.randn_like(self.v), stride=self.stride[0],
+                padding=self.padding[0], n_iter=_INIT_LANCZOS))
+
+    def _cache_sources(self):
+        return (self.weight,)
+
+    def _power(self, n_iter: int) -> None:
+        F.conv2d_power_iteration(self.weight.detach(), self.v, stride=self.stride[0],
+                                 padding=self.padding[0], n_iter=n_iter)
+
+    def sigma_bound(self, input_size: tuple[int, int] | None = None) -> float:
+        """The certified bound β of the latent kernel's operator norm at ``input_size``."""
+        size = self.input_size if input_size is None else tuple(input_size)
+        return float(F.conv2d_operator_norm_bound(self.weight, size, stride=self.stride[0],
+                                                  padding=self.padding[0]))
+
+    def _normalised(self, size: tuple[int, int]) -> Tensor:
+        w = self.weight.detach().double()
+        w = w / F.conv2d_operator_norm_bound(w, size, stride=self.stride[0],
+                                             padding=self.padding[0])
+        margin = F.float32_cast_margin(w) if self.weight.dtype != torch.float64 else 0.0
+        return (w * (1 - margin)).to(self.weight.dtype)
+
+    def effective_weight(self, input_size: tuple[int, int] | None = None) -> Tensor:
+        """The certified normalised kernel for inputs of ``input_size`` (default: the
+        constructor's), shape (C_out, C_in, k, k); cached in eval mode."""
+        size = self.input_size if input_size is None else (int(input_size[0]),
+                                                           int(input_size[1]))
+        if self.training:
+            return self._normalised(size)
+        return self._cached(f"weight{size[0]}x{size[1]}", lambda: self._normalised(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.in_channels, "SpectralConv2d")
+        size = (x.shape[-2], x.shape[-1])
+        if not self.training:
+            return TF.conv2d(x, self.effective_weight(size), self.bias, stride=self.stride,
+                             padding=self.padding)
+        if size != self.input_size:
+            raise ValueError(
+                f"SpectralConv2d was built for inputs of size {self.input_size} (the power "
+                f"iteration runs on that operator), but got {size} in training"
+            )
+        self._power(self.n_power_iterations)
+        sigma = TF.conv2d(self.v, self.weight, stride=self.stride,
+                          padding=self.padding).norm()  # grad flows through the kernel
+        return TF.conv2d(x, self.weight / sigma, self.bias, stride=self.stride,
+                         padding=self.padding)
+
+    @torch.no_grad()
+    def export(self, input_size: tuple[int, int] | None = None) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the certified kernel for ``input_size`` folded in (its
+        bound holds for that input size)."""
+        w = self.effective_weight(input_size)
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                         stride=self.stride, padding=self.padding,
+                         bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        conv.weight.copy_(w)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"input_size={self.input_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}, "
+                f"n_power_iterations={self.n_power_iterations}")

@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: MIT
+"""1-Lipschitz residual blocks: :class:`ConvexResidual`, :class:`SLLBlock` (dense) and
+:class:`SLLConv2d` (convolutional), after Araujo et al., ICLR 2023."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor, nn
+
+from onelip import functional as F
+from onelip.nn._base import LipschitzModule
+
+__all__ = ["ConvexResidual", "SLLBlock", "SLLConv2d"]
+
+
+class ConvexResidual(LipschitzModule):
+    r"""Convex combination of the identity and a 1-Lipschitz branch.
+
+    .. math::
+        y = (1 - \lambda)\,x + \lambda\,g(x), \qquad \lambda \in [0, 1],
+
+    Lipschitz constant :math:`\le (1-\lambda) + \lambda L_g` (triangle inequality): 1 when g
+    is 1-Lipschitz. With ``learnable=True``, :math:`\lambda = \operatorname{sigmoid}(\theta)`
+    is trained (initialised at ``lam``).
+
+    Args:
+        body: g, a module whose output has the shape of its input.
+        lam: λ. Default: 0.5.
+        learnable: train λ. Default: ``False``.
+
+    Shape:
+        :math:`(N, *) \to (N, *)`.
+    """
+
+    def __init__(self, body: nn.Module, lam: float = 0.5, *, learnable: bool = False) -> None:
+        super().__init__()
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"Expected lam in [0, 1], but got lam={lam}")
+        self.body = body
+        if learnable:
+            lam_c = min(max(lam, 1e-6), 1 - 1e-6)
+            self.logit = nn.Parameter(torch.tensor(math.log(lam_c / (1 - lam_c))))
+        else:
+            self.register_buffer("logit", None)
+            self._lam = float(lam)
+
+    @property
+    def lam(self) -> Tensor | float:
+        return torch.sigmoid(self.logit) if self.logit is not None else self._lam
+
+    def forward(self, x: Tensor) -> Tensor:
+        lam = self.lam
+        return (1 - lam) * x + lam * self.body(x)
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        from onelip.nn.sequential import module_lipschitz_bound
+
+        lam = float(self.lam)
+        return (1 - lam) + lam * module_lipschitz_bound(self.body)
+
+    def export(self) -> nn.Module:
+        from onelip.export import Residual, to_plain
+
+        lam = float(self.lam)
+        return Residual(to_plain(self.body), skip=1 - lam, scale=lam)
+
+    def extra_repr(self) -> str:
+        return f"lam={float(self.lam):.4g}, learnable={self.logit is not None}"
+
+
+class SLLBlock(LipschitzModule):
+    r"""Dense SDP-based Lipschitz layer (SLL), a 1-Lipschitz residual block.
+
+    .. math::
+        y = x - 2\,W T^{-1} \operatorname{ReLU}(W^\top x + b), \qquad
+        T_{ii} = \sum_j |W^\top W|_{ij}\, \frac{q_j}{q_i},
+
+    W (features × inner), :math:`q = e^{\log q} > 0` learned. :math:`T \succeq W^\top W`,
+    which makes the block 1-Lipschitz for every W, b, q (Araujo et al. 2023, Thm 3): in
+    train and eval mode, no approximation. T is cached in eval mode.
+
+    Args:
+        features: d.
+        inner: m, the hidden units. Default: d.
+
+    Shape:
+        :math:`(*, d) \to (*, d)`.
+
+    Reference:
+        Araujo, Havens, Delattre, Allauzen, Hu, *A Unified Algebraic Perspective on Lipschitz
+        Neural Networks*, ICLR 2023.
+    """
+
+    def __init__(self, features: int, inner: int | None = None, *, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        inner = features if inner is None else int(inner)
+        if features < 1 or inner < 1:
+            raise ValueError(f"Expected positive sizes, but got {features}, {inner}")
+        self.features, self.inner = features, inner
+        self.weight = nn.Parameter(torch.empty(features, inner, **factory))
+        self.bias = nn.Parameter(torch.empty(inner, **factory))
+        self.log_q = nn.Parameter(torch.zeros(inner, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_normal_(self.weight)
+        bound = 1 / math.sqrt(self.features)
+        nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.log_q)
+
+    def _cache_sources(self):
+        return (self.weight, self.log_q)
+
+    def _t_inv(self) -> Tensor:
+        return F.sll_scaling(self.weight.mT @ self.weight, self.log_q)
+
+    def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(w_in, b, w_out)`` with :math:`y = x - \\mathrm{ReLU}(x w_{in}^\\top + b)
+        w_{out}^\\top`: w_in (m, d) = Wᵀ, w_out (d, m) = 2 W T⁻¹."""
+        t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
+        return self.weight.mT, self.bias, 2 * self.weight * t_inv
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.features:
+            raise ValueError(
+                f"Expected input with last dimension {self.features}, "
+                f"but got shape {tuple(x.shape)}"
+            )
+        w_in, b, w_out = self.effective_weights()
+        return x - TF.linear(torch.relu(TF.linear(x, w_in, b)), w_out)
+
+    @torch.no_grad()
+    def export(self) -> nn.Module:
+        from onelip.export import Residual
+
+        w_in, b, w_out = (t.detach().clone() for t in self.effective_weights())
+        first = nn.Linear(self.features, self.inner, device=w_in.device, dtype=w_in.dtype)
+        second = nn.Linear(self.inner, self.features, bias=False, device=w_in.device,
+                           dtype=w_in.dtype)
+        first.weight.copy_(w_in)
+        first.bias.copy_(b)
+        second.weight.copy_(w_out)
+        return Residual(nn.Sequential(first, nn.ReLU(), second), skip=1.0, scale=-1.0)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, inner={self.inner}"
+
+
+class SLLConv2d(LipschitzModule):
+    r"""Convolutional SLL block: a 1-Lipschitz residual block with zero "same" padding.
+
+    .. math::
+        y = x - 2\,T_K^\top\big(t \odot \operatorname{ReLU}(T_K x + b)\big), \qquad
+        t_i^{-1} = \sum_{j,\delta} |(K \star K)_{ij\delta}|\,\frac{q_j}{q_i},
+
+    :math:`T_K` = ``conv2d(·, K, padding=(k-1)/2)`` (:math:`C \to m` channels),
+    :math:`T_K^\top` its adjoint ``conv_transpose2d``, :math:`K \star K` the autocorrelation
+    kernel of :math:`T_K T_K^\top` (:func:`onelip.functional.sll_conv_gram`), q > 0 learned.
+    1-Lipschitz for every K, b, q, in train and eval mode (the padded Gram is dominated by
+    the infinite one; :func:`onelip.functional.sll_conv2d`). t is cached in eval mode.
+
+    Args:
+        channels: C (input = output channels).
+        inner_channels: m. Default: C.
+        kernel_size: odd k. Default: 3.
+
+    Shape:
+        :math:`(N, C, H, W) \to (N, C, H, W)`.
+
+    Reference:
+        Araujo, Havens, Delattre, Allauzen, Hu, *A Unified Algebraic Perspective on Lipschitz
+        Neural Networks*, ICLR 2023.
+    """
+
+    def __init__(self, channels: int, inner_channels: int | None = None, kernel_size: int = 3,
+                 *, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        inner = channels if inner_channels is None else int(inner_channels)
+        if channels < 1 or inner < 1:
+            raise ValueError(f"Expected positive channels, but got {channels}, {inner}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"Expected an odd kernel_size, but got {kernel_size}")
+        self.channels, self.inner_channels = channels, inner
+        self.kernel_size = (kernel_size, kernel_size)
+        self.padding = ((kernel_size - 1) // 2, (kernel_size - 1) // 2)
+        self.stride = (1, 1)
+        self.weight = nn.Parameter(
+            torch.empty(inner, channels, kernel_size, kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(inner, **factory))
+        self.log_q = nn.Parameter(torch.zeros(inner, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_normal_(self.weight)
+        fan_in = self.channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1 / math.sqrt(fan_in)
+        nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.log_q)
+
+    def _cache_sources(self):
+        return (self.weight, self.log_q)
+
+    def _t_inv(self) -> Tensor:
+        return F.sll_scaling(F.sll_conv_gram(self.weight), self.log_q)
+
+    def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(w_in, b, w_out)`` with :math:`y = x - \\mathrm{conv}(\\mathrm{ReLU}(
+        \\mathrm{conv}(x, w_{in}) + b), w_{out})`, both convs stride 1 with ``padding``:
+        w_in (m, C, k, k) = K, w_out (C, m, k, k) = the adjoint kernel of
+        :math:`2\\,T_K^\\top\\,\\mathrm{diag}(t)` (transposed and flipped)."""
+        t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
+        w_out = (2 * self.weight * t_inv[:, None, None, None]).transpose(0, 1).flip(-2, -1)
+        return self.weight, self.bias, w_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"SLLConv2d expected input of shape (N, {self.channels}, H, W), but got "
+                f"{tuple(x.shape)}"
+            )
+        t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
+        h = torch.relu(TF.conv2d(x, self.weight, self.bias, padding=self.padding))
+        return x - 2 * TF.conv_transpose2d(h * t_inv[:, None, None], self.weight,
+                                           padding=self.padding)
+
+    @torch.no_grad()
+    def export(self) -> nn.Module:
+        from onelip.export import Residual
+
+        w_in, b, w_out = (t.detach().clone() for t in self.effective_weights())
+        k = self.kernel_size
+        first = nn.Conv2d(self.channels, self.inner_channels, k, padding=self.padding,
+                          device=w_in.device, dtype=w_in.dtype)
+        second = nn.Conv2d(self.inner_channels, self.channels, k, padding=self.padding,
+                           bias=False, device=w_in.device, dtype=w_in.dtype)
+        first.weight.copy_(w_in)
+        first.bias.copy_(b)
+        second.weight.copy_(w_out)
+        return Residual(nn.Sequential(first, nn.ReLU(), second), skip=1.0, scale=-1.0)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, inner_channels={self.inner_channels}, "
+                f"kernel_size={self.kernel_size}")
