@@ -75,6 +75,12 @@ def process_group(device: str = "cpu") -> Iterator[None]:
         return
     dist = torch.distributed
     if torch.device(device).type == "cuda":
+        n_gpu = torch.cuda.device_count()
+        if _local_rank() >= n_gpu:
+            raise ValueError(
+                f"LOCAL_RANK {_local_rank()} needs GPU {_local_rank()}, but {n_gpu} are visible: "
+                f"run at most {n_gpu} processes per node on CUDA (NCCL needs one GPU each)"
+            )
         torch.cuda.set_device(_local_rank())
         backend = "nccl"
     else:

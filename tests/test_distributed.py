@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: MIT
+"""Data-parallel training: 2 gloo processes give what 1 process gives on the same global batches.
+
+Each 2-process run is a real ``onelip train`` (``--nproc 2``, or torchrun) in subprocesses;
+the reference is the same command in this process. Batches are odd-sized so that the two
+shards differ by one sample, and the last batch is smaller still: the loss weighting of
+uneven shards is exercised at every step. HKR/KR need the global class frequencies
+(all-reduced counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onelip import distributed
+from onelip.cli import main
+
+# Float32 sums in another order (two half-batch gradients all-reduced instead of one), through
+# a few dozen Adam steps: measured ≤ 2e-7 on weights of size O(1).
+TOL_WEIGHTS = 1e-5
+TOL_LOSS = 1e-5  # relative, per-epoch mean loss
+
+RUN_FILES = {"config.json", "metrics.json", "model.safetensors"}
+
+
+def _env() -> dict:
+    src = str(Path(distributed.__file__).resolve().parents[1])
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+
+
+def _compare(single: Path, multi: Path) -> tuple[float, float]:
+    """(max relative loss difference, max absolute weight difference); asserts both."""
+    h1 = json.loads((single / "metrics.json").read_text())["history"]
+    h2 = json.loads((multi / "metrics.json").read_text())["history"]
+    assert len(h1) == len(h2)
+    loss_err = max(abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-12) for a, b in zip(h1, h2))
+    assert loss_err <= TOL_LOSS, f"loss histories differ (rel. {loss_err:.2e}): {h1} vs {h2}"
+    assert all(r["rank_divergence"] == 0.0 for r in h2), (
+        f"ranks drifted apart: {[r['rank_divergence'] for r in h2]}"
+    )
+    w1, w2 = load_file(str(single / "model.safetensors")), load_file(str(multi / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    w_err = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert w_err <= TOL_WEIGHTS, f"final weights differ by {w_err:.2e} > {TOL_WEIGHTS:.0e}"
+    for a, b in zip(h1, h2):
+        assert a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 1000)
+    return loss_err, w_err
+
+
+def _only_rank0_wrote(out: Path, proc: subprocess.CompletedProcess, epochs: int) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert proc.stdout.count("trained mlp") == 1, proc.stdout
+    for e in range(1, epochs + 1):
+        assert proc.stderr.count(f"epoch {e}/{epochs} ") == 1, proc.stderr[-3000:]
+
+
+def test_two_processes_match_one_multiclass_hkr(tmp_path):
+    """`onelip train --nproc 2` (multiclass HKR, digits) == one process: losses, weights."""
+    args = ["train", "--data", "digits", "--width", "32", "--depth", "2", "--loss", "hkr",
+            "--hinge-mode", "one_vs_all", "--epochs", "2", "--batch-size", "101",
+            "--lr", "3e-3"]
+    assert main([*args, "--quiet", "--out", str(tmp_path / "one")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "onelip", *args, "--nproc", "2",
+                           "--out", str(tmp_path / "two")],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    _only_rank0_wrote(tmp_path / "two", proc, epochs=2)
+    loss_err, w_err = _compare(tmp_path / "one", tmp_path / "two")
+    print(f"2 vs 1 process (digits, HKR): loss rel. {loss_err:.1e}, weights {w_err:.1e}")
+
+
+def test_torchrun_matches_one_binary_kr(tmp_path):
+    """`torchrun --nproc_per_node 2 -m onelip train` (binary KR, two-moons) == one process.
+
+    SGD, not Adam: under pure KR the output bias has an exactly zero gradient (E₋[1] − E₊[1]),
+    and Adam turns its float rounding (≈1e-9, differently ordered in 1 and 2 processes) into
+    steps of ~lr/10 — a property of Adam on zero gradients, not of data parallelism.
+    """
+    args = ["train", "--data", "two-moons", "--n-samples", "400", "--width", "16",
+            "--depth", "2", "--loss", "kr", "--epochs", "2", "--batch-size", "49",
+            "--optimizer", "sgd", "--lr", "0.05"]
+    assert main([*args, "--quiet", "--out", str(tmp_path / "one")]) == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "onelip", *args,
+                           "--out", str(tmp_path / "two")],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    _only_rank0_wrote(tmp_path / "two", proc, epochs=2)
+    loss_err, w_err = _compare(tmp_path / "one", tmp_path / "two")
+    print(f"2 vs 1 process (two-moons, KR): loss rel. {loss_err:.1e}, weights {w_err:.1e}")
+
+
+def test_nproc_is_stripped_and_single_process_is_unchanged():
+    assert distributed.without_nproc(["train", "--nproc", "2", "--out", "x"]) == [
+        "train", "--out", "x"]
+    assert distributed.without_nproc(["train", "--nproc=4"]) == ["train"]
+    ctx = distributed.Context("cpu")
+    assert not ctx.active and ctx.world == 1 and ctx.is_main
+    idx = torch.arange(7)
+    assert ctx.shard(idx) is idx
+    freq = ctx.frequency(torch.zeros(6, 3), torch.tensor([0, 0, 1, 2, 2, 2]))
+    assert torch.allclose(freq, torch.tensor([2 / 6, 1 / 6, 3 / 6], dtype=torch.float64))
+    freq = ctx.frequency(torch.zeros(4, 1), torch.tensor([-1, 1, 1, 1]))
+    assert freq.tolist() == [0.25, 0.75]
