@@ -198,7 +198,8 @@ def test_idx_truncated_gzip_is_a_clear_error(tmp_path):
 def test_idx_mismatched_counts_is_a_clear_error(tmp_path):
     _write_idx_dir(tmp_path, gz=False)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(5, np.uint8)))
-    with pytest.raises(ValueError, match=r"train images \(6, 5, 3\) and labels \(5,\) do not match"):
+    with pytest.raises(ValueError,
+                       match=r"train images \(6, 5, 3\) and labels \(5,\) do not match"):
         data.load(f"idx:{tmp_path}")
 
 
