@@ -40,7 +40,7 @@ TOL_SIGMA = 1e-5  # exact operator from a float32 forward on unit vectors: round
 TOL_RATIO_F32 = 1e-4  # float32 ratio probes include pairs 1% apart: rounding ~1e-5 relative
 TOL_F64 = 1e-9  # everything in float64 (polar to ‖G−I‖_F ≤ 1e-10, SVD exact)
 ORTHO_SIGMA_MIN = 0.999  # OrthoLinear eval: σ_min ≥ √((1−e)/(1+e)), e ≤ 1e-10 (+ fp32 cast)
-SPECTRAL_TRAIN_TOL = 1e-4  # SpectralLinear train: "within ~1e-4 of 1" (its docstring)
+SPECTRAL_TRAIN_TOL = 1e-4  # SpectralLinear train right after init: "within 1e-4 of 1"
 
 SHAPES = [(16, 16), (8, 32), (32, 8), (64, 64)]  # (in_features, out_features)
 SHAPE_IDS = [f"{i}to{o}" for i, o in SHAPES]
@@ -305,16 +305,18 @@ def test_spectral_train_norm_at_least_1_and_warm_at_init(shape):
         assert 1 - TOL_SIGMA <= s <= 1 + SPECTRAL_TRAIN_TOL, f"train sigma_max = {s!r}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "CLAIM FAILS (reported): SpectralLinear's docstring says the train-mode norm 'stays "
-    "within ~1e-4 of 1' with the warm start; during Adam training at lr=1e-3 (the CLI "
-    "default) one power iteration per step lags behind: measured up to 1.017 (64x64) and "
-    "1.38 at lr=1e-2. Eval mode (certificates) stays exact."))
+SPECTRAL_TRAIN_DRIFT_TOL = 0.05  # SpectralLinear train after Adam lr 1e-3: "tested ≤ 1.05"
+
+
 @pytest.mark.parametrize("shape", [(64, 64)], ids=["64to64"])
-def test_spectral_train_norm_within_documented_tolerance_during_training(shape):
+def test_spectral_train_norm_within_documented_drift_during_training(shape):
+    """The docstring's train-mode claim after training (approximate), and eval exact after it."""
     norms: list[float] = []
-    adam_steps(onn.SpectralLinear(*shape), lr=1e-3, track=norms)
-    assert max(norms) <= 1 + SPECTRAL_TRAIN_TOL, f"max train norm {max(norms)!r}"
+    layer = adam_steps(onn.SpectralLinear(*shape), lr=1e-3, track=norms)
+    assert max(norms) <= 1 + SPECTRAL_TRAIN_DRIFT_TOL, f"max train norm {max(norms)!r}"
+    layer.eval()
+    s = float(exact_singular_values(layer, (shape[0],))[0])
+    assert abs(s - 1) <= TOL_SIGMA, f"eval sigma_max after training = {s!r}"
 
 
 def test_spectral_train_norm_never_below_1_during_training():
