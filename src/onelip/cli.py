@@ -291,6 +291,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 command("inspect")((_inspect_args, _inspect))
 
+from onelip import _cli_reproduce  # noqa: E402,F401  (registers `onelip reproduce`)
+
 from onelip._cli_export import export_args, export_run  # noqa: E402
 
 command("export")((export_args, export_run))

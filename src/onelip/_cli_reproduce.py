@@ -1,0 +1,71 @@
+# SPDX-License-Identifier: MIT
+"""``onelip reproduce CLAIM [--quick] --out DIR``: the four claims of the paper.
+
+    onelip reproduce expressivity --quick --out runs/claims
+    onelip reproduce all --out docs/claims          # full run, writes DIR/report.md
+    onelip reproduce all --redraw --out docs/claims # figures + report from results.json only
+
+Registered in :mod:`onelip.cli`; the work is done by :mod:`onelip.experiments.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from onelip.cli import CLIError, command
+
+_CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "all")
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("claim", help=f"one of {', '.join(_CHOICES)}")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny presets: each claim in under a minute (not evidence)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for results.json, report.md, figures and cached sub-runs")
+    p.add_argument("--redraw", action="store_true",
+                   help="only redraw figures and report.md from DIR/results.json")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _print_verdicts(name: str, results: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    stats = results.get("subruns", {})
+    verdicts = results.get("verdicts", [])
+    agree = sum(v["agree"] for v in verdicts)
+    table = Table(title=f"{name} ({results.get('mode')}): {agree}/{len(verdicts)} agree; "
+                        f"sub-runs: {stats.get('ran', 0)} ran, {stats.get('cached', 0)} cached",
+                  show_lines=True)
+    for col in ("check", "research says", "we measured", "agree"):
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        table.add_row(escape(v["claim"]), escape(v["research"]), escape(v["measured"]),
+                      "yes" if v["agree"] else "[bold red]no[/]")
+    Console(width=140).print(table)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """Reproduce a claim of the paper (or all) and write DIR/report.md."""
+    from onelip.experiments import report
+
+    if args.claim not in _CHOICES:
+        raise CLIError(f"unknown claim {args.claim!r}; expected one of {', '.join(_CHOICES)}")
+    if args.redraw:
+        path = report.redraw(args.out)
+        print(f"redrew figures and {path} from {args.out / report.RESULTS}")
+        return 0
+    names = list(report.CLAIMS) if args.claim == "all" else [args.claim]
+    for name in names:
+        results = report.run_claim(name, quick=args.quick, out=args.out,
+                                   progress=not args.quiet)
+        _print_verdicts(name, results)
+    print(f"report: {args.out / report.REPORT}", file=sys.stdout)
+    return 0
+
+
+command("reproduce")((_reproduce_args, _reproduce))

@@ -1,0 +1,311 @@
+# SPDX-License-Identifier: MIT
+"""What the four claims share: cached sub-runs, progress, verdicts, baselines, data subsets.
+
+A *sub-run* is one unit of work (usually one training run) whose result is a JSON dict. It is
+stored as ``DIR/<claim>/runs/<key>.json`` where ``key`` hashes its full config (and
+:data:`SCHEMA`); a finished sub-run is loaded, never recomputed, so an interrupted claim resumes
+where it stopped and a second run of a finished claim costs only the plotting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from onelip import __version__
+from onelip.data import DataSplit
+
+__all__ = [
+    "SCHEMA",
+    "BCELoss",
+    "SubRuns",
+    "Verdict",
+    "config_dict",
+    "config_key",
+    "label_noise",
+    "lipschitz_mlp",
+    "plain_mlp",
+    "rounded",
+    "scores",
+    "subset",
+    "table",
+    "train",
+]
+
+SCHEMA = 1
+"""Bumped when a change in the experiment code makes cached sub-runs stale."""
+
+
+# ==== configs, keys, JSON ===================================================================
+
+
+def config_dict(cfg: Any) -> dict:
+    """A frozen dataclass config as plain JSON (tuples become lists)."""
+    assert is_dataclass(cfg), "config_dict expects a dataclass instance"
+
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}
+
+
+def config_key(config: dict) -> str:
+    """A 16-hex-digit hash of a sub-run's config (canonical JSON) and :data:`SCHEMA`."""
+    blob = json.dumps({"schema": SCHEMA, **config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def rounded(x: Any, digits: int = 4) -> Any:
+    """Round floats (and arrays/tensors, to nested lists) for compact JSON; NaN/inf -> None."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return rounded(x.tolist(), digits)
+    if isinstance(x, (list, tuple)):
+        return [rounded(v, digits) for v in x]
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return round(x, digits) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+# ==== verdicts and tables ===================================================================
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One row of a claim's verdict table."""
+
+    claim: str
+    """The part of the claim being checked, in a few words."""
+    research: str
+    """What the research says."""
+    measured: str
+    """What we measured (numbers)."""
+    agree: bool
+    """Whether the measurement agrees with the research."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> dict:
+    """A table for report.md: ``{"title", "columns", "rows"}`` (cells already formatted)."""
+    assert all(len(r) == len(columns) for r in rows), "every row needs one cell per column"
+    return {"title": title, "columns": columns, "rows": [[str(c) for c in r] for r in rows]}
+
+
+# ==== cached sub-runs with progress =========================================================
+
+
+class SubRuns:
+    """Runs and caches the sub-runs of one claim, with progress.
+
+    ``runs(name, config, compute)`` returns ``compute()``'s JSON dict, from
+    ``DIR/<claim>/runs/<key>.json`` when a sub-run with the same config finished before.
+    With ``out=None`` nothing is cached (everything runs in memory).
+
+    Progress: a rich bar over the claim's sub-runs on a TTY; otherwise one line per sub-run on
+    stderr (``[claim 3/12] name: ran in 4.2s`` or ``... cached``). ``progress=False`` is silent.
+    """
+
+    def __init__(self, claim: str, out: Path | None, *, total: int, progress: bool = True):
+        self.claim = claim
+        self.dir = None if out is None else Path(out) / claim / "runs"
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.total = total
+        self.done = 0
+        self.ran = 0
+        self.cached = 0
+        self.compute_seconds = 0.0  # what the sub-runs cost when they ran, cached ones too
+        self.progress = progress
+        self._bar = None
+        if progress and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._bar = Progress(TextColumn(f"[bold]{claim}[/bold]"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), transient=False)
+            self._task = self._bar.add_task("", total=total)
+            self._bar.start()
+
+    def note(self, text: str) -> None:
+        """Show ``text`` (e.g. the current epoch) next to the bar, on a TTY only."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
+    def __call__(self, name: str, config: dict, compute: Callable[[], dict]) -> dict:
+        key = config_key(config)
+        path = None if self.dir is None else self.dir / f"{key}.json"
+        if path is not None and path.exists():
+            try:
+                stored = json.loads(path.read_text())
+                if stored.get("config") == json.loads(json.dumps(config)):
+                    self._advance(name, "cached")
+                    self.cached += 1
+                    self.compute_seconds += float(stored.get("seconds", 0.0))
+                    return stored["result"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # a torn or foreign file: recompute it
+        self.note(name)
+        t0 = time.perf_counter()
+        result = compute()
+        seconds = time.perf_counter() - t0
+        self.compute_seconds += seconds
+        if path is not None:
+            _write_json(path, {"name": name, "config": config, "seconds": round(seconds, 2),
+                               "onelip_version": __version__, "result": result})
+        self.ran += 1
+        self._advance(name, f"ran in {seconds:.1f}s")
+        return result
+
+    def _advance(self, name: str, what: str) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"{name}: {what}")
+        elif self.progress:
+            print(f"[{self.claim} {self.done}/{self.total}] {name}: {what}", file=sys.stderr,
+                  flush=True)
+
+    def stats(self) -> dict:
+        """``{"ran", "cached", "compute_seconds"}`` so far."""
+        return {"ran": self.ran, "cached": self.cached,
+                "compute_seconds": round(self.compute_seconds, 1)}
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "SubRuns":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ==== models ================================================================================
+
+
+def lipschitz_mlp(in_features: int, num_outputs: int, hidden: tuple[int, ...], *,
+                  group_size: int = 2, seed: int = 0) -> nn.Module:
+    """onelip's 1-Lipschitz MLP: OrthoLinear + GroupSort (MaxMin when ``group_size=2``),
+    FrobeniusLinear head for 1 output."""
+    from onelip import models
+
+    torch.manual_seed(seed)
+    act = {"activation": "maxmin"} if group_size == 2 else {"activation": "groupsort",
+                                                             "group_size": group_size}
+    model, _ = models.build("mlp", in_features=in_features, num_outputs=num_outputs,
+                            hidden=tuple(hidden), **act)
+    return model
+
+
+def plain_mlp(in_features: int, num_outputs: int, hidden: tuple[int, ...], *,
+              seed: int = 0) -> nn.Sequential:
+    """The unconstrained baseline: the same widths with ``nn.Linear`` + ReLU."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_outputs))
+    return nn.Sequential(*layers)
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on one logit with labels in {0, 1}: the unconstrained baseline's
+    loss for two classes. Shape: input (N,) or (N, 1), target (N,)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(input.reshape(-1),
+                                                              target.reshape(-1).float())
+
+
+# ==== data ==================================================================================
+
+
+def subset(data: DataSplit, *, n_train: int | None = None, n_test: int | None = None,
+           seed: int = 0) -> DataSplit:
+    """A random subset of the train and test sets (``None`` keeps all); fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(x, y, n):
+        if n is None or n >= x.shape[0]:
+            return x, y
+        idx = torch.randperm(x.shape[0], generator=gen)[:n]
+        return x[idx], y[idx]
+
+    xtr, ytr = pick(data.x_train, data.y_train, n_train)
+    xte, yte = pick(data.x_test, data.y_test, n_test)
+    return DataSplit(data.name, xtr, ytr, xte, yte, data.num_classes, data.input_shape)
+
+
+def label_noise(data: DataSplit, rate: float, *, seed: int = 0) -> DataSplit:
+    """Replace the training label of a fraction ``rate`` of the points by a *different* class,
+    drawn uniformly (test labels untouched)."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"Expected a noise rate in [0, 1), but got {rate}")
+    if rate == 0:
+        return data
+    gen = torch.Generator().manual_seed(seed + 7919)
+    y = data.y_train.clone()
+    n = y.shape[0]
+    idx = torch.randperm(n, generator=gen)[: int(round(rate * n))]
+    shift = torch.randint(1, data.num_classes, (idx.numel(),), generator=gen)
+    y[idx] = (y[idx] + shift) % data.num_classes
+    return DataSplit(data.name, data.x_train, y, data.x_test, data.y_test, data.num_classes,
+                     data.input_shape)
+
+
+# ==== training ==============================================================================
+
+
+def train(model: nn.Module, data: DataSplit, loss: nn.Module, *, epochs: int, lr: float,
+          batch_size: int = 128, seed: int = 0, runs: SubRuns | None = None,
+          name: str = "") -> list[dict]:
+    """:func:`onelip.train.fit` with Adam + one-cycle, reporting epochs to ``runs``' bar."""
+    from onelip.train import TrainConfig, fit
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    hook = None
+    if runs is not None:
+        def hook(record: dict) -> None:
+            runs.note(f"{name} epoch {record['epoch']}/{epochs}")
+    return fit(model, data, loss, cfg, progress=False, on_epoch=hook)
+
+
+@torch.no_grad()
+def scores(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
+    """Model outputs in eval mode, batched; one-output models give shape (N,)."""
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return out.reshape(-1) if out.dim() == 2 and out.shape[1] == 1 else out

@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: MIT
+"""Run claims, merge their results into ``DIR/results.json``, draw figures, write ``report.md``.
+
+Figures are drawn **only** from ``results.json`` (each claim's ``plot(results, outdir)``), so
+:func:`redraw` rebuilds every PNG and the report without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["CLAIMS", "claim_module", "redraw", "run_claim", "write_report"]
+
+CLAIMS = {
+    "expressivity": ("expressivity", "ExpressivityConfig"),
+    "optimal-transport": ("optimal_transport", "OptimalTransportConfig"),
+    "generalization": ("generalization", "GeneralizationConfig"),
+    "tradeoff": ("tradeoff", "TradeoffConfig"),
+}
+"""Claim name -> (module in onelip.experiments, config class), in the paper's order."""
+
+_TITLES = {
+    "expressivity": "1. Expressivity — 1-Lipschitz networks fit any boundary",
+    "optimal-transport": "2. Optimal transport — the most robust classifier is the WGAN "
+                         "discriminator",
+    "generalization": "3. Generalization — 1-Lipschitz networks generalize",
+    "tradeoff": "4. Trade-off — the loss's hyper-parameters set accuracy against robustness",
+}
+RESULTS = "results.json"
+REPORT = "report.md"
+
+
+def claim_module(name: str) -> ModuleType:
+    """The module of claim ``name`` (``ValueError`` for an unknown one)."""
+    if name not in CLAIMS:
+        raise ValueError(f"Unknown claim {name!r}; expected one of {', '.join(CLAIMS)} or all")
+    return import_module(f"onelip.experiments.{CLAIMS[name][0]}")
+
+
+def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
+              progress: bool = True) -> dict:
+    """Run claim ``name`` with its ``quick()`` or ``full()`` preset; with ``out``, cache its
+    sub-runs there, merge its results into ``out/results.json`` and rewrite the report."""
+    mod = claim_module(name)
+    cfg_cls = getattr(mod, CLAIMS[name][1])
+    cfg = cfg_cls.quick() if quick else cfg_cls.full()
+    t0 = time.perf_counter()
+    results = mod.run(cfg, out=out, progress=progress)
+    results["mode"] = "quick" if quick else "full"
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results["environment"] = _environment()
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        merged = _load(out)
+        merged[name] = results
+        _save(out, {k: merged[k] for k in CLAIMS if k in merged})
+        write_report(merged, out)
+    return results
+
+
+def _environment() -> dict:
+    import torch
+
+    from onelip import __version__
+
+    return {"onelip": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _load(out: Path) -> dict:
+    path = Path(out) / RESULTS
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it to start over") from e
+
+
+def _save(out: Path, results: dict) -> None:
+    path = Path(out) / RESULTS
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def redraw(out: Path) -> Path:
+    """Redraw every figure and rewrite ``report.md`` from ``out/results.json`` alone."""
+    out = Path(out)
+    if not (out / RESULTS).exists():
+        raise FileNotFoundError(f"{out / RESULTS} not found; run `onelip reproduce` first")
+    return write_report(_load(out), out)
+
+
+# ==== markdown ==============================================================================
+
+
+def _md_table(columns: list[str], rows: list[list[str]]) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _verdict_rows(results: dict) -> list[list[str]]:
+    return [[v["claim"], v["research"], v["measured"], "yes" if v["agree"] else "**no**"]
+            for v in results.get("verdicts", [])]
+
+
+def _summary_paragraph(mod: ModuleType) -> str:
+    """The claim module's docstring after its title line, as markdown."""
+    import re
+
+    doc = (mod.__doc__ or "").strip().split("\n\n", 1)
+    text = doc[1].strip() if len(doc) > 1 else ""
+    text = re.sub(r":math:`([^`]*)`", r"$\1$", text)
+    return text.replace("``", "`")
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """Draw each claim's figures into ``out`` and write ``out/report.md``; returns its path."""
+    out = Path(out)
+    modes = {r.get("mode", "?") for r in results.values()}
+    lines = ["# Reproducing *Pay attention to your loss* (Béthune et al., NeurIPS 2022)", ""]
+    if modes == {"quick"}:
+        lines += ["> **QUICK MODE** — tiny networks, few epochs and small subsets, meant for "
+                  "the test suite. These numbers are *not* evidence for or against the claims; "
+                  "run `onelip reproduce all --out DIR` for the full report.", ""]
+    elif "quick" in modes:
+        lines += ["> **Mixed modes**: the claims marked *quick* below ran with tiny presets; "
+                  "their numbers are not evidence.", ""]
+    lines += ["Generated by `onelip reproduce` from `results.json` (figures are drawn from it "
+              "alone: `onelip reproduce all --redraw --out DIR` redraws them without training). "
+              "Each claim's sub-runs are cached under `<claim>/runs/`.", ""]
+    summary = []
+    for name, r in results.items():
+        summary += [[name, *row] for row in _verdict_rows(r)]
+    if summary:
+        agree = sum(row[-1] == "yes" for row in summary)
+        lines += ["## Verdicts", "", f"{agree} of {len(summary)} checks agree with the "
+                  "research.", "", _md_table(["claim", "check", "research says", "we measured",
+                                              "agree"], summary), ""]
+    for name, r in results.items():
+        mod = claim_module(name)
+        env = r.get("environment", {})
+        stats = r.get("subruns", {})
+        lines += [f"## {_TITLES[name]}", "",
+                  f"*Mode: {r.get('mode', '?')}; {stats.get('ran', 0) + stats.get('cached', 0)} "
+                  f"sub-runs costing {stats.get('compute_seconds', 0):.0f} s of compute "
+                  f"(onelip {env.get('onelip', '?')}, torch {env.get('torch', '?')}, "
+                  f"{env.get('cpus', '?')} CPUs, {env.get('torch_threads', '?')} torch threads)."
+                  "*", "", _summary_paragraph(mod), ""]
+        lines += ["### Verdict", "", _md_table(["check", "research says", "we measured", "agree"],
+                                                _verdict_rows(r)), ""]
+        for t in r.get("tables", []):
+            lines += [f"### {t['title']}", "", _md_table(t["columns"], t["rows"]), ""]
+        for png in mod.plot(r, out):
+            lines += [f"![{name}]({png})", ""]
+        cfg = json.dumps(r.get("config", {}), separators=(", ", ": "))
+        lines += ["<details><summary>configuration</summary>", "", f"`{cfg}`", "",
+                  "</details>", ""]
+    path = out / REPORT
+    path.write_text("\n".join(lines))
+    return path

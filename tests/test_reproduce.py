@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: MIT
+"""`onelip reproduce`: the four claims in quick mode, the report, redrawing from results.json
+alone, resuming from cached sub-runs, and the exact-transport reference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from onelip.cli import main
+from onelip.experiments import common, optimal_transport
+from onelip.experiments.report import CLAIMS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOL_W1_POT = 1e-6  # network simplex on 300 points: exact to float64 rounding
+TOL_W1_NET = 0.05  # KR network, quick preset (2×32 GroupSort, 60 epochs): measured ~0.3 %
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`onelip reproduce all --quick --out DIR` once for the module: (DIR, exit code, seconds)."""
+    out = tmp_path_factory.mktemp("claims")
+    t0 = time.perf_counter()
+    rc = main(["reproduce", "all", "--quick", "--out", str(out), "--quiet"])
+    return out, rc, time.perf_counter() - t0
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def _pngs(report: str) -> list[str]:
+    return [line.split("](")[1].rstrip(")") for line in report.splitlines()
+            if line.startswith("![")]
+
+
+def test_all_quick_writes_report_results_and_figures(quick_run):
+    out, rc, _ = quick_run
+    assert rc == 0, f"exit code {rc}"
+    results = _results(out)
+    assert list(results) == list(CLAIMS), f"claims in results.json: {list(results)}"
+    for name, r in results.items():
+        assert r["mode"] == "quick"
+        assert r["verdicts"], f"{name} has no verdict rows"
+        for v in r["verdicts"]:
+            assert set(v) == {"claim", "research", "measured", "agree"}, v
+            assert isinstance(v["agree"], bool)
+    report = (out / "report.md").read_text()
+    assert "QUICK MODE" in report
+    pngs = _pngs(report)
+    assert len(pngs) >= 6, f"figures linked from report.md: {pngs}"
+    for png in pngs:
+        data = (out / png).read_bytes()
+        assert data[:8] == PNG_MAGIC, f"{png} is not a PNG"
+    for name in CLAIMS:
+        assert list((out / name / "runs").glob("*.json")), f"no cached sub-runs for {name}"
+
+
+def test_figures_redraw_from_results_json_alone(quick_run, tmp_path):
+    out, _, _ = quick_run
+    fresh = tmp_path / "redraw"
+    fresh.mkdir()
+    shutil.copy(out / "results.json", fresh / "results.json")
+    assert main(["reproduce", "all", "--redraw", "--out", str(fresh)]) == 0
+    pngs = _pngs((fresh / "report.md").read_text())
+    assert sorted(pngs) == sorted(_pngs((out / "report.md").read_text()))
+    for png in pngs:
+        assert (fresh / png).read_bytes()[:8] == PNG_MAGIC, f"{png} was not redrawn"
+    assert not any(p.is_dir() for p in fresh.iterdir()), "redraw must not train (no runs/)"
+
+
+def test_second_run_reuses_every_finished_subrun(quick_run):
+    out, _, first = quick_run
+    t0 = time.perf_counter()
+    assert main(["reproduce", "all", "--quick", "--out", str(out), "--quiet"]) == 0
+    second = time.perf_counter() - t0
+    for name, r in _results(out).items():
+        assert r["subruns"]["ran"] == 0, f"{name} recomputed {r['subruns']}"
+        assert r["subruns"]["cached"] > 0
+    assert second < first, f"second run {second:.1f}s is not faster than the first {first:.1f}s"
+
+
+def test_an_interrupted_claim_resumes_where_it_stopped(quick_run):
+    out, _, _ = quick_run
+    runs = sorted((out / "tradeoff" / "runs").glob("*.json"))
+    runs[0].unlink()  # as if the run had stopped before this sub-run finished
+    assert main(["reproduce", "tradeoff", "--quick", "--out", str(out), "--quiet"]) == 0
+    stats = _results(out)["tradeoff"]["subruns"]
+    assert stats["ran"] == 1 and stats["cached"] == len(runs) - 1, stats
+
+
+def test_kr_network_recovers_a_known_w1(quick_run):
+    """Q = P shifted by Δ: W₁ = |Δ| exactly; POT finds it, the KR network estimates it."""
+    out, _, _ = quick_run
+    r = _results(out)["optimal-transport"]
+    shift = r["config"]["shift"]
+    pair = r["pairs"]["shift"]
+    assert abs(pair["w1_pot"] - shift) < TOL_W1_POT, (pair["w1_pot"], shift)
+    assert abs(pair["w1_net"] - shift) / shift < TOL_W1_NET, (pair["w1_net"], shift)
+    assert pair["corr"] > 0.95, pair["corr"]
+
+
+def test_exact_w1_on_trivial_cases():
+    p = np.zeros((1, 2))
+    q = np.array([[3.0, 4.0]])
+    w1, v = optimal_transport.exact_w1(p, q)
+    assert abs(w1 - 5.0) < 1e-9, w1  # two Diracs: their distance
+    phi = optimal_transport.kantorovich_potential(np.concatenate([p, q]), q, v)
+    assert abs((phi[0] - phi[1]) - 5.0) < 1e-9, phi  # the potential attains W₁
+    p, q = optimal_transport.sample_pair("shift", 200, seed=3, shift=1.5)
+    w1, _ = optimal_transport.exact_w1(p, q)
+    assert abs(w1 - 1.5) < TOL_W1_POT, w1
+
+
+def test_label_noise_flips_exactly_the_asked_fraction_to_other_classes():
+    from onelip.data import DataSplit
+
+    y = torch.arange(1000) % 10
+    data = DataSplit("x", torch.zeros(1000, 2), y, torch.zeros(5, 2), y[:5], 10, (2,))
+    noisy = common.label_noise(data, 0.2, seed=1)
+    changed = noisy.y_train != y
+    assert int(changed.sum()) == 200, int(changed.sum())
+    assert torch.equal(noisy.y_test, data.y_test)
+
+
+def test_unknown_claim_is_a_one_line_error(tmp_path, capsys):
+    assert main(["reproduce", "nonsense", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown claim 'nonsense'" in err, err
+
+
+def test_redraw_without_results_is_a_one_line_error(tmp_path, capsys):
+    assert main(["reproduce", "all", "--redraw", "--out", str(tmp_path)]) == 2
+    assert "results.json" in capsys.readouterr().err
