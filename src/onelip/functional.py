@@ -4,7 +4,8 @@
 Layers: :func:`group_sort`, :func:`full_sort`, :func:`polar_bjorck`, :func:`bjorck_step`,
 :func:`bjorck1_linear`, :func:`spectral_norm_exact`, :func:`power_iteration`.
 Convolutions: :func:`cholesky_orthonormalize`, :func:`compose_kernels`, :func:`bcop_kernel`,
-:func:`conv2d_operator_norm_bound`, :func:`conv2d_power_iteration`,
+:func:`circular_grid`, :func:`conv2d_symbol`, :func:`conv2d_operator_norm_bound`,
+:func:`symbol_power_iteration`, :func:`conv2d_power_iteration`,
 :func:`conv2d_top_singular_vector`. Pooling:
 :func:`scaled_avg_pool2d`, :func:`l2_norm_pool2d`, :func:`global_l2_norm_pool2d`,
 :func:`invertible_downsample`. Residual: :func:`sll_linear`, :func:`sll_conv2d`.
@@ -42,10 +43,14 @@ __all__ = [
     "bjorck1_linear",
     "bjorck_step",
     "cholesky_orthonormalize",
+    "circular_grid",
     "compose_kernels",
     "conv2d_operator_norm_bound",
+    "conv2d_polyphase",
     "conv2d_power_iteration",
+    "conv2d_symbol",
     "conv2d_top_singular_vector",
+    "dft_phases",
     "float32_cast_margin",
     "full_sort",
     "global_l2_norm_pool2d",
@@ -67,6 +72,7 @@ __all__ = [
     "sll_linear",
     "sll_scaling",
     "spectral_norm_exact",
+    "symbol_power_iteration",
     "tau_cross_entropy_loss",
 ]
 
@@ -350,9 +356,72 @@ def bcop_kernel(mix: Tensor, projectors: Tensor, *, in_channels: int,
     return kernel
 
 
+def circular_grid(kernel_size: tuple[int, int], input_size: tuple[int, int], *,
+                  stride: int = 1, padding: int = 0) -> tuple[int, int]:
+    """The smallest circular size (M_h, M_w) whose circular convolution contains the
+    zero-padded ``conv2d(·, K, stride, padding)`` on ``input_size`` inputs as a restriction
+    (see :func:`conv2d_operator_norm_bound`): M = max(hi, H_out + ⌈k/s⌉ - 1 - lo), lo/hi the
+    first/last rows of the unshuffled padded input that can be non-zero; M = H + p for
+    stride 1."""
+    sizes = []
+    for size, ksz in zip(input_size, kernel_size):
+        q = -(-ksz // stride)  # polyphase kernel size
+        n_out = (size + 2 * padding - ksz) // stride + 1  # output rows
+        lo = max(0, -(-(padding - stride + 1) // stride))  # leading all-padding rows of X
+        hi = (padding + size - 1) // stride + 1  # rows of X holding input
+        sizes.append(max(hi, n_out + q - 1 - lo))
+    return sizes[0], sizes[1]
+
+
+def conv2d_polyphase(kernel: Tensor, *, stride: int = 1) -> Tensor:
+    """The polyphase kernel :math:`K'[o, (c, r_1, r_2), a_1, a_2] = K[o, c, s a_1 + r_1,
+    s a_2 + r_2]`: the stride-s convolution as a stride-1 convolution of the
+    pixel-unshuffled input. Differentiable.
+
+    Shape: (C_out, C_in, kh, kw) -> (C_out, C_in s², ⌈kh/s⌉, ⌈kw/s⌉).
+    """
+    c_out, c_in, kh, kw = kernel.shape
+    s = stride
+    qh, qw = -(-kh // s), -(-kw // s)
+    k = F.pad(kernel, (0, qw * s - kw, 0, qh * s - kh))  # (O, C, qh s, qw s)
+    k = k.reshape(c_out, c_in, qh, s, qw, s).permute(0, 1, 3, 5, 2, 4)
+    return k.reshape(c_out, c_in * s * s, qh, qw)  # (O, C s², qh, qw)
+
+
+def dft_phases(taps: tuple[int, int], grid: tuple[int, int], *,
+               dtype: torch.dtype = torch.complex128, device=None) -> Tensor:
+    """:math:`e^{-2\\pi i (f_1 a_1 / M_h + f_2 a_2 / M_w)}` for the frequencies f of the half
+    DFT grid :math:`M_h \\times (\\lfloor M_w/2 \\rfloor + 1)` and the kernel taps a.
+
+    Shape: -> (M_h, M_w/2+1, q_h, q_w), complex.
+    """
+    (qh, qw), (mh, mw) = taps, grid
+    fh = torch.arange(mh, dtype=torch.float64, device=device)[:, None, None, None] / mh
+    fw = torch.arange(mw // 2 + 1, dtype=torch.float64, device=device)[None, :, None, None] / mw
+    ah = torch.arange(qh, dtype=torch.float64, device=device)[None, None, :, None]
+    aw = torch.arange(qw, dtype=torch.float64, device=device)[None, None, None, :]
+    angle = -2 * math.pi * (fh * ah + fw * aw)  # (M_h, M_w', q_h, q_w)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype)
+
+
+def conv2d_symbol(kernel: Tensor, grid: tuple[int, int], *, stride: int = 1) -> Tensor:
+    """The symbol :math:`\\hat K'(\\omega) = \\sum_a K'_a e^{-i\\langle\\omega, a\\rangle}` of the
+    polyphase kernel (:func:`conv2d_polyphase`) on the half DFT grid
+    :math:`M_h \\times (\\lfloor M_w/2 \\rfloor + 1)` (:math:`\\hat K'(-\\omega) =
+    \\overline{\\hat K'(\\omega)}` covers the other half). A sum over the few taps (faster than
+    an FFT of the padded kernel on a CPU). Differentiable.
+
+    Shape: kernel (C_out, C_in, kh, kw) -> (M_h, M_w/2+1, C_out, C_in s²), complex.
+    """
+    k = conv2d_polyphase(kernel, stride=stride)  # (O, C s², qh, qw)
+    ctype = torch.complex128 if kernel.dtype == torch.float64 else torch.complex64
+    phases = dft_phases(tuple(k.shape[-2:]), grid, dtype=ctype, device=kernel.device)
+    return torch.einsum("ocab,fgab->fgoc", k.to(ctype), phases)  # (M_h, M_w', O, C s²)
+
+
 def conv2d_operator_norm_bound(kernel: Tensor, input_size: tuple[int, int], *,
                                stride: int = 1, padding: int = 0,
-                               n_sizes: int = 4) -> Tensor:
+                               n_sizes: int = 1) -> Tensor:
     """A certified upper bound of the operator norm of ``conv2d(·, kernel, stride, padding)``
     (zero padding) on inputs of spatial size ``input_size``.
 
@@ -361,15 +430,13 @@ def conv2d_operator_norm_bound(kernel: Tensor, input_size: tuple[int, int], *,
     1. Polyphase: a stride-s convolution of the zero-padded input is a stride-1 "valid"
        convolution of the pixel-unshuffled padded input X (an *isometric* embedding of x) with
        the polyphase kernel :math:`K'` (:math:`C_{in} s^2` channels, size
-       :math:`\\lceil k/s\\rceil`).
+       :math:`\\lceil k/s\\rceil`; :func:`conv2d_symbol`).
     2. Embedding X in a circular signal of size M large enough that no output read wraps
-       onto non-zero input (M = max(hi, H_out + k' - 1 - lo), lo/hi the first/last non-zero
-       rows of X: for stride 1 this is M = H + p), the operator is a restriction of the
-       circular convolution :math:`C_M`, so :math:`\\|T\\| \\le \\|C_M\\|`.
+       onto non-zero input (:func:`circular_grid`; M = H + p for stride 1), the operator is a
+       restriction of the circular convolution :math:`C_M`, so :math:`\\|T\\| \\le \\|C_M\\|`.
     3. :math:`\\|C_M\\| = \\max_{\\omega} \\sigma_{\\max}(\\hat K'(\\omega))` over the
        :math:`M_h \\times M_w` DFT grid (Sedghi et al., ICLR 2019), computed exactly by SVD in
-       float64 (half the grid: :math:`\\hat K'(-\\omega) = \\overline{\\hat K'(\\omega)}`).
-       Every :math:`M' \\ge M` is valid too: the minimum over ``n_sizes`` sizes
+       float64. Every :math:`M' \\ge M` is valid too: with ``n_sizes > 1`` the minimum over
        :math:`M, \\dots, M + n_{sizes} - 1` is returned (1-3 % tighter on small inputs).
 
     The bound is tight up to border effects (the zero-padded operator is a compression of the
@@ -377,28 +444,30 @@ def conv2d_operator_norm_bound(kernel: Tensor, input_size: tuple[int, int], *,
 
     Shape: kernel (C_out, C_in, kh, kw) -> scalar (float64).
     """
-    c_out, c_in, kh, kw = kernel.shape
     k = kernel.detach().double()
-    s = stride
-    # Polyphase kernel: K'[o, (c, r1, r2), a1, a2] = K[o, c, s a1 + r1, s a2 + r2].
-    qh, qw = -(-kh // s), -(-kw // s)
-    k = F.pad(k, (0, qw * s - kw, 0, qh * s - kh))  # (O, C, qh s, qw s)
-    k = k.reshape(c_out, c_in, qh, s, qw, s).permute(0, 1, 3, 5, 2, 4)
-    k = k.reshape(c_out, c_in * s * s, qh, qw)  # (O, C s², qh, qw)
-    sizes = []
-    for size, ksz, q in zip(input_size, (kh, kw), (qh, qw)):
-        n_out = (size + 2 * padding - ksz) // s + 1  # output rows
-        lo = max(0, -(-(padding - s + 1) // s))  # leading rows of X that are all padding
-        hi = (padding + size - 1) // s + 1  # rows of X holding input
-        sizes.append(max(hi, n_out + q - 1 - lo))
+    m_h, m_w = circular_grid(tuple(kernel.shape[-2:]), input_size, stride=stride,
+                             padding=padding)
     best = None
     for extra in range(n_sizes):  # every M >= M_min is valid: keep the smallest bound
-        m_h, m_w = sizes[0] + extra, sizes[1] + extra
-        sym = torch.fft.rfft2(k, s=(m_h, m_w))  # (O, C s², M_h, M_w/2+1), complex128
-        sym = sym.permute(2, 3, 0, 1).reshape(-1, c_out, c_in * s * s)
+        sym = conv2d_symbol(k, (m_h + extra, m_w + extra), stride=stride)
         bound = torch.linalg.matrix_norm(sym, ord=2).amax()
         best = bound if best is None else torch.minimum(best, bound)
     return best
+
+
+@torch.no_grad()
+def symbol_power_iteration(sym: Tensor, v: Tensor, *, n_iter: int = 1) -> None:
+    """One power-iteration step per frequency, batched: :math:`v_\\omega \\leftarrow
+    \\hat K_\\omega^H \\hat K_\\omega v_\\omega / \\|\\cdot\\|`, updating the complex unit
+    vectors ``v`` in place. Then :math:`\\max_\\omega \\|\\hat K_\\omega v_\\omega\\|` is a lower
+    bound of the circular norm that converges to it, tracking *every* frequency at once.
+
+    Shape: sym (*, O, C) complex, v (*, C) complex.
+    """
+    for _ in range(n_iter):
+        u = (sym @ v[..., None])  # (*, O, 1)
+        w = (sym.mH @ u)[..., 0]  # (*, C)
+        v.copy_(w / torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1e-30))
 
 
 @torch.no_grad()

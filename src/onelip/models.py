@@ -101,3 +101,7 @@ def build(name: str, **kwargs) -> tuple[nn.Module, Any]:
 def config_dict(cfg: Any) -> dict:
     d = asdict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# Convolutional architectures register themselves (convnet, lipresnet).
+from onelip import models_conv as _models_conv  # noqa: E402,F401

@@ -62,6 +62,7 @@ class ConvexResidual(LipschitzModule):
         lam = float(self.lam)
         return (1 - lam) + lam * module_lipschitz_bound(self.body)
 
+    @torch.no_grad()
     def export(self) -> nn.Module:
         from onelip.export import Residual, to_plain
 
@@ -69,7 +70,8 @@ class ConvexResidual(LipschitzModule):
         return Residual(to_plain(self.body), skip=1 - lam, scale=lam)
 
     def extra_repr(self) -> str:
-        return f"lam={float(self.lam):.4g}, learnable={self.logit is not None}"
+        return f"lam={float(torch.as_tensor(self.lam).detach()):.4g}, " \
+            f"learnable={self.logit is not None}"
 
 
 class SLLBlock(LipschitzModule):

@@ -1,0 +1,138 @@
+# SPDX-License-Identifier: MIT
+"""The convolutional architectures: configs, flat and image inputs, the whole-model
+Lipschitz claim, checkpoints, export and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from checks import adversarial_lipschitz_ratio, max_local_jacobian_norm
+from onelip import checkpoint, models
+from onelip.certify import lipschitz_bound
+
+TOL_F64 = 1e-9  # exact local Jacobians of a float64 model
+TOL_F32 = 1e-4  # adversarial probes on float32 models
+
+SMALL = [  # (name, fields): small enough for exact Jacobians (1×8×8 inputs)
+    ("convnet", {"width": 4, "stages": 2}),
+    ("convnet", {"width": 4, "stages": 2, "layer": "spectral", "head": "global_l2"}),
+    ("lipresnet", {"width": 4, "blocks": (1, 1)}),
+    ("lipresnet", {"width": 4, "blocks": (1, 1), "block": "convex", "layer": "spectral"}),
+]
+
+
+def _build(name, fields, shape=(1, 8, 8), k=3):
+    return models.build(name, input_shape=shape, num_outputs=k, **fields)
+
+
+def _train_steps(model, shape, steps=25, lr=0.02):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    dtype = next(model.parameters()).dtype
+    for _ in range(steps):
+        x = torch.randn(8, *shape, dtype=dtype)
+        y = torch.randint(0, 3, (8,))
+        loss = torch.nn.functional.cross_entropy(16 * model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def test_registered():
+    assert {"convnet", "lipresnet"} <= set(models.available())
+
+
+@pytest.mark.parametrize("name,fields", SMALL)
+def test_flat_and_image_inputs_and_bound(name, fields):
+    model, cfg = _build(name, fields)
+    model.eval()
+    x = torch.randn(5, *cfg.input_shape)
+    assert torch.allclose(model(x), model(x.flatten(1)))
+    assert model(x).shape == (5, 3)
+    assert lipschitz_bound(model) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name,fields", SMALL)
+def test_whole_model_is_1_lipschitz_after_training(name, fields):
+    shape = (1, 8, 8)
+    model, _ = _build(name, fields, shape)
+    model = _train_steps(model.double(), shape)
+    model.eval()
+    jac = max_local_jacobian_norm(model, shape, n_points=3, dtype=torch.float64)
+    assert 1e-4 < jac <= 1 + TOL_F64, f"local Jacobian norm {jac}"
+
+
+def test_whole_model_adversarial_float32():
+    shape = (1, 8, 8)
+    model, _ = _build("convnet", {"width": 4, "stages": 2}, shape)
+    model = _train_steps(model, shape).eval()
+    ratio = adversarial_lipschitz_ratio(model, shape, steps=50, n_pairs=8)
+    assert ratio <= 1 + TOL_F32, ratio
+
+
+def test_configs_validate_and_roundtrip(tmp_path):
+    with pytest.raises(ValueError, match="input_shape"):
+        models.build("convnet", input_shape=(784,))
+    with pytest.raises(ValueError, match="layer"):
+        models.build("convnet", layer="dense")
+    with pytest.raises(ValueError, match="block"):
+        models.build("lipresnet", block="bottleneck")
+    with pytest.raises(ValueError, match="divisible"):
+        models.build("convnet", width=5)
+    # JSON lists (as in config.json) become tuples; the checkpoint rebuilds the same model.
+    model, cfg = models.build("lipresnet", input_shape=[1, 8, 8], num_outputs=3, width=4,
+                              blocks=[1, 1])
+    assert cfg.input_shape == (1, 8, 8) and cfg.blocks == (1, 1)
+    _train_steps(model, (1, 8, 8), steps=3)
+    checkpoint.save(model, tmp_path / "run", model_name="lipresnet", model_config=cfg)
+    loaded, _ = checkpoint.load(tmp_path / "run")
+    x = torch.randn(4, 64)
+    assert torch.allclose(loaded.eval()(x), model.eval()(x), atol=1e-6)
+
+
+def test_export_to_plain():
+    from onelip.export import to_plain
+
+    for name, fields in SMALL:
+        model, cfg = _build(name, fields)
+        _train_steps(model, cfg.input_shape, steps=3)
+        model.eval()
+        plain = to_plain(model)
+        x = torch.randn(4, *cfg.input_shape)
+        assert torch.allclose(plain(x), model(x), atol=1e-5), name
+        kinds = {type(m).__name__ for m in plain.modules()}
+        assert not kinds & {"OrthoConv2d", "SpectralConv2d", "SLLConv2d", "OrthoLinear"}, kinds
+
+
+def test_cli_trains_a_convnet(tmp_path):
+    """`onelip train --model convnet` end to end (digits: 8×8 images, a few seconds)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "onelip.cli", "train", "--data", "digits", "--model",
+           "convnet", "--width", "4", "--epochs", "2", "--quiet", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["name"] == "convnet"
+    assert cfg["model"]["config"]["input_shape"] == [1, 8, 8]
+    assert cfg["model"]["config"]["width"] == 4
+    res = subprocess.run([sys.executable, "-m", "onelip.cli", "certify", str(out),
+                          "--eps", "0.1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
+def test_cli_fashion_mnist_convnet(tmp_path):
+    """The real data set (needs `make data`): one epoch of a small convnet."""
+    out = tmp_path / "fm"
+    cmd = [sys.executable, "-m", "onelip.cli", "train", "--data", "fashion-mnist", "--model",
+           "convnet", "--width", "8", "--epochs", "1", "--quiet", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final"]["test_acc"] > 0.7
