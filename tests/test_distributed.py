@@ -56,24 +56,27 @@ def _compare(single: Path, multi: Path) -> tuple[float, float]:
     return loss_err, w_err
 
 
-def _only_rank0_wrote(out: Path, proc: subprocess.CompletedProcess, epochs: int) -> None:
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _only_rank0_wrote(out: Path, rc: int, stdout: str, stderr: str, epochs: int) -> None:
+    assert rc == 0, stderr[-3000:]
     assert {p.name for p in out.iterdir()} == RUN_FILES
-    assert proc.stdout.count("trained mlp") == 1, proc.stdout
+    assert stdout.count("trained mlp") == 1, stdout
     for e in range(1, epochs + 1):
-        assert proc.stderr.count(f"epoch {e}/{epochs} ") == 1, proc.stderr[-3000:]
+        assert stderr.count(f"epoch {e}/{epochs} ") == 1, stderr[-3000:]
 
 
-def test_two_processes_match_one_multiclass_hkr(tmp_path):
+def test_two_processes_match_one_multiclass_hkr(tmp_path, capfd, monkeypatch):
     """`onelip train --nproc 2` (multiclass HKR, digits) == one process: losses, weights."""
     args = ["train", "--data", "digits", "--width", "32", "--depth", "2", "--loss", "hkr",
             "--hinge-mode", "one_vs_all", "--epochs", "2", "--batch-size", "101",
             "--lr", "3e-3"]
     assert main([*args, "--quiet", "--out", str(tmp_path / "one")]) == 0
-    proc = subprocess.run([sys.executable, "-m", "onelip", *args, "--nproc", "2",
-                           "--out", str(tmp_path / "two")],
-                          env=_env(), capture_output=True, text=True, timeout=300)
-    _only_rank0_wrote(tmp_path / "two", proc, epochs=2)
+    capfd.readouterr()
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    # The launcher runs `python -m onelip train ...` twice, with torchrun's environment.
+    rc = main([*args, "--nproc", "2", "--out", str(tmp_path / "two")])
+    out, err = capfd.readouterr()
+    _only_rank0_wrote(tmp_path / "two", rc, out, err, epochs=2)
     loss_err, w_err = _compare(tmp_path / "one", tmp_path / "two")
     print(f"2 vs 1 process (digits, HKR): loss rel. {loss_err:.1e}, weights {w_err:.1e}")
 
@@ -93,7 +96,7 @@ def test_torchrun_matches_one_binary_kr(tmp_path):
                            "--nproc_per_node", "2", "-m", "onelip", *args,
                            "--out", str(tmp_path / "two")],
                           env=_env(), capture_output=True, text=True, timeout=300)
-    _only_rank0_wrote(tmp_path / "two", proc, epochs=2)
+    _only_rank0_wrote(tmp_path / "two", proc.returncode, proc.stdout, proc.stderr, epochs=2)
     loss_err, w_err = _compare(tmp_path / "one", tmp_path / "two")
     print(f"2 vs 1 process (two-moons, KR): loss rel. {loss_err:.1e}, weights {w_err:.1e}")
 

@@ -182,6 +182,48 @@ def test_load_plain_refuses_unknown_types_and_corrupt_files(tmp_path):
         export.load_plain(trunc)
 
 
+def _conv_net() -> nn.Module:
+    """Every exportable layer family: orthogonal/spectral convs (zero and circular padding,
+    stride), SLL and convex residuals, centering, pooling, downsampling, dense head."""
+    torch.manual_seed(0)
+    net = onn.Sequential(
+        onn.OrthoConv2d(2, 8, 3), onn.GroupSort(2),
+        onn.SpectralConv2d(8, 8, 3, input_size=(8, 8)), onn.BatchCentering(8), onn.MaxMin(),
+        onn.SLLConv2d(8, 8),
+        onn.ConvexResidual(onn.Sequential(onn.OrthoConv2d(8, 8, 3), onn.Abs()), 0.3,
+                           learnable=True),
+        onn.OrthoConv2d(8, 8, 3, stride=2, padding_mode="circular"), onn.GroupSort(4),
+        onn.ScaledAvgPool2d(2), onn.InvertibleDownsample(2), onn.LayerCentering(),
+        onn.GlobalL2NormPool2d(), nn.Flatten(),
+        onn.SLLBlock(32), onn.OrthoLinear(32, 10))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        net[3].running_mean.normal_()
+    return net
+
+
+def test_to_plain_conv_families(tmp_path):
+    """Conv models: to_plain within 1e-6, the plain safetensors and .pt2 round trips."""
+    net = _conv_net()
+    net.train()
+    before = _snapshot(net)
+    plain = export.to_plain(net)
+    assert net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    owners = {type(m).__name__ for m in plain.modules() if list(m.parameters(recurse=False))}
+    assert owners <= {"Conv2d", "Linear", "ChannelShift"}, owners
+    x = torch.randn(16, 2, 8, 8)
+    with torch.no_grad():
+        ref = net.eval()(x)
+        err = (plain(x) - ref).abs().max().item()
+        assert err <= TOL_PLAIN, f"conv net: plain vs model {err:.2e}"
+        loaded = export.load_plain(export.save_plain(net, tmp_path / "c.safetensors"))
+        assert (loaded(x) - ref).abs().max().item() <= TOL_PLAIN
+        prog = torch.export.load(str(export.to_torch_program(net, tmp_path / "c.pt2",
+                                                              input_shape=(2, 8, 8))))
+        assert (prog.module()(x) - ref).abs().max().item() <= TOL_PLAIN
+
+
 # ==== ONNX ==================================================================================
 
 
@@ -215,6 +257,17 @@ def test_onnx_parity_and_radii(tmp_path, num_outputs, activation):
         rerr = (r_onnx - r_ref).abs().max().item()
         assert rerr <= TOL_ONNX, f"batch {n}: radii differ by {rerr:.2e}"
     assert export.onnx_max_error(model, path, torch.randn(32, 12)) <= TOL_ONNX
+
+
+def test_onnx_parity_conv(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    net = _conv_net()
+    path = export.to_onnx(net, tmp_path / "c.onnx", input_shape=(2, 8, 8))
+    for n in (1, 9):
+        x = torch.randn(n, 2, 8, 8)
+        err = export.onnx_max_error(net, path, x)
+        assert err <= TOL_ONNX, f"conv net, batch {n}: ONNX vs PyTorch {err:.2e}"
 
 
 def test_torch_program_has_no_pickle_and_runs_without_onelip_layers(tmp_path):

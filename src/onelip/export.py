@@ -55,10 +55,11 @@ from torch import Tensor, nn
 
 from onelip import __version__
 from onelip.checkpoint import CheckpointError, load, save
-from onelip.nn import FrobeniusLinear, OrthoLinear, SpectralLinear
+from onelip.nn import BatchCentering, FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn._base import LipschitzModule
 
 __all__ = [
+    "ChannelShift",
     "CheckpointError",
     "Residual",
     "load",
@@ -119,6 +120,26 @@ class Residual(nn.Module):
         return f"skip={self.skip}, scale={self.scale}"
 
 
+class ChannelShift(nn.Module):
+    r"""Plain per-channel translation :math:`y = x + b` (b broadcast over axis 1): what
+    :class:`onelip.nn.BatchCentering` exports to (:math:`b = \beta - \mu_{running}`).
+
+    Shape:
+        :math:`(N, C, *) \to (N, C, *)`.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+        self.bias = nn.Parameter(torch.zeros(self.num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias.view((1, -1) + (1,) * (x.dim() - 2))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}"
+
+
 def _plain_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     out_f, in_f = weight.shape
     lin = nn.Linear(in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
@@ -137,7 +158,15 @@ def _export_dense(m: nn.Module) -> nn.Linear:
     return _plain_linear(m.effective_weight().detach(), m.bias)
 
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+@register(BatchCentering)
+def _export_batch_centering(m: nn.Module) -> ChannelShift:
+    # eval mode: y = x − μ_running + β, a translation.
+    shift = -m.running_mean.detach()
+    if m.bias is not None:
+        shift = shift + m.bias.detach()
+    out = ChannelShift(m.num_features).to(device=shift.device, dtype=shift.dtype)
+    out.bias.copy_(shift)
+    return out
 
 
 def _registered(cls: type) -> Exporter | None:
@@ -169,7 +198,7 @@ def _export_module(m: nn.Module) -> nn.Module:
     own = _own_tensors(m)
     if isinstance(m, LipschitzModule) and own:
         raise TypeError(
-            f"{type(m).__name__} has constrained weights ({', '.join(own)}) but no export: "
+            f"{type(m).__name__} has parameters or buffers ({', '.join(own)}) but no export: "
             "give it an export() method returning plain modules, or register an exporter "
             "with onelip.export.register"
         )
