@@ -42,12 +42,14 @@ def _compare(single: Path, multi: Path) -> tuple[float, float]:
     h1 = json.loads((single / "metrics.json").read_text())["history"]
     h2 = json.loads((multi / "metrics.json").read_text())["history"]
     assert len(h1) == len(h2)
-    loss_err = max(abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-12) for a, b in zip(h1, h2))
+    loss_err = max(abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-12)
+                   for a, b in zip(h1, h2))
     assert loss_err <= TOL_LOSS, f"loss histories differ (rel. {loss_err:.2e}): {h1} vs {h2}"
     assert all(r["rank_divergence"] == 0.0 for r in h2), (
         f"ranks drifted apart: {[r['rank_divergence'] for r in h2]}"
     )
-    w1, w2 = load_file(str(single / "model.safetensors")), load_file(str(multi / "model.safetensors"))
+    w1 = load_file(str(single / "model.safetensors"))
+    w2 = load_file(str(multi / "model.safetensors"))
     assert w1.keys() == w2.keys()
     w_err = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert w_err <= TOL_WEIGHTS, f"final weights differ by {w_err:.2e} > {TOL_WEIGHTS:.0e}"
