@@ -183,6 +183,10 @@ def _own_tensors(m: nn.Module) -> list[str]:
 
 
 def _export_module(m: nn.Module) -> nn.Module:
+    if isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return _export_module(m.module)
+    if hasattr(m, "_orig_mod") and type(m).__name__ == "OptimizedModule":  # torch.compile
+        return _export_module(m._orig_mod)
     hook = getattr(type(m), "export", None)
     if callable(hook):
         return m.export()
@@ -236,8 +240,9 @@ def to_plain(model: nn.Module) -> nn.Module:
     Constrained layers become ``nn.Linear`` / ``nn.Conv2d`` holding their folded weight
     (``effective_weight()``: polar factor, :math:`W/\sigma_{\max}`, …); onelip's
     parameter-free activations and pooling are copied; containers keep their structure
-    (``onelip.nn.Sequential`` becomes ``nn.Sequential``). ``model`` is not modified (its
-    training mode and weights stay as they were).
+    (``onelip.nn.Sequential`` becomes ``nn.Sequential``); ``DistributedDataParallel``,
+    ``DataParallel`` and ``torch.compile`` wrappers are unwrapped. ``model`` is not modified
+    (its training mode and weights stay as they were).
 
     The plain model is in eval mode, on the device and in the dtype of ``model``; in float32
     its outputs equal the eval-mode outputs of ``model`` within 1e-6 (the same ops on the same
