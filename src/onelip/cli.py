@@ -4,6 +4,8 @@
     onelip train   --data mnist-5k --model mlp --loss hinge --margin 1 --epochs 20 --out runs/x
     onelip certify runs/x --eps 0.5 1.0 1.58 [--attack]
     onelip inspect runs/x
+    onelip export  runs/x --format torch|onnx|safetensors --out FILE   (docs/export.md)
+    onelip train   ... --nproc 4    (or torchrun -m onelip train ...; docs/distributed.md)
 
 Errors (unknown data set, missing run, corrupt weights, bad numbers, unknown options) print
 one line ``onelip: error: ...`` and exit with status 2, without a traceback.
