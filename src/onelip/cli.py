@@ -79,8 +79,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist-5k", help="data set name (see onelip.data)")
     p.add_argument("--model", default="mlp", help="architecture (see onelip.models)")
     p.add_argument("--layer", default=None, help="'ortho' or 'spectral' linear layers")
-    p.add_argument("--width", type=_positive_int, default=None, help="hidden width (mlp)")
-    p.add_argument("--depth", type=_positive_int, default=None, help="hidden layers (mlp)")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="hidden width (mlp), first-stage channels (convnet, lipresnet)")
+    p.add_argument("--depth", type=_positive_int, default=None,
+                   help="hidden layers (mlp), convolutions per stage (convnet)")
     p.add_argument("--activation", default=None, help="maxmin, groupsort, fullsort, abs")
     p.add_argument("--loss", default="hinge", choices=["kr", "hinge", "hkr", "ce"])
     p.add_argument("--alpha", type=_nonneg_float, default=10.0, help="HKR weight of the hinge")
@@ -119,10 +121,13 @@ def _model_fields(name: str, args: argparse.Namespace, data) -> dict:
         kw["layer"] = args.layer
     if args.activation is not None:
         kw["activation"] = args.activation
-    if "hidden" in fields and (args.width is not None or args.depth is not None):
+    if "width" in fields:  # convolutional models: --width/--depth set their own fields
+        if args.width is not None:
+            kw["width"] = args.width
+        if args.depth is not None and "depth" in fields:
+            kw["depth"] = args.depth
+    elif "hidden" in fields and (args.width is not None or args.depth is not None):
         kw["hidden"] = [args.width or 512] * (args.depth or 3)
-    elif args.width is not None and "width" in fields:
-        kw["width"] = args.width
     return kw
 
 

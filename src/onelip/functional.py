@@ -258,14 +258,16 @@ def _cholesky_qr(a: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(chol, a.mT, upper=False).mT  # A L^{-T}: (*, m, n)
 
 
-def cholesky_orthonormalize(w: Tensor) -> Tensor:
+def cholesky_orthonormalize(w: Tensor, *, refine: bool = True) -> Tensor:
     """Orthonormalise the columns (rows, for a wide matrix) of ``w`` by Cholesky QR.
 
     :math:`W = QR` with :math:`R^\\top R = W^\\top W` (Cholesky), :math:`Q = W R^{-1}`:
     no iteration to converge, smooth, and :math:`\\operatorname{span} Q =
     \\operatorname{span} W`. The orthogonality error of one pass is about
     :math:`\\kappa(W)^2 \\epsilon`; when it exceeds 1e-12 a second pass ("CholeskyQR2")
-    brings it down to :math:`\\epsilon` (float64: ~1e-15 for :math:`\\kappa \\lesssim 10^6`); a relative jitter of 1e-14 on the Gram diagonal keeps
+    brings it down to :math:`\\epsilon` (float64: ~1e-15 for :math:`\\kappa \\lesssim 10^6`)
+    unless ``refine=False`` (no second pass, and no host synchronisation: for well-conditioned
+    latents, e.g. retracted ones). A relative jitter of 1e-14 on the Gram diagonal keeps
     rank-deficient inputs finite. The result is divided by :math:`\\sqrt{1+e}`,
     :math:`e = \\|Q^\\top Q - I\\|_F` (no gradient), so :math:`\\sigma_{\\max}(Q) \\le 1` holds
     for *any* input, whatever its conditioning.
@@ -282,7 +284,7 @@ def cholesky_orthonormalize(w: Tensor) -> Tensor:
 
     q = _cholesky_qr(a)
     err = error(q)
-    if q.numel() and float(err.max()) > _ORTHO_TOL:  # ill-conditioned latent: second pass
+    if refine and q.numel() and float(err.max()) > _ORTHO_TOL:  # ill-conditioned: 2nd pass
         q = _cholesky_qr(q)
         err = error(q)
     q = q / torch.sqrt(1 + err)[..., None, None]
@@ -309,13 +311,13 @@ def compose_kernels(first: Tensor, second: Tensor) -> Tensor:
     return out
 
 
-def _two_tap(kernel: Tensor, q: Tensor, dim: int) -> Tensor:
+def _two_tap(kernel: Tensor, p: Tensor, dim: int) -> Tensor:
     """Compose ``kernel`` with the 2-tap 1-D convolution :math:`[P, I - P]` along ``dim``
-    (-2: height, -1: width), :math:`P = QQ^\\top`: :math:`C_t = P K_t + (I-P) K_{t-1}`.
+    (-2: height, -1: width): :math:`C_t = P K_t + (I-P) K_{t-1}`.
 
-    Shape: kernel (n, C, h, w), q (n, r) -> (n, C, h+1, w) or (n, C, h, w+1).
+    Shape: kernel (n, C, h, w), p (n, n) -> (n, C, h+1, w) or (n, C, h, w+1).
     """
-    pk = torch.einsum("ir,rchw->ichw", q, torch.einsum("ir,ichw->rchw", q, kernel))
+    pk = torch.einsum("ij,jchw->ichw", p, kernel)
     after, before = ((0, 0, 0, 1), (0, 0, 1, 0)) if dim == -2 else ((0, 1), (1, 0))
     return F.pad(pk, after) + F.pad(kernel - pk, before)
 
@@ -348,9 +350,10 @@ def bcop_kernel(mix: Tensor, projectors: Tensor, *, in_channels: int,
         kernel = mix[:, :, None, None]  # (C_out, C_in, 1, 1)
     else:
         kernel = torch.eye(n, dtype=mix.dtype, device=mix.device)[:, :, None, None]
+    proj = projectors @ projectors.mT  # (2(k-1), n, n): P_1..P_{k-1}, R_1..R_{k-1}
     for j in range(n_blocks):
-        kernel = _two_tap(kernel, projectors[j], -2)  # height taps (P_j, I - P_j)
-        kernel = _two_tap(kernel, projectors[n_blocks + j], -1)  # width taps (R_j, I - R_j)
+        kernel = _two_tap(kernel, proj[j], -2)  # height taps (P_j, I - P_j)
+        kernel = _two_tap(kernel, proj[n_blocks + j], -1)  # width taps (R_j, I - R_j)
     if out_channels < in_channels:
         kernel = torch.einsum("io,ichw->ochw", mix, kernel)  # (C_out, C_in, k, k)
     return kernel
