@@ -33,10 +33,12 @@ __all__ = [
     "Verdict",
     "config_dict",
     "config_key",
+    "environment",
     "label_noise",
     "lipschitz_mlp",
     "plain_mlp",
     "rounded",
+    "save_png",
     "scores",
     "subset",
     "table",
@@ -86,6 +88,15 @@ def rounded(x: Any, digits: int = 4) -> Any:
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def environment() -> dict:
+    """Where a sub-run is computed: versions, CPU count and torch threads."""
+    import platform
+
+    return {"onelip": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -144,6 +155,7 @@ class SubRuns:
         self.ran = 0
         self.cached = 0
         self.compute_seconds = 0.0  # what the sub-runs cost when they ran, cached ones too
+        self._envs: dict[str, list] = {}  # environment (JSON) -> [env, count]
         self.progress = progress
         self._bar = None
         if progress and sys.stderr.isatty():
@@ -171,6 +183,7 @@ class SubRuns:
                     self._advance(name, "cached")
                     self.cached += 1
                     self.compute_seconds += float(stored.get("seconds", 0.0))
+                    self._count_env(stored.get("environment"))
                     return stored["result"]
             except (json.JSONDecodeError, KeyError):
                 pass  # a torn or foreign file: recompute it
@@ -179,9 +192,12 @@ class SubRuns:
         result = compute()
         seconds = time.perf_counter() - t0
         self.compute_seconds += seconds
+        env = environment()
+        self._count_env(env)
         if path is not None:
             _write_json(path, {"name": name, "config": config, "seconds": round(seconds, 2),
-                               "onelip_version": __version__, "result": result})
+                               "onelip_version": __version__, "environment": env,
+                               "result": result})
         self.ran += 1
         self._advance(name, f"ran in {seconds:.1f}s")
         return result
@@ -194,10 +210,17 @@ class SubRuns:
             print(f"[{self.claim} {self.done}/{self.total}] {name}: {what}", file=sys.stderr,
                   flush=True)
 
+    def _count_env(self, env: dict | None) -> None:
+        key = json.dumps(env, sort_keys=True)
+        self._envs.setdefault(key, [env, 0])[1] += 1
+
     def stats(self) -> dict:
-        """``{"ran", "cached", "compute_seconds"}`` so far."""
+        """``{"ran", "cached", "compute_seconds", "environments"}`` so far; ``environments``
+        lists where the sub-runs were computed (``None``: not recorded) with their counts."""
         return {"ran": self.ran, "cached": self.cached,
-                "compute_seconds": round(self.compute_seconds, 1)}
+                "compute_seconds": round(self.compute_seconds, 1),
+                "environments": [{"environment": e, "subruns": n}
+                                 for e, n in self._envs.values()]}
 
     def close(self) -> None:
         if self._bar is not None:
@@ -309,3 +332,20 @@ def scores(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> torc
     model.eval()
     out = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     return out.reshape(-1) if out.dim() == 2 and out.shape[1] == 1 else out
+
+
+# ==== figures ===============================================================================
+
+
+def save_png(fig, path: Path, *, dpi: int = 80, colors: int = 128) -> None:
+    """Save a matplotlib figure as a small PNG: ``dpi`` 80, quantised to ``colors`` colours
+    (the figures are line art; this keeps committed reports light)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
+    img.save(path, format="PNG", optimize=True)

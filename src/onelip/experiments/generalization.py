@@ -73,7 +73,8 @@ class GeneralizationConfig:
 
     @classmethod
     def full(cls) -> "GeneralizationConfig":
-        """~12 min on 2 CPU cores (60 sub-runs)."""
+        """60 sub-runs, ~13 min of compute (measured: 804 s on a 16-core CPU running the
+        four claims side by side, 4 torch threads each)."""
         return cls()
 
 
@@ -172,25 +173,23 @@ def _tables(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
 def _verdicts(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
     out = []
     lips = [label for label, tau in _kinds(cfg) if tau is not None]
-    for noise in cfg.noise_rates:
-        key = f"{noise:g}"
-        parts, ok = [], True
-        for name, by_noise in curves.items():
-            unc = [r["gap"] for r in by_noise[key]["unconstrained"]]
-            desc = []
-            for label in lips:
+    for label in lips:
+        for noise in cfg.noise_rates:
+            key = f"{noise:g}"
+            parts, ok = [], True
+            for name, by_noise in curves.items():
+                unc = [r["gap"] for r in by_noise[key]["unconstrained"]]
                 lip = [r["gap"] for r in by_noise[key][label]]
                 smaller = sum(a < b for a, b in zip(lip, unc))
                 ok &= float(np.mean(lip)) < float(np.mean(unc))
-                desc.append(f"{label} {100 * float(np.mean(lip)):.1f} (smaller at "
-                            f"{smaller}/{len(lip)} sizes)")
-            parts.append(f"{name}: mean gap {', '.join(desc)} vs unconstrained "
-                         f"{100 * float(np.mean(unc)):.1f} pt")
-        label = "clean labels" if noise == 0 else f"{100 * noise:.0f}% label noise"
-        out.append(Verdict(
-            f"smaller train/test gap ({label})",
-            "1-Lipschitz nets generalize; unconstrained nets can memorise",
-            "; ".join(parts), ok).as_dict())
+                parts.append(f"{name}: mean gap {100 * float(np.mean(lip)):.1f} vs "
+                             f"{100 * float(np.mean(unc)):.1f} pt, smaller at {smaller}/"
+                             f"{len(lip)} sizes")
+            what = "clean labels" if noise == 0 else f"{100 * noise:.0f}% label noise"
+            out.append(Verdict(
+                f"{label}: smaller train/test gap than unconstrained ({what})",
+                "1-Lipschitz nets generalize; unconstrained nets can memorise",
+                "; ".join(parts), ok).as_dict())
     for label in lips:
         shrink = []
         for name, by_noise in curves.items():
@@ -202,7 +201,7 @@ def _verdicts(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
         if shrink:
             out.append(Verdict(
                 f"{label}: train loss → test loss as n grows",
-                "consistency: the loss gap vanishes with more data",
+                "consistency: the loss gap shrinks with more data",
                 "; ".join(f"{n} noise {100 * float(k):.0f}%: {a:.3f} (n={na}) → {b:.3f} "
                           f"(n={nb})" for n, k, na, a, nb, b in shrink),
                 all(b < a for _, _, _, a, _, b in shrink)).as_dict())
@@ -234,13 +233,18 @@ def plot(results: dict, outdir: Path) -> list[str]:
                 ax.plot(n, [r["test_acc"] for r in rows], "o-", color=color,
                         label=f"{label} test")
                 ax.fill_between(n, [r["test_acc"] for r in rows],
-                                [r["train_acc"] for r in rows], color=color, alpha=0.12)
+                                [r["train_acc"] for r in rows], color=color, alpha=0.08)
             ax.set_xscale("log")
+            sizes = [r["n"] for r in next(iter(by_noise[noise].values()))]
+            ax.set_xticks(sizes, [f"{v:,}" for v in sizes])
+            ax.minorticks_off()
             ax.set_xlabel("training-set size")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{name}, label noise {100 * float(noise):.0f}%", fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, loc="lower right")
-    fig.suptitle("Train (dashed) vs test (solid) accuracy; shaded: the gap", fontsize=10)
-    fig.savefig(Path(outdir) / "generalization_gap.png", dpi=80)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=3)
+    fig.suptitle("Train (dashed, on the labels trained on) vs test (solid) accuracy; shaded: "
+                 "the gap", fontsize=10)
+    common.save_png(fig, Path(outdir) / "generalization_gap.png")
     return ["generalization_gap.png"]

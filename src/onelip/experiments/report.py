@@ -66,13 +66,22 @@ def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
 
 
 def _environment() -> dict:
-    import torch
+    from onelip.experiments.common import environment
 
-    from onelip import __version__
+    return {**environment(), "machine": platform.machine()}
 
-    return {"onelip": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+
+def _where(stats: dict) -> str:
+    """Where the sub-runs were computed, e.g. '11 on torch 2.13.0, 2 CPUs, 1 thread'."""
+    parts = []
+    for item in stats.get("environments", []):
+        e = item["environment"]
+        if e is None:
+            parts.append(f"{item['subruns']} in an unrecorded environment")
+        else:
+            parts.append(f"{item['subruns']} on torch {e['torch']}, {e['cpus']} CPUs, "
+                         f"{e['torch_threads']} torch thread(s)")
+    return "; ".join(parts) or "nowhere yet"
 
 
 def _load(out: Path) -> dict:
@@ -153,14 +162,11 @@ def write_report(results: dict, out: Path) -> Path:
                                               "agree"], summary), ""]
     for name, r in results.items():
         mod = claim_module(name)
-        env = r.get("environment", {})
         stats = r.get("subruns", {})
         lines += [f"## {_TITLES[name]}", "",
                   f"*Mode: {r.get('mode', '?')}; {stats.get('ran', 0) + stats.get('cached', 0)} "
-                  f"sub-runs costing {stats.get('compute_seconds', 0):.0f} s of compute "
-                  f"(onelip {env.get('onelip', '?')}, torch {env.get('torch', '?')}, "
-                  f"{env.get('cpus', '?')} CPUs, {env.get('torch_threads', '?')} torch threads)."
-                  "*", "", _summary_paragraph(mod), ""]
+                  f"sub-runs, {stats.get('compute_seconds', 0):.0f} s of compute in all, "
+                  f"computed {_where(stats)}.*", "", _summary_paragraph(mod), ""]
         lines += ["### Verdict", "", _md_table(["check", "research says", "we measured", "agree"],
                                                 _verdict_rows(r)), ""]
         for t in r.get("tables", []):
