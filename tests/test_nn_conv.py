@@ -325,3 +325,31 @@ def test_spectral_conv_probes_scaled_export_and_errors():
     with pytest.raises(ValueError, match="input_size"):
         SpectralConv2d(4, 4, 3, input_size=(8,))
     assert math.isclose(layer.lipschitz_bound(), 1.0)
+
+
+def test_serial_kernel_build_same_function_and_gradients():
+    """With several threads the training kernels are built on one thread (a custom autograd
+    Function that recomputes in backward): same outputs, same gradients."""
+    saved = torch.get_num_threads()
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    results = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            layers = [OrthoConv2d(4, 6, 3), OrthoConv2d(4, 8, 3, stride=2),
+                      SpectralConv2d(4, 6, 3, input_size=(8, 8))]
+            out = []
+            for layer in layers:
+                layer = layer.double().train()
+                y = layer(x)
+                y.square().sum().backward()
+                out.append((y.detach(), [p.grad.clone() for p in layer.parameters()]))
+                assert torch.get_num_threads() == threads
+            results.append(out)
+    finally:
+        torch.set_num_threads(saved)
+    for (y2, g2), (y1, g1) in zip(*results):
+        assert torch.allclose(y2, y1, atol=1e-10)
+        for a, b in zip(g2, g1):
+            assert torch.allclose(a, b, atol=1e-8), float((a - b).abs().max())

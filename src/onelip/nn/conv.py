@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext as _nullcontext
+from typing import Callable
 
 import torch
 import torch.nn.functional as TF
@@ -28,6 +30,55 @@ _TRACK_TOP = 8
 _TRACK_SWEEP = 32
 
 
+# Note [serial kernel build]: a constrained kernel is built from ~100 small operations
+# (Cholesky, triangular solves, 64×64 products). With several intra-op threads on a loaded
+# CPU, each small parallel operation waits until all its threads are scheduled: measured on
+# the shared 2-core machine at load 8, building OrthoConv2d's 3×3 64→64 kernel took 400 ms
+# (median) with 2 threads against 3 ms with 1. So on CPU the build runs on one thread, forward
+# and backward (by recomputation, like torch.utils.checkpoint); the convolution itself keeps
+# every thread.
+@contextmanager
+def _one_thread():
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+class _Serial(torch.autograd.Function):
+    """``fn(*tensors)`` on one thread; the backward recomputes ``fn`` on one thread too."""
+
+    @staticmethod
+    def forward(ctx, fn, *tensors):
+        ctx.fn = fn
+        ctx.save_for_backward(*tensors)
+        with _one_thread():
+            return fn(*tensors)
+
+    @staticmethod
+    def backward(ctx, grad):
+        needs = ctx.needs_input_grad[1:]
+        inputs = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, needs)]
+        with _one_thread(), torch.enable_grad():
+            out = ctx.fn(*inputs)
+            wanted = [t for t, n in zip(inputs, needs) if n]
+            grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None, *[next(grads) if n else None for n in needs])
+
+
+@torch.compiler.disable
+def _serial(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+    """``fn(*tensors)`` (pure, differentiable), built on one thread on CPU (Note above)."""
+    if tensors[0].device.type != "cpu" or torch.get_num_threads() == 1:
+        return fn(*tensors)
+    return _Serial.apply(fn, *tensors)
+
+
 class OrthoConv2d(LipschitzModule):
     r"""Orthogonal 2-D convolution: an explicit k×k kernel built by BCOP block convolutions.
 
@@ -44,7 +95,7 @@ class OrthoConv2d(LipschitzModule):
     :math:`(C_{out}, C_{mid} s^2)` matrix has orthonormal rows or columns (pixel unshuffle
     followed by an orthogonal 1×1: "RKO"), :math:`k_b = k - s + 1`. Every orthonormal factor
     comes from its latent matrix by :func:`~onelip.functional.cholesky_orthonormalize`
-    (Cholesky QR, in float64).
+    (Cholesky QR).
 
     **Claims.** On circular (or infinite) signals the operator is an isometry when
     :math:`C_{out} \ge C_{in} s^2` and a co-isometry (orthonormal rows) otherwise: every
@@ -57,8 +108,7 @@ class OrthoConv2d(LipschitzModule):
     :math:`\sqrt{1+\|Q^\top Q-I\|_F}`, so each 2×2 block's symbol
     :math:`(R + (I-R)e^{i\omega_2})(P + (I-P)e^{i\omega_1})` is a contraction, and the final
     kernel is scaled by :math:`1-\delta` to absorb the float32 rounding
-    (:func:`~onelip.functional.float32_cast_margin`, δ ~ 1e-6). Same function in train and
-    eval mode.
+    (:func:`~onelip.functional.float32_cast_margin`, δ ~ 1e-6).
 
     **Why BCOP by block convolution** (Li et al. 2019, in the fast form of AOC, Boissin et
     al. 2025). The forward pass is one ``conv2d`` with an explicit kernel, and the kernel is
@@ -66,8 +116,10 @@ class OrthoConv2d(LipschitzModule):
     32×32, batch 64) building it costs a few percent of the convolution, so a training step
     costs what an ``nn.Conv2d`` step costs, with *exact* orthogonality (no truncated series
     like SOC, no FFT of every input like Cayley, no iteration to converge like Björck).
-    Reshaping the kernel to :math:`(C_{out}, C_{in}k^2)` and orthogonalising it ("RKO") would
-    be as cheap but is *not* an orthogonal convolution (σ spread in [0.3, 1] for 3×3).
+    Reshaping the kernel to :math:`(C_{out}, C_{in}k^2)` and orthogonalising it ("RKO") is as
+    cheap but is *not* an orthogonal convolution: its operator norm reaches ~1.9 for 3×3
+    kernels (measured, 8–16 channels), so it must be divided by k, which leaves σ ≤ 0.64
+    (deel-torchlip's SpectralConv2d: 0.63).
     Strides use a stride-1 BCOP into :math:`C_{mid} = \max(C_{in}, \lfloor C_{out}/s^2\rfloor)`
     channels composed with the RKO kernel D, which *is* orthogonal when kernel = stride:
     the composed k×k stride-s kernel exports as one ``nn.Conv2d``. Measured:
@@ -76,9 +128,9 @@ class OrthoConv2d(LipschitzModule):
     **Train mode** computes the kernel (with gradients) at each forward, in the parameter
     dtype with one Cholesky QR pass; **eval mode** computes it once in float64 (certified, see
     above) and caches it: inference is one ``conv2d``. The two agree to rounding (~1e-6 in
-    float32). :meth:`retract_` replaces
-    the latents by their orthonormal factors (the function is unchanged);
-    :func:`onelip.train.fit` calls it after every step so the latents stay well conditioned.
+    float32). :meth:`retract_` replaces the latents by their orthonormal factors (the function
+    is unchanged); :func:`onelip.train.fit` calls it after every step so the latents stay well
+    conditioned.
 
     Args:
         in_channels: C_in.
@@ -171,7 +223,7 @@ class OrthoConv2d(LipschitzModule):
     def _cache_sources(self):
         return tuple(p for p in (self.mix, self.proj, self.down) if p is not None)
 
-    def _kernel(self, exact: bool = True) -> Tensor:
+    def _kernel(self, exact: bool = True, latents: dict[str, Tensor] | None = None) -> Tensor:
         """The orthogonal kernel (C_out, C_in, k, k).
 
         ``exact`` (eval, export): built in float64, Cholesky QR refined where needed, scaled
@@ -180,22 +232,34 @@ class OrthoConv2d(LipschitzModule):
         with one Cholesky QR pass and no host synchronisation — the same function up to
         rounding (~1e-6 in float32), about a third of the small operations.
         """
+        lat = latents if latents is not None else {
+            "mix": self.mix, "proj": self.proj, "down": self.down}
         dtype = torch.float64 if exact else self.mix.dtype
-        mix = F.cholesky_orthonormalize(self.mix.to(dtype), refine=exact)
-        if self.proj is not None:
-            proj = F.cholesky_orthonormalize(self.proj.to(dtype), refine=exact)
+        mix = F.cholesky_orthonormalize(lat["mix"].to(dtype), refine=exact)
+        if lat.get("proj") is not None:
+            proj = F.cholesky_orthonormalize(lat["proj"].to(dtype), refine=exact)
         else:
             proj = mix.new_zeros(0, mix.shape[0], 1)
         kernel = F.bcop_kernel(mix, proj, in_channels=self.in_channels,
                                out_channels=self.mid_channels)  # (C_mid, C_in, kb, kb)
-        if self.down is not None:
+        if lat.get("down") is not None:
             s = self.stride[0]
-            down = F.cholesky_orthonormalize(self.down.to(dtype), refine=exact)
+            down = F.cholesky_orthonormalize(lat["down"].to(dtype), refine=exact)
             down = down.reshape(self.out_channels, self.mid_channels, s, s)
             kernel = F.compose_kernels(kernel, down)  # (C_out, C_in, k, k)
         if not exact or self.mix.dtype == torch.float64:
             return kernel
         return (kernel * (1 - F.float32_cast_margin(kernel))).to(self.mix.dtype)
+
+    def _train_kernel(self) -> Tensor:
+        """The training-mode kernel, with gradients, built on one thread (Note [serial kernel
+        build])."""
+        names = [n for n in ("mix", "proj", "down") if getattr(self, n) is not None]
+
+        def build(*latents: Tensor) -> Tensor:
+            return self._kernel(exact=False, latents=dict(zip(names, latents)))
+
+        return _serial(build, *(getattr(self, n) for n in names))
 
     def effective_weight(self) -> Tensor:
         """The exact (eval-mode) orthogonal kernel, shape (C_out, C_in, k, k), used with
@@ -212,7 +276,7 @@ class OrthoConv2d(LipschitzModule):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, "OrthoConv2d")
-        w = self._kernel(exact=False) if self.training else self.effective_weight()
+        w = self._train_kernel() if self.training else self.effective_weight()
         if self.padding_mode == "circular":
             ph, pw = self.padding
             x = TF.pad(x, (pw, pw, ph, ph), mode="circular")
@@ -391,18 +455,29 @@ class SpectralConv2d(LipschitzModule):
     def _train_sigma(self) -> Tensor:
         """:math:`\\hat\\beta = \\max_\\omega \\|\\hat K'_\\omega v_\\omega\\|` over the refreshed
         frequencies, after their power-iteration step; differentiable in the kernel."""
-        kp = F.conv2d_polyphase(self.weight, stride=self.stride[0])  # (O, C', qh, qw)
-        ctype = torch.complex128 if kp.dtype == torch.float64 else torch.complex64
-        sel = self._frequencies()  # (S,)
-        phases = F.dft_phases(tuple(kp.shape[-2:]), self.grid, dtype=ctype,
-                              device=kp.device).flatten(0, 1)[sel]  # (S, qh, qw)
-        sym = torch.einsum("ocab,sab->soc", kp.to(ctype), phases)  # (S, O, C')
-        v_all = torch.view_as_complex(self.v).view(-1, self.v.shape[-2])  # (F, C') view
-        v = v_all[sel]  # (S, C') copy
-        F.symbol_power_iteration(sym.detach(), v, n_iter=self.n_power_iterations)
-        est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
-        with torch.no_grad():
+        stride = self.stride[0]
+        cpu = self.weight.device.type == "cpu"
+        ctype = torch.complex128 if self.weight.dtype == torch.float64 else torch.complex64
+
+        def sigma(weight: Tensor, v: Tensor, phases: Tensor) -> Tensor:
+            kp = F.conv2d_polyphase(weight, stride=stride)  # (O, C', qh, qw)
+            sym = torch.einsum("ocab,sab->soc", kp.to(ctype), phases)  # (S, O, C')
+            est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
+            return est  # the max is taken outside: its gradient is a selection
+
+        with torch.no_grad(), (_one_thread() if cpu else _nullcontext()):
+            sel = self._frequencies()  # (S,)
+            taps = (-(-self.kernel_size[0] // stride), -(-self.kernel_size[1] // stride))
+            phases = F.dft_phases(taps, self.grid, dtype=ctype,
+                                  device=self.weight.device).flatten(0, 1)[sel]  # (S, qh, qw)
+            kp = F.conv2d_polyphase(self.weight, stride=stride)
+            sym = torch.einsum("ocab,sab->soc", kp.to(ctype), phases)  # (S, O, C')
+            v_all = torch.view_as_complex(self.v).view(-1, self.v.shape[-2])  # (F, C') view
+            v = v_all[sel]  # (S, C') copy
+            F.symbol_power_iteration(sym, v, n_iter=self.n_power_iterations)
             v_all[sel] = v
+        est = _serial(sigma, self.weight, v, phases)  # (S,), differentiable in the weight
+        with torch.no_grad():
             self.freq_sigma[sel] = est.detach().to(self.freq_sigma.dtype)
         return est.amax()
 
