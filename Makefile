@@ -30,8 +30,11 @@ test-slow: $(STAMP)
 data:
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
+# Dense layers vs nn.Linear, deel-torchlip and orthogonium (by hand: minutes; writes
+# benchmarks/results/dense.{json,md}). The peers live in benchmarks/.peers-venv (created on
+# first use, torch pinned) or PEERS_VENV=path; BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/dense.py
+	$(BIN)/python benchmarks/dense.py $(if $(PEERS_VENV),--peers-venv $(PEERS_VENV)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
