@@ -271,8 +271,9 @@ class OrthoConv2d(LipschitzModule):
     @torch.no_grad()
     def retract_(self) -> None:
         """Replace each latent by its orthonormal factor; the function is unchanged."""
-        for p in self._cache_sources():
-            p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
+        with _one_thread() if self.mix.device.type == "cpu" else _nullcontext():
+            for p in self._cache_sources():
+                p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, "OrthoConv2d")
@@ -452,18 +453,19 @@ class SpectralConv2d(LipschitzModule):
         self._sweep = (self._sweep + _TRACK_SWEEP) % n_f
         return torch.unique(torch.cat((top, sweep)))
 
-    def _train_sigma(self) -> Tensor:
-        """:math:`\\hat\\beta = \\max_\\omega \\|\\hat K'_\\omega v_\\omega\\|` over the refreshed
-        frequencies, after their power-iteration step; differentiable in the kernel."""
+    def _train_weight(self) -> Tensor:
+        """:math:`K / \\hat\\beta`, :math:`\\hat\\beta = \\max_\\omega \\|\\hat K'_\\omega
+        v_\\omega\\|` over the refreshed frequencies after their power-iteration steps;
+        differentiable in the kernel."""
         stride = self.stride[0]
         cpu = self.weight.device.type == "cpu"
         ctype = torch.complex128 if self.weight.dtype == torch.float64 else torch.complex64
 
-        def sigma(weight: Tensor, v: Tensor, phases: Tensor) -> Tensor:
+        def normalised(weight: Tensor, v: Tensor, phases: Tensor) -> Tensor:
             kp = F.conv2d_polyphase(weight, stride=stride)  # (O, C', qh, qw)
             sym = torch.einsum("ocab,sab->soc", kp.to(ctype), phases)  # (S, O, C')
             est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
-            return est  # the max is taken outside: its gradient is a selection
+            return weight / est.amax()
 
         with torch.no_grad(), (_one_thread() if cpu else _nullcontext()):
             sel = self._frequencies()  # (S,)
@@ -476,10 +478,9 @@ class SpectralConv2d(LipschitzModule):
             v = v_all[sel]  # (S, C') copy
             F.symbol_power_iteration(sym, v, n_iter=self.n_power_iterations)
             v_all[sel] = v
-        est = _serial(sigma, self.weight, v, phases)  # (S,), differentiable in the weight
-        with torch.no_grad():
-            self.freq_sigma[sel] = est.detach().to(self.freq_sigma.dtype)
-        return est.amax()
+            est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
+            self.freq_sigma[sel] = est.to(self.freq_sigma.dtype)
+        return _serial(normalised, self.weight, v, phases)  # differentiable in the weight
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, "SpectralConv2d")
@@ -492,7 +493,7 @@ class SpectralConv2d(LipschitzModule):
                 f"SpectralConv2d was built for inputs of size {self.input_size} (its norm "
                 f"depends on it), but got {size} in training"
             )
-        return TF.conv2d(x, self.weight / self._train_sigma(), self.bias, stride=self.stride,
+        return TF.conv2d(x, self._train_weight(), self.bias, stride=self.stride,
                          padding=self.padding)
 
     @torch.no_grad()
