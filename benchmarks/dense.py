@@ -524,9 +524,11 @@ def write_markdown(path: Path, result: dict) -> None:
         "carry other people's load, minima are closer to the undisturbed cost. Load average "
         f"during the run: {', '.join(f'{x:.1f}' for x in result['load'])}.",
         "",
-        "## Time",
-        "",
     ]
+    if a.get("quick"):
+        L += ["**Smoke run (`--quick`): too few rounds for the verdicts below to mean anything.**",
+              ""]
+    L += ["## Time", ""]
     for kind in KINDS:
         L += [f"**{KIND_TITLES[kind]}** (`{kind}`)", "",
               "| layer | median ms | min ms | × nn.Linear | × deel-torchlip "
