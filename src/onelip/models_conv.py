@@ -16,11 +16,12 @@ from torch import nn
 from onelip import nn as onn
 from onelip.models import activation, register
 
-__all__ = ["ConvNetConfig", "LipResNetConfig", "convnet", "lipresnet"]
+__all__ = ["TUTORIAL_CONVNET", "ConvNetConfig", "LipResNetConfig", "convnet", "lipresnet"]
 
 _LAYERS = ("ortho", "spectral")
 _HEADS = ("flatten", "global_l2")
 _BLOCKS = ("sll", "convex")
+_DOWNSAMPLE = ("stride", "l2pool")
 
 
 def _check_common(cfg) -> None:
@@ -46,8 +47,15 @@ def _check_common(cfg) -> None:
 
 @dataclass(frozen=True)
 class ConvNetConfig:
-    """A VGG-like 1-Lipschitz CNN: stages of 3×3 convolutions (the first of each stage after
-    the first has stride 2 and doubles the channels), then a linear head."""
+    """A VGG-like 1-Lipschitz CNN: stages of 3×3 convolutions (each stage doubles the
+    channels; the first of each stage after the first has stride 2, or with
+    ``downsample="l2pool"`` every stage ends with a 2×2 L2-norm pooling), then a linear head
+    (optionally with hidden orthogonal dense layers).
+
+    deel-torchlip's Fashion-MNIST tutorial network has the shape of
+    ``ConvNetConfig(width=16, stages=2, depth=1, downsample="l2pool", hidden=(64,))``:
+    conv 16 → pool → conv 32 → pool → dense 64 → dense 10 (``TUTORIAL_CONVNET``).
+    """
 
     input_shape: tuple[int, int, int] = (1, 28, 28)
     """(C, H, W) of one sample; flat inputs are reshaped to it."""
@@ -67,13 +75,37 @@ class ConvNetConfig:
     """Group size for 'groupsort'."""
     head: str = "flatten"
     """'flatten' (OrthoLinear on all features) or 'global_l2' (GlobalL2NormPool2d first)."""
+    downsample: str = "stride"
+    """'stride' (stride-2 first convolution of each stage after the first) or 'l2pool'
+    (stride 1 everywhere, L2NormPool2d(2) at the end of every stage)."""
+    hidden: tuple[int, ...] = ()
+    """Widths of hidden OrthoLinear + activation layers between the features and the last
+    layer."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         _check_common(self)
         if self.stages < 1 or self.depth < 1:
             raise ValueError(
                 f"Expected positive stages and depth, but got {self.stages}, {self.depth}"
             )
+        if self.downsample not in _DOWNSAMPLE:
+            raise ValueError(f"Unknown downsample {self.downsample!r}; expected one of "
+                             f"{', '.join(_DOWNSAMPLE)}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"Expected positive hidden widths, but got {self.hidden}")
+        if self.activation in ("maxmin", "groupsort") and any(
+                h % self.group_size for h in self.hidden):
+            raise ValueError(f"Expected hidden widths divisible by the group size "
+                             f"{self.group_size}, but got {self.hidden}")
+        if self.downsample == "l2pool" and min(self.input_shape[1:]) < 2 ** self.stages:
+            raise ValueError(f"{self.stages} stages of 2×2 pooling need inputs of at least "
+                             f"{2 ** self.stages} pixels, but got {self.input_shape}")
+
+
+# deel-torchlip's Fashion-MNIST tutorial network, in onelip layers (benchmarks/fashion_mnist.py).
+TUTORIAL_CONVNET = {"width": 16, "stages": 2, "depth": 1, "downsample": "l2pool",
+                    "hidden": (64,)}
 
 
 @dataclass(frozen=True)
@@ -133,7 +165,12 @@ class _Builder:
     def act(self) -> nn.Module:
         return activation(self.cfg.activation, group_size=self.cfg.group_size)
 
-    def head(self) -> list[nn.Module]:
+    def pool(self) -> nn.Module:
+        c, h, w = self.shape
+        self.shape = (c, h // 2, w // 2)
+        return onn.L2NormPool2d(2)
+
+    def head(self, hidden: tuple[int, ...] = ()) -> list[nn.Module]:
         c, h, w = self.shape
         k = self.cfg.num_outputs
         if self.cfg.head == "global_l2":
@@ -142,17 +179,24 @@ class _Builder:
         else:
             layers = [onn.Flatten()]
             features = c * h * w
+        for width in hidden:
+            layers += [onn.OrthoLinear(features, width), self.act()]
+            features = width
         last = onn.FrobeniusLinear(features, 1) if k == 1 else onn.OrthoLinear(features, k)
         return layers + [last]
 
 
 def convnet(cfg: ConvNetConfig) -> onn.Sequential:
     b = _Builder(cfg)
+    strided = cfg.downsample == "stride"
     for stage in range(cfg.stages):
         width = cfg.width * 2 ** stage
         for i in range(cfg.depth):
-            b.layers += [b.conv(width, stride=2 if stage > 0 and i == 0 else 1), b.act()]
-    return onn.Sequential(*b.layers, *b.head())
+            stride = 2 if strided and stage > 0 and i == 0 else 1
+            b.layers += [b.conv(width, stride=stride), b.act()]
+        if not strided:
+            b.layers.append(b.pool())
+    return onn.Sequential(*b.layers, *b.head(cfg.hidden))
 
 
 def lipresnet(cfg: LipResNetConfig) -> onn.Sequential:
