@@ -257,7 +257,7 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
 
     def pgd(eps: Tensor) -> tuple[Tensor, Tensor]:
         """Best (lowest-margin) point within radius eps (N,) over restarts."""
-        best_m = torch.full((x.shape[0],), float("inf"))
+        best_m = torch.full((x.shape[0],), float("inf"), device=x.device)
         best_x = x.clone()
         for r in range(restarts):
             d = torch.randn(x.shape, generator=gen).to(x)
@@ -280,10 +280,10 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
         return best_m, best_x
 
     try:
-        hi = torch.full((x.shape[0],), float(max_eps))
+        hi = torch.full((x.shape[0],), float(max_eps), device=x.device)
         m, xa = pgd(hi)
         found = m < 0
-        min_norm = torch.where(found, (xa - x).flatten(1).norm(dim=1), torch.tensor(float("inf")))
+        min_norm = torch.where(found, (xa - x).flatten(1).norm(dim=1), torch.tensor(float("inf"), device=x.device))
         x_adv = torch.where(found.view(shape), xa, x)
         lo = torch.zeros_like(hi)
         hi = torch.where(found, min_norm, hi)
