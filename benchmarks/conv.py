@@ -61,12 +61,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  # noqa: E402,F401
+                    TORCH_PIN, ensure_peers_venv, peers_importable, reexec_in_peers_venv,
+                    venv_python, venv_ready)
+
 SHARED_PEERS_VENV = Path("/work/peers-venv")
-DEFAULT_PEERS_VENV = REPO / "benchmarks" / ".peers-venv"
-PEER_REQUIREMENTS = ["torch==2.13.0", "deel-torchlip", "orthogonium"]
-TORCH_PIN = "2.13.0"
-REEXEC_FLAG = "ONELIP_BENCH_IN_PEERS_VENV"
 
 # Targets of the issue.
 TARGET_TRAIN_VS_CONV = 1.2
@@ -93,64 +93,12 @@ KIND_TITLES = {
 # ==== environment: the peers' venv and the re-exec ==========================================
 
 
-def _peers_importable() -> bool:
-    try:
-        import deel.torchlip  # noqa: F401
-        import orthogonium  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def _venv_ready(py: Path) -> bool:
-    if not py.exists():
-        return False
-    probe = ("import torch, deel.torchlip, orthogonium, sys; "
-             f"sys.exit(0 if torch.__version__.split('+')[0] == {TORCH_PIN!r} else 3)")
-    return subprocess.run([str(py), "-c", probe], cwd=REPO, capture_output=True).returncode == 0
-
-
 def default_peers_venv() -> Path:
     if os.environ.get("ONELIP_PEERS_VENV"):
         return Path(os.environ["ONELIP_PEERS_VENV"])
-    if _venv_ready(_venv_python(SHARED_PEERS_VENV)):
+    if venv_ready(venv_python(SHARED_PEERS_VENV)):
         return SHARED_PEERS_VENV
     return DEFAULT_PEERS_VENV
-
-
-def ensure_peers_venv(venv: Path) -> Path:
-    """Create ``venv`` with torch pinned and the peers from PyPI if it cannot import them."""
-    py = _venv_python(venv)
-    if _venv_ready(py):
-        return py
-    if not py.exists():
-        print(f"[bench] creating the peers' environment {venv}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    print(f"[bench] pip install {' '.join(PEER_REQUIREMENTS)} into {venv}", flush=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS], check=True,
-                   cwd=REPO)
-    if not _venv_ready(py):
-        raise SystemExit(f"[bench] {venv} still cannot import torch=={TORCH_PIN}, deel.torchlip "
-                         "and orthogonium; remove it and retry")
-    return py
-
-
-def reexec_in_peers_venv(venv: Path) -> None:
-    if os.environ.get(REEXEC_FLAG):
-        raise SystemExit(f"[bench] re-executed in {sys.executable}, which still cannot import "
-                         "deel.torchlip and orthogonium")
-    py = ensure_peers_venv(venv)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env[REEXEC_FLAG] = "1"
-    print(f"[bench] re-executing in {py}", flush=True)
-    os.chdir(REPO)
-    os.execve(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]], env)
 
 
 # ==== layers and tasks ======================================================================
@@ -581,8 +529,8 @@ def main(argv=None) -> int:
         args.tight_channels, args.tight_size = 4, 8
     if args.peers_venv is None:
         args.peers_venv = default_peers_venv()
-    if not _peers_importable():
-        reexec_in_peers_venv(args.peers_venv.resolve())  # does not return
+    if not peers_importable():
+        reexec_in_peers_venv(args.peers_venv.resolve(), __file__)  # does not return
     sys.path.insert(0, str(REPO / "src"))  # measure this working tree's onelip
     import deel.torchlip
     import torch
