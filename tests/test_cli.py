@@ -95,6 +95,9 @@ def test_certify_with_attack(run_dir, tmp_path, capsys):
     for e in ("0.05", "0.1"):  # empirical robustness can only be above the certified one
         assert result["attack"]["robust"][e] >= result["attack"]["certified_same_points"][e]
     assert "certified" in out and "0.05" in out
+    ratio = result["attack"]["median_adv_over_radius"]
+    assert ratio >= 1 - 1e-4  # the attack's adversarials are never inside a certificate
+    assert f"{ratio:.3f}" in out and "violated: 0" in out
 
 
 def test_inspect_reports_bound_and_estimate(run_dir, capsys):

@@ -21,6 +21,7 @@ TOL_F32 = 1e-4  # adversarial probes on float32 models
 SMALL = [  # (name, fields): small enough for exact Jacobians (1×8×8 inputs)
     ("convnet", {"width": 4, "stages": 2}),
     ("convnet", {"width": 4, "stages": 2, "layer": "spectral", "head": "global_l2"}),
+    ("convnet", {"width": 4, "stages": 2, "downsample": "l2pool", "stem": "unshuffle"}),
     ("lipresnet", {"width": 4, "blocks": (1, 1)}),
     ("lipresnet", {"width": 4, "blocks": (1, 1), "block": "convex", "layer": "spectral"}),
 ]
@@ -85,6 +86,10 @@ def test_configs_validate_and_roundtrip(tmp_path):
         models.build("lipresnet", block="bottleneck")
     with pytest.raises(ValueError, match="divisible"):
         models.build("convnet", width=5)
+    with pytest.raises(ValueError, match="stem"):
+        models.build("convnet", stem="patchify")
+    with pytest.raises(ValueError, match="even"):
+        models.build("convnet", input_shape=(1, 7, 7), stem="unshuffle")
     # JSON lists (as in config.json) become tuples; the checkpoint rebuilds the same model.
     model, cfg = models.build("lipresnet", input_shape=[1, 8, 8], num_outputs=3, width=4,
                               blocks=[1, 1])
@@ -124,6 +129,37 @@ def test_cli_trains_a_convnet(tmp_path):
     res = subprocess.run([sys.executable, "-m", "onelip.cli", "certify", str(out),
                           "--eps", "0.1"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_unshuffle_stem_replaces_the_first_pooling():
+    model, cfg = _build("convnet", {"width": 4, "stages": 2, "downsample": "l2pool",
+                                    "stem": "unshuffle"}, shape=(1, 8, 8))
+    kinds = [type(m).__name__ for m in model]
+    assert kinds[1] == "InvertibleDownsample" and kinds.count("L2NormPool2d") == 1
+    assert model[2].in_channels == 4  # the first convolution sees 4 channels at 4×4
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_cli_set_fields_and_preset(tmp_path):
+    """`--set FIELD=VALUE` reaches any config field (typed from its default), `--set
+    preset=tutorial` gives the deel-torchlip tutorial's size; mistakes are clear errors."""
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "onelip.cli", "train", "--data", "digits", "--model", "convnet",
+            "--epochs", "1", "--quiet"]
+    res = subprocess.run(base + ["--set", "preset=tutorial", "--set", "width=4",
+                                 "--set", "hidden=8,6", "--set", "stem=unshuffle",
+                                 "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads((out / "config.json").read_text())["model"]["config"]
+    assert cfg["width"] == 4 and cfg["hidden"] == [8, 6] and cfg["stages"] == 2
+    assert cfg["downsample"] == "l2pool" and cfg["stem"] == "unshuffle"
+    for bad, msg in [("colour=red", "no config field 'colour'"), ("width=wide", "width=wide"),
+                     ("preset=huge", "unknown preset 'huge'"), ("width", "FIELD=VALUE")]:
+        res = subprocess.run(base + ["--set", bad, "--out", str(tmp_path / "bad")],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode != 0 and msg in res.stderr, (bad, res.stderr)
+        assert "Traceback" not in res.stderr
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

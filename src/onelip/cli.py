@@ -84,6 +84,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=_positive_int, default=None,
                    help="hidden layers (mlp), convolutions per stage (convnet)")
     p.add_argument("--activation", default=None, help="maxmin, groupsort, fullsort, abs")
+    p.add_argument("--set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any field of the model's config, repeatable, e.g. --set stages=2 "
+                        "--set hidden=64 --set downsample=l2pool (lists: comma-separated); "
+                        "`--set preset=tutorial` gives convnet the deel-torchlip tutorial's size")
     p.add_argument("--loss", default="hinge", choices=["kr", "hinge", "hkr", "ce"])
     p.add_argument("--alpha", type=_nonneg_float, default=10.0, help="HKR weight of the hinge")
     p.add_argument("--margin", type=_nonneg_float, default=1.0, help="hinge margin m (full)")
@@ -128,7 +132,52 @@ def _model_fields(name: str, args: argparse.Namespace, data) -> dict:
             kw["depth"] = args.depth
     elif "hidden" in fields and (args.width is not None or args.depth is not None):
         kw["hidden"] = [args.width or 512] * (args.depth or 3)
+    kw.update(_parse_model_set(name, args.model_set, fields))
     return kw
+
+
+def _parse_model_set(name: str, items: list[str], fields: set[str]) -> dict:
+    """``--set FIELD=VALUE`` → config fields, typed from the dataclass defaults."""
+    from onelip import models
+
+    defaults = models.config_defaults(name)
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        if key == "preset":
+            presets = models.presets(name)
+            if value not in presets:
+                raise CLIError(f"unknown preset {value!r} for model {name!r}; known: "
+                               f"{', '.join(sorted(presets)) or 'none'}")
+            out.update(presets[value])
+            continue
+        if key not in fields:
+            raise CLIError(f"model {name!r} has no config field {key!r}; fields: "
+                           f"{', '.join(sorted(fields))}")
+        out[key] = _typed(key, value, defaults.get(key))
+    return out
+
+
+def _typed(key: str, value: str, default):
+    """Parse ``value`` like ``default`` (bool, int, float, str, or a comma-separated tuple)."""
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, (tuple, list)):
+            kind = type(default[0]) if default else int
+            return tuple(kind(v) for v in value.split(",") if v.strip())
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise CLIError(f"--set {key}={value}: expected a value like {default!r}") from None
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -260,7 +309,13 @@ def _certify(args: argparse.Namespace) -> int:
         if args.attack:
             row.append(f"{result['attack']['robust'][str(e)]:.2%}")
         table.add_row(*row)
-    Console(width=120).print(table)
+    console = Console(width=120)
+    console.print(table)
+    att_res = result.get("attack", {})
+    if "median_adv_over_radius" in att_res:
+        console.print(f"attack on {att_res['points']} points: median(adversarial norm / certified "
+                      f"radius) = {att_res['median_adv_over_radius']:.3f} (1 = tight); "
+                      f"certificates violated: {att_res['violations']}")
     return 0
 
 

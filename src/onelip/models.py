@@ -7,7 +7,7 @@ the same architecture (:mod:`onelip.checkpoint`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable
 
 from torch import nn
@@ -84,6 +84,29 @@ def available() -> list[str]:
 
 def config_fields(name: str) -> set[str]:
     return {f.name for f in fields(_REGISTRY[name][0])}
+
+
+def config_defaults(name: str) -> dict[str, Any]:
+    """Default value of each config field of model ``name`` (fields without one are left out)."""
+    out = {}
+    for f in fields(_REGISTRY[name][0]):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
+
+
+def register_preset(model: str, preset: str, config: dict[str, Any]) -> None:
+    """Name a set of config fields of ``model`` (``onelip train --set preset=NAME``)."""
+    _PRESETS.setdefault(model, {})[preset] = dict(config)
+
+
+def presets(model: str) -> dict[str, dict[str, Any]]:
+    return {k: dict(v) for k, v in _PRESETS.get(model, {}).items()}
 
 
 def build(name: str, **kwargs) -> tuple[nn.Module, Any]:

@@ -14,7 +14,7 @@ from typing import Callable
 from torch import nn
 
 from onelip import nn as onn
-from onelip.models import activation, register
+from onelip.models import activation, register, register_preset
 
 __all__ = ["TUTORIAL_CONVNET", "ConvNetConfig", "LipResNetConfig", "convnet", "lipresnet"]
 
@@ -22,6 +22,7 @@ _LAYERS = ("ortho", "spectral")
 _HEADS = ("flatten", "global_l2")
 _BLOCKS = ("sll", "convex")
 _DOWNSAMPLE = ("stride", "l2pool")
+_STEMS = ("conv", "unshuffle")
 
 
 def _check_common(cfg) -> None:
@@ -81,9 +82,17 @@ class ConvNetConfig:
     hidden: tuple[int, ...] = ()
     """Widths of hidden OrthoLinear + activation layers between the features and the last
     layer."""
+    stem: str = "conv"
+    """'conv' (the first stage convolves the input at full resolution) or 'unshuffle'
+    (``InvertibleDownsample(2)`` first: (C, H, W) → (4C, H/2, W/2), an orthogonal map, which
+    takes the place of the first stage's downsampling). The first convolution then expands
+    the dimension 4× less: its transpose, which the input gradient goes through, loses less
+    norm (the network is closer to gradient-norm preserving)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.stem not in _STEMS:
+            raise ValueError(f"Unknown stem {self.stem!r}; expected one of {', '.join(_STEMS)}")
         _check_common(self)
         if self.stages < 1 or self.depth < 1:
             raise ValueError(
@@ -101,6 +110,8 @@ class ConvNetConfig:
         if self.downsample == "l2pool" and min(self.input_shape[1:]) < 2 ** self.stages:
             raise ValueError(f"{self.stages} stages of 2×2 pooling need inputs of at least "
                              f"{2 ** self.stages} pixels, but got {self.input_shape}")
+        if self.stem == "unshuffle" and any(s % 2 for s in self.input_shape[1:]):
+            raise ValueError(f"stem='unshuffle' needs even H and W, but got {self.input_shape}")
 
 
 # deel-torchlip's Fashion-MNIST tutorial network, in onelip layers (benchmarks/fashion_mnist.py).
@@ -165,6 +176,11 @@ class _Builder:
     def act(self) -> nn.Module:
         return activation(self.cfg.activation, group_size=self.cfg.group_size)
 
+    def unshuffle(self) -> nn.Module:
+        c, h, w = self.shape
+        self.shape = (4 * c, h // 2, w // 2)
+        return onn.InvertibleDownsample(2)
+
     def pool(self) -> nn.Module:
         c, h, w = self.shape
         self.shape = (c, h // 2, w // 2)
@@ -189,12 +205,14 @@ class _Builder:
 def convnet(cfg: ConvNetConfig) -> onn.Sequential:
     b = _Builder(cfg)
     strided = cfg.downsample == "stride"
+    if cfg.stem == "unshuffle":
+        b.layers.append(b.unshuffle())
     for stage in range(cfg.stages):
         width = cfg.width * 2 ** stage
         for i in range(cfg.depth):
             stride = 2 if strided and stage > 0 and i == 0 else 1
             b.layers += [b.conv(width, stride=stride), b.act()]
-        if not strided:
+        if not strided and not (stage == 0 and cfg.stem == "unshuffle"):
             b.layers.append(b.pool())
     return onn.Sequential(*b.layers, *b.head(cfg.hidden))
 
@@ -221,3 +239,4 @@ _ARCHS: dict[str, tuple[type, Callable]] = {
 }
 for _name, (_cls, _fn) in _ARCHS.items():
     register(_name, _cls, _fn)
+register_preset("convnet", "tutorial", TUTORIAL_CONVNET)
