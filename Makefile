@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench data clean
+.PHONY: demo test test-slow bench bench-layers bench-fashion-mnist data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,11 +30,20 @@ test-slow: $(STAMP)
 data:
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
-# Dense layers vs nn.Linear, deel-torchlip and orthogonium (by hand: minutes; writes
-# benchmarks/results/dense.{json,md}). The peers live in benchmarks/.peers-venv (created on
-# first use, torch pinned) or PEERS_VENV=path; BENCH_ARGS=--quick for a smoke run.
-bench: $(STAMP)
-	$(BIN)/python benchmarks/dense.py $(if $(PEERS_VENV),--peers-venv $(PEERS_VENV)) $(BENCH_ARGS)
+# onelip vs nn.Linear/nn.Conv2d, deel-torchlip and orthogonium, run by hand on a quiet machine:
+# bench-layers (dense + conv layers: ~15 min) writes benchmarks/results/{dense,conv}.{json,md};
+# bench-fashion-mnist (5 networks trained 15 epochs and certified: ~1 h on 2 cores, needs
+# `make data`) writes benchmarks/results/fashion_mnist.{json,md}. The peers live in
+# benchmarks/.peers-venv (created on first use, torch pinned) or PEERS_VENV=path.
+PEERS_ARG = $(if $(PEERS_VENV),--peers-venv $(PEERS_VENV))
+bench: bench-layers bench-fashion-mnist
+
+bench-layers: $(STAMP)
+	$(BIN)/python benchmarks/dense.py $(PEERS_ARG)
+	$(BIN)/python benchmarks/conv.py $(PEERS_ARG)
+
+bench-fashion-mnist: $(STAMP)
+	$(BIN)/python benchmarks/fashion_mnist.py $(PEERS_ARG)
 
 clean:
 	rm -rf $(VENV) runs

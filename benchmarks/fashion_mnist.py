@@ -20,11 +20,19 @@ Candidates (``--only`` takes the short names in brackets):
   differ by their layers only; ``--orthogonium-loss xent`` gives orthogonium's own
   ``LossXent`` instead), Adam 1e-3, batch 128, constant learning rate.
 * **onelip, the same size** [onelip]: ``convnet`` with
-  :data:`onelip.models_conv.TUTORIAL_CONVNET` (OrthoConv2d 16 and 32 with zero padding, MaxMin,
-  L2NormPool2d(2), OrthoLinear 1568→64, MaxMin, OrthoLinear 64→10): the headline comparison.
-  Adam 1e-3 with onelip's one-cycle schedule, ``retract_()`` after each step (what
-  ``onelip.train.fit`` does), batch 128; loss ``--onelip-loss`` (default chosen by the
-  ``--sweep`` below, see ``DEFAULT_ONELIP_LOSS``).
+  :data:`onelip.models_conv.TUTORIAL_CONVNET_STRIDED`: the same widths and size
+  (InvertibleDownsample(2), OrthoConv2d 4→16 at 14×14, MaxMin, stride-2 OrthoConv2d 16→32,
+  MaxMin, Flatten (1568), OrthoLinear 1568→64, MaxMin, OrthoLinear 64→10; 104,250 parameters
+  against deel-torchlip's 105,866), downsampled by orthogonal maps instead of L2 pooling: the
+  headline comparison. Adam 1e-3 with onelip's one-cycle schedule, ``retract_()`` after each
+  step (what ``onelip.train.fit`` does), batch 128; loss ``--onelip-loss`` (default chosen by
+  the ``--sweep`` below, see ``DEFAULT_ONELIP_LOSS``).
+* **onelip, margin loss** [onelip-margin]: the same network and recipe with a margin loss
+  (``--onelip-margin-loss``, default hinge m=1.5, deel-torchlip's loss family), for the
+  comparison at matched clean accuracy (see ``DEFAULT_ONELIP_MARGIN_LOSS``).
+* **onelip, the tutorial network as it is** [onelip-pool]: ``TUTORIAL_CONVNET`` (OrthoConv2d
+  16 and 32, MaxMin, L2NormPool2d(2), the same head), onelip's loss and recipe: the layer-for-
+  layer twin of the deel-torchlip and orthogonium networks.
 * **onelip, larger** [onelip-large]: ``convnet`` with ``LARGE_CONVNET``, the same recipe, trained
   within the *wall time* the deel-torchlip tutorial network took in the same run (or
   ``--budget-seconds``): the one-cycle schedule runs on the fraction of that budget used.
@@ -91,22 +99,23 @@ from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  #
 
 EPS = (0.1, 0.25, 0.5, 1.0)
 DEEL, ORTHO, ONELIP, ONELIP_LARGE = "deel", "orthogonium", "onelip", "onelip-large"
-ONELIP_MARGIN = "onelip-margin"
-ALL = [DEEL, ORTHO, ONELIP, ONELIP_MARGIN, ONELIP_LARGE]
-ONELIPS = (ONELIP, ONELIP_MARGIN, ONELIP_LARGE)
+ONELIP_MARGIN, ONELIP_POOL = "onelip-margin", "onelip-pool"
+ALL = [DEEL, ORTHO, ONELIP, ONELIP_MARGIN, ONELIP_POOL, ONELIP_LARGE]
+ONELIPS = (ONELIP, ONELIP_MARGIN, ONELIP_POOL, ONELIP_LARGE)
 TITLES = {
     DEEL: "deel-torchlip (its tutorial network)",
     ORTHO: "orthogonium (AOC, same network)",
-    ONELIP: "onelip convnet (tutorial size)",
-    ONELIP_MARGIN: "onelip convnet (tutorial size, margin loss)",
+    ONELIP: "onelip convnet (tutorial size, strided)",
+    ONELIP_MARGIN: "onelip convnet (tutorial size, strided, margin loss)",
+    ONELIP_POOL: "onelip convnet (tutorial network, L2 pooling)",
     ONELIP_LARGE: "onelip convnet (larger, same wall time)",
 }
-# The larger onelip network: twice the widths (convolutions 32 and 64, dense 128): ~2.3x the
-# tutorial network's training step on a CPU.
-LARGE_CONVNET = {"width": 32, "stages": 2, "depth": 1, "downsample": "l2pool",
-                 "hidden": (128,)}
+# The larger onelip network: the strided tutorial-size network with twice the widths
+# (convolutions 32 and 64, dense 128).
+LARGE_CONVNET = {"width": 32, "stages": 2, "depth": 1, "downsample": "stride",
+                 "stem": "unshuffle", "hidden": (128,)}
 # onelip's loss, chosen by `--sweep` (benchmarks/results/fashion_mnist_sweep.md).
-DEFAULT_ONELIP_LOSS = "ce:tau=3"
+DEFAULT_ONELIP_LOSS = "ce:tau=3"  # chosen on the pooled network (onelip-pool), kept for all
 # onelip-margin: the same network with a margin loss (deel-torchlip's family: hinge / HKR), for
 # the comparison at matched clean accuracy. Chosen from the same sweep: the largest
 # cert@0.5 + cert@1.0 among the losses whose validation clean accuracy is at least the
@@ -255,9 +264,10 @@ def build(name: str, args):
         return model, loss, {"schedule": "constant", "retract": False, "claim": "global"}
     if name in ONELIPS:
         from onelip import models
-        from onelip.models_conv import TUTORIAL_CONVNET
+        from onelip.models_conv import TUTORIAL_CONVNET, TUTORIAL_CONVNET_STRIDED
 
-        fields = LARGE_CONVNET if name == ONELIP_LARGE else TUTORIAL_CONVNET
+        fields = {ONELIP_LARGE: LARGE_CONVNET, ONELIP_POOL: TUTORIAL_CONVNET}.get(
+            name, TUTORIAL_CONVNET_STRIDED)
         model, _ = models.build("convnet", input_shape=(1, 28, 28), num_outputs=10, **fields)
         loss = args.onelip_margin_loss if name == ONELIP_MARGIN else args.onelip_loss
         return model, loss, {"schedule": "onecycle", "retract": True,
@@ -428,7 +438,7 @@ def _linear_weight(m):
 
 _ONE_LIPSCHITZ = {  # parameter-free 1-Lipschitz maps, by class name (any library)
     "GroupSort2", "GroupSort", "MaxMin", "FullSort", "Flatten", "Unflatten", "ToImage",
-    "Identity",
+    "Identity", "InvertibleDownsample", "PixelUnshuffle",
 }
 
 
@@ -602,8 +612,49 @@ def evaluate(name: str, model, recipe: dict, x, y, args) -> dict:
             "violations": viol, "violations_of_library_claim": viol_claim,
             "seconds": time.perf_counter() - t1,
         }
+        res["grad_profile"] = grad_norm_profile(model, xa, ya)
     res["eval_seconds"] = time.perf_counter() - t0
     return res
+
+
+def grad_norm_profile(model, x, y) -> list[list]:
+    """Where the certificate's looseness comes from: the median over the correctly classified
+    points of ‖∂m/∂h_l‖ / √2, m = f_y − max_{j≠y} f_j the margin and h_l the input of layer l
+    of the (top-level) sequential model, from the logits back to the image.
+
+    A 1-Lipschitz network with an orthonormal head has ‖∂m/∂logits‖ ≤ √2; a layer whose
+    transpose is not an isometry on the back-propagated vector (e.g. a convolution that
+    expands the dimension) lowers it. At the input, 1/value is roughly the median
+    (minimal adversarial norm / margin-over-√2 radius) a near-linear network can show.
+    Returns [[layer name, value], ...], input first. Sequential models only (else [])."""
+    import torch
+    from torch import nn
+
+    from onelip import certify
+
+    layers = list(model.children()) if isinstance(model, nn.Sequential) else []
+    if not layers:
+        return []
+    h = x.detach().clone().requires_grad_(True)
+    inputs = [h]
+    z = h
+    with torch.enable_grad():
+        for layer in layers:
+            z = layer(z)
+            if z.requires_grad:
+                z.retain_grad()
+            inputs.append(z)
+        m = certify._margin(z, y)
+        m.sum().backward()
+    ok = m.detach() > 0
+    names = ["input"] + [type(layer).__name__ for layer in layers]
+    out = []
+    for name, t in zip(names, inputs):
+        if t.grad is None or not bool(ok.any()):
+            continue
+        g = t.grad.flatten(1).norm(dim=1)[ok] / math.sqrt(2)
+        out.append([f"after {name}" if name != "input" else "input", float(g.median())])
+    return out
 
 
 def count_params(model) -> int:
@@ -695,6 +746,7 @@ def targets(cands: dict) -> list[dict]:
             continue
         r = cands[name]
         head = {ONELIP: "", ONELIP_MARGIN: " (margin loss, matched accuracy)",
+                ONELIP_POOL: " (pooled tutorial network, informative)",
                 ONELIP_LARGE: " (larger net, informative)"}[name]
         rows.append({"candidate": name, "target": f"clean accuracy >= {TARGET_CLEAN:.0%}{head}",
                      "value": r["clean"], "pass": r["clean"] >= TARGET_CLEAN})
@@ -802,6 +854,18 @@ def write_markdown(path: Path, result: dict) -> None:
             if abs(row["bound"] - 1) > 1e-5 or "conv" in row["kind"] or "dense" in row["kind"])
             + f"; last layer ‖W‖₂ = {r['last_layer_norm']:.4f}, max row norm "
             f"{r['last_layer_max_row_norm']:.4f}.")
+    profiles = {n: r["grad_profile"] for n, r in cands.items() if r.get("grad_profile")}
+    if profiles:
+        L += ["", "## Where the certificates lose tightness: ‖∂margin/∂h‖/√2 layer by layer", "",
+              "Median over the correctly classified attacked points of the margin's gradient "
+              "norm (÷√2) with respect to the image (first) and to the output of each named "
+              "layer, back from the logits (last). 1 everywhere = gradient-norm preserving, radius margin/√2 reachable; a "
+              "drop marks a layer whose transpose shrinks the back-propagated vector (a "
+              "convolution that expands the dimension). A value above 1 means a head that is "
+              "not 1-Lipschitz as a whole.", ""]
+        for n, prof in profiles.items():
+            L.append(f"- **{cands[n]['title']}**: " + " ← ".join(
+                f"{v:.3f} ({where.replace('after ', '')})" for where, v in prof))
     L += ["", "## Targets (issue 3; benchmark only)", "",
           f"Reference, deel-torchlip tutorial figures: clean "
           f"{REFERENCE_DEEL_TUTORIAL['clean']:.1%}, certified@0.5 "
@@ -838,7 +902,7 @@ def _sweep_one(spec: str, args_dict: dict) -> dict:
     data = load_data(args, validation=True)
     xtr, ytr, xva, yva, _ = data
     args.onelip_loss = spec
-    model, _, recipe = build(ONELIP, args)
+    model, _, recipe = build(ONELIP_POOL, args)
     tr = train(model, make_loss(spec), xtr, ytr, epochs=args.epochs, batch_size=args.batch_size,
                lr=args.lr, schedule=recipe["schedule"], retract=True, budget_s=args.budget_seconds,
                seed=args.seed, device=args.device, label=f"sweep {spec}")
@@ -915,7 +979,7 @@ def write_sweep(out: Path, tag: str, result: dict) -> None:
     L = ["# Fashion-MNIST: onelip's loss, chosen on a validation split", "",
          "Written by `benchmarks/fashion_mnist.py` on "
          f"{result['written']}: " + "; then ".join(f"`{c}`" for c in result["commands"])
-         + ". Model: onelip `convnet` at the tutorial's size (`TUTORIAL_CONVNET`), "
+         + ". Model: onelip `convnet`, the tutorial network as it is (`TUTORIAL_CONVNET`), "
          f"{'/'.join(map(str, epochs))} epochs, Adam {a['lr']:g} one-cycle + `retract_()`, "
          f"batch {a['batch_size']}; trained on {rows[0]['train_size']} training images, "
          f"evaluated on the {rows[0]['val_size']} held-out *training* images (the test set is "
