@@ -146,7 +146,7 @@ def test_cli_set_fields_and_preset(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "onelip.cli", "train", "--data", "digits", "--model", "convnet",
             "--epochs", "1", "--quiet"]
-    res = subprocess.run(base + ["--set", "preset=tutorial", "--set", "width=4",
+    res = subprocess.run(base + ["--width", "4", "--set", "preset=tutorial",
                                  "--set", "hidden=8,6", "--set", "stem=unshuffle",
                                  "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

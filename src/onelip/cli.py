@@ -121,6 +121,8 @@ def _model_fields(name: str, args: argparse.Namespace, data) -> dict:
     if "input_shape" in fields:
         kw["input_shape"] = list(data.input_shape)
     kw["num_outputs"] = out_dim
+    preset, explicit = _parse_model_set(name, args.model_set, fields)
+    kw.update(preset)  # then the flags and the other --set fields override the preset's
     if args.layer is not None:
         kw["layer"] = args.layer
     if args.activation is not None:
@@ -132,15 +134,18 @@ def _model_fields(name: str, args: argparse.Namespace, data) -> dict:
             kw["depth"] = args.depth
     elif "hidden" in fields and (args.width is not None or args.depth is not None):
         kw["hidden"] = [args.width or 512] * (args.depth or 3)
-    kw.update(_parse_model_set(name, args.model_set, fields))
+    kw.update(explicit)
     return kw
 
 
-def _parse_model_set(name: str, items: list[str], fields: set[str]) -> dict:
-    """``--set FIELD=VALUE`` → config fields, typed from the dataclass defaults."""
+def _parse_model_set(name: str, items: list[str], fields: set[str]) -> tuple[dict, dict]:
+    """``--set FIELD=VALUE`` → (preset fields, explicit fields), typed from the dataclass
+    defaults. Presets come first whatever their place on the command line: ``--width`` and
+    ``--set width=...`` override them."""
     from onelip import models
 
     defaults = models.config_defaults(name)
+    preset: dict = {}
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -152,13 +157,13 @@ def _parse_model_set(name: str, items: list[str], fields: set[str]) -> dict:
             if value not in presets:
                 raise CLIError(f"unknown preset {value!r} for model {name!r}; known: "
                                f"{', '.join(sorted(presets)) or 'none'}")
-            out.update(presets[value])
+            preset.update(presets[value])
             continue
         if key not in fields:
             raise CLIError(f"model {name!r} has no config field {key!r}; fields: "
                            f"{', '.join(sorted(fields))}")
         out[key] = _typed(key, value, defaults.get(key))
-    return out
+    return preset, out
 
 
 def _typed(key: str, value: str, default):
