@@ -22,6 +22,7 @@ SMALL = [  # (name, fields): small enough for exact Jacobians (1×8×8 inputs)
     ("convnet", {"width": 4, "stages": 2}),
     ("convnet", {"width": 4, "stages": 2, "layer": "spectral", "head": "global_l2"}),
     ("convnet", {"width": 4, "stages": 2, "downsample": "l2pool", "stem": "unshuffle"}),
+    ("convnet", {"width": 4, "stages": 2, "stem": "unshuffle"}),  # the strided preset's shape
     ("lipresnet", {"width": 4, "blocks": (1, 1)}),
     ("lipresnet", {"width": 4, "blocks": (1, 1), "block": "convex", "layer": "spectral"}),
 ]
