@@ -449,13 +449,14 @@ def write_markdown(path: Path, result: dict) -> None:
                              f"{r['x_conv_median']:.2f} | {r['x_conv_of_mins']:.2f} |")
             lines.append("")
     lines += [
-        "Reading the ratios: the machine is shared, so single timings vary by up to 2× (see "
-        "the gap between median and min). The median of per-round ratios compares layers under "
-        "the same load; the ratio of mins compares best cases. On one thread, every candidate "
-        "whose kernel is *computed* (all but nn.Conv2d) lands at ×1.15–1.3 in median `fwd_bwd` "
-        "whatever the cost of its kernel (AOL's is a rescaling), while the ratios of mins stay "
-        "near ×1.0–1.1: that spread is the noise floor of this protocol here, not kernel "
-        "construction (onelip OrthoConv2d's kernel build + backward: ~3 ms on one thread).",
+        "Reading the ratios: the median of per-round ratios compares layers under the same "
+        "load; the ratio of mins compares best cases. Where the two differ by more than a few "
+        "percent (the gap between median and min times shows it), other processes shared the "
+        "cores: on a loaded 2-core machine (load average 4–5) every layer whose kernel is "
+        "*computed* landed at ×1.15–1.3 in median one-thread `fwd_bwd`, AOL's rescaling "
+        "included, while the ratios of mins stayed at ×1.0–1.1 — the protocol's noise floor "
+        "there, not kernel construction (onelip OrthoConv2d's kernel build + backward: ~3 ms "
+        "on one thread). Compare the load averages in the section headers.",
         "",
         "## Tightness (exact singular values of the operator each layer applies)",
         "",
