@@ -31,9 +31,9 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _check_compiled(model: nn.Module, x: torch.Tensor) -> None:
+def _check_compiled(model: nn.Module, x: torch.Tensor, backend: str = "inductor") -> None:
     twin = copy.deepcopy(model)
-    compiled = torch.compile(twin)
+    compiled = torch.compile(twin, backend=backend)
 
     # Train mode: outputs and gradients.
     model.train()
@@ -66,6 +66,16 @@ def test_compile_dense():
         nn.Flatten(), onn.OrthoLinear(8, 16), onn.GroupSort(4), onn.SpectralLinear(16, 16),
         onn.MaxMin(), onn.OrthoLinear(16, 16), onn.FullSort(), onn.FrobeniusLinear(16, 1))
     _check_compiled(net, torch.randn(6, 8))
+
+
+def test_compile_conv_aot_eager():
+    """The conv layers through AOTAutograd without code generation (seconds): train-mode
+    forward and backward, then eval, as inductor does in the slow test below."""
+    net = onn.Sequential(
+        onn.OrthoConv2d(2, 4, 3), onn.MaxMin(), onn.OrthoConv2d(4, 8, 3, stride=2),
+        onn.GroupSort(2), onn.SpectralConv2d(8, 8, 3, input_size=(4, 4)), onn.MaxMin(),
+        onn.SLLConv2d(8, 8), nn.Flatten(), onn.OrthoLinear(128, 3))
+    _check_compiled(net, torch.randn(6, 2, 8, 8), backend="aot_eager")
 
 
 @pytest.mark.slow
