@@ -807,9 +807,17 @@ def _f(v, fmt="{:.4f}"):
 def write_markdown(path: Path, result: dict) -> None:
     cands = result["candidates"]
     a = result["args"]
+    commands: dict[str, list[str]] = {}
+    for n, r in cands.items():
+        commands.setdefault(r.get("command", result["command"]), []).append(n)
+    if len(commands) > 1:  # merged runs (e.g. two processes sharing the cores)
+        how = "; ".join(f"`{c}` ({', '.join(ns)})" for c, ns in commands.items())
+        written = f"Written by merged runs of `benchmarks/fashion_mnist.py`: {how}; last write "
+    else:
+        written = f"Written by `benchmarks/fashion_mnist.py` (`{result['command']}`) on "
     L = ["# Fashion-MNIST: certified accuracy, onelip vs deel-torchlip and orthogonium", "",
-         f"Written by `benchmarks/fashion_mnist.py` (`{result['command']}`) on "
-         f"{result['written']}. Test set: {next(iter(cands.values()))['test_size'] if cands else 0}"
+         written + f"{result['written']}. Test set: "
+         f"{next(iter(cands.values()))['test_size'] if cands else 0}"
          f" images; attack on the first {N_ATTACK}, Lipschitz estimate on the first {N_LIP}.",
          ""]
     if a.get("train_subset") or a.get("epochs") != 15:
@@ -1158,6 +1166,7 @@ def main(argv=None) -> int:
             ref = cands.get(DEEL)
             budget = ref["train_seconds"] if ref else None
         mine = run_candidate(name, args, data, budget)
+        mine["command"] = " ".join(["benchmarks/fashion_mnist.py", *sys.argv[1:]])
         if args.merge and out_json.exists():  # another run may have written meanwhile
             cands = json.loads(out_json.read_text()).get("candidates", {})
         cands[name] = mine
