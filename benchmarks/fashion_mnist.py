@@ -84,19 +84,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info as _machine_info  # noqa: E402
 from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  # noqa: E402,F401
                     TORCH_PIN, ensure_peers_venv, peers_importable, reexec_in_peers_venv,
                     venv_python, venv_ready)
@@ -680,38 +678,10 @@ def count_params(model) -> int:
 def machine_info(args) -> dict:
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    try:
-        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                             capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        rev = None
     gpu = None
     if args.device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(torch.device(args.device))
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-        "device": args.device, "gpu": gpu, "torch": torch.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "deel-torchlip": version("deel-torchlip"), "orthogonium": version("orthogonium"),
-        "onelip_git": rev, "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg")
-        else None,
-    }
+    return _machine_info(device=args.device, gpu=gpu)
 
 
 # ==== one candidate, end to end =============================================================
