@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import math
 import os
-import random
 import statistics
 import sys
 import time
@@ -59,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
+from _timing import retract, run_rounds, train_steps  # noqa: E402
 from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  # noqa: E402,F401
                     TORCH_PIN, ensure_peers_venv, peers_importable, reexec_in_peers_venv,
                     venv_python, venv_ready)
@@ -132,12 +131,6 @@ def make_layer(name: str, channels: int, size: int, seed: int):
     raise KeyError(name)
 
 
-def retract(layer) -> None:
-    fn = getattr(layer, "retract_", None)
-    if callable(fn):
-        fn()
-
-
 class Task:
     """Regression on a random teacher convolution of operator norm ~1."""
 
@@ -154,20 +147,6 @@ class Task:
 
         x = torch.randn(self.shape, generator=self.gen)
         return x, torch.nn.functional.conv2d(x, self.teacher, padding=1)
-
-
-def train_steps(layer, task: Task, steps: int, lr: float, opt=None):
-    import torch
-
-    opt = opt or torch.optim.Adam(layer.parameters(), lr=lr)
-    layer.train()
-    for _ in range(steps):
-        x, t = task.sample()
-        opt.zero_grad(set_to_none=True)
-        (layer(x) - t).square().mean().backward()
-        opt.step()
-        retract(layer)
-    return opt
 
 
 # ==== timing ================================================================================
@@ -212,35 +191,6 @@ def build_timing_callables(args, names: list[str]):
         calls["step"][name] = step
         calls["eval"][name] = evaluate
     return calls, keep
-
-
-def run_rounds(calls, names: list[str], rounds: int, reps: int, warmup: int, seed: int):
-    tasks = [(k, n) for k in KINDS for n in names]
-    times = {k: {n: [] for n in names} for k in KINDS}
-    rng = random.Random(seed)
-    load = []
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(warmup + rounds):
-            order = tasks[:]
-            rng.shuffle(order)
-            for kind, name in order:
-                fn = calls[kind][name]
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    fn()
-                dt = (time.perf_counter() - t0) / reps
-                if r >= warmup:
-                    times[kind][name].append(dt)
-            gc.collect()
-            if r >= warmup and (r - warmup) % max(1, rounds // 10) == 0:
-                load.append(os.getloadavg()[0])
-                print(f"[bench] round {r - warmup + 1}/{rounds}  load {load[-1]:.2f}",
-                      flush=True)
-    finally:
-        gc.enable()
-    return times, load
 
 
 def summarize(times, names: list[str]) -> dict:
@@ -514,8 +464,8 @@ def main(argv=None) -> int:
         calls, _keep = build_timing_callables(args, names)
         print(f"[bench] {threads} threads: set-up done at {time.perf_counter() - t0:.0f} s",
               flush=True)
-        times, load[str(threads)] = run_rounds(calls, names, args.rounds, args.reps,
-                                               args.warmup, args.seed)
+        times, load[str(threads)], _ = run_rounds(calls, KINDS, names, args.rounds,
+                                                  args.reps, args.warmup, args.seed)
         timing[str(threads)] = summarize(times, names)
         samples[str(threads)] = times
         del calls, _keep

@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -56,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
+from _timing import retract, run_rounds, train_steps  # noqa: E402
 from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  # noqa: E402,F401
                     TORCH_PIN, ensure_peers_venv, peers_importable, reexec_in_peers_venv,
                     venv_python, venv_ready)
@@ -134,12 +133,6 @@ def latent_weight(layer):
     return layer.weight
 
 
-def retract(layer) -> None:
-    fn = getattr(layer, "retract_", None)
-    if callable(fn):
-        fn()
-
-
 def operator_matrix(layer, d_in: int):
     """The matrix the layer applies, from one batched call on ``[0; I]`` (float64)."""
     import torch
@@ -172,20 +165,6 @@ class Task:
 
         x = torch.randn(self.batch, self.d_in, generator=self.gen)
         return x, x @ self.a.mT
-
-
-def train_steps(layer, task: Task, steps: int, lr: float, opt=None):
-    import torch
-
-    opt = opt or torch.optim.Adam(layer.parameters(), lr=lr)
-    layer.train()
-    for _ in range(steps):
-        x, t = task.sample()
-        opt.zero_grad(set_to_none=True)
-        (layer(x) - t).square().mean().backward()
-        opt.step()
-        retract(layer)
-    return opt
 
 
 # ==== timing ================================================================================
@@ -232,47 +211,6 @@ def build_timing_callables(args, names: list[str]):
         calls["step"][name] = step
         calls["eval"][name] = evaluate
     return calls, keep
-
-
-def run_rounds(calls, names: list[str], rounds: int, reps: int, warmup: int, seed: int,
-               slow_s: float = 0.02):
-    """Round-robin over every (measurement, candidate) in a fresh random order per round.
-
-    A sample is the mean of ``reps`` consecutive calls, or of one call for candidates slower
-    than ``slow_s`` in every warm-up round (one such call is long enough to time).
-    """
-    tasks = [(k, n) for k in KINDS for n in names]
-    times = {k: {n: [] for n in names} for k in KINDS}
-    n_reps = {t: reps for t in tasks}
-    fastest = {t: float("inf") for t in tasks}
-    rng = random.Random(seed)
-    load = []
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(warmup + rounds):
-            order = tasks[:]
-            rng.shuffle(order)
-            for task in order:
-                fn, k = calls[task[0]][task[1]], n_reps[task]
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    fn()
-                dt = (time.perf_counter() - t0) / k
-                if r >= warmup:
-                    times[task[0]][task[1]].append(dt)
-                else:
-                    fastest[task] = min(fastest[task], dt)
-                    if r == warmup - 1 and fastest[task] > slow_s:
-                        n_reps[task] = 1
-            gc.collect()
-            if r >= warmup and (r - warmup) % max(1, rounds // 10) == 0:
-                load.append(os.getloadavg()[0])
-                print(f"[bench] round {r - warmup + 1}/{rounds}  load {load[-1]:.2f}",
-                      flush=True)
-    finally:
-        gc.enable()
-    return times, load, {f"{k} | {n}": v for (k, n), v in n_reps.items()}
 
 
 def summarize(times, names: list[str]) -> dict:
@@ -562,8 +500,8 @@ def main(argv=None) -> int:
     print(f"[bench] tightness done in {time.perf_counter() - t0:.0f} s", flush=True)
     calls, _keep = build_timing_callables(args, names)
     print(f"[bench] timing set-up done at {time.perf_counter() - t0:.0f} s", flush=True)
-    times, load, reps_used = run_rounds(calls, names, args.rounds, args.reps, args.warmup,
-                                        args.seed)
+    times, load, reps_used = run_rounds(calls, KINDS, names, args.rounds, args.reps,
+                                        args.warmup, args.seed, slow_s=0.02)
     summary = summarize(times, names)
     print(f"[bench] timing done at {time.perf_counter() - t0:.0f} s", flush=True)
     prof = profile_onelip_step(args)
