@@ -69,3 +69,24 @@ def reexec_in_peers_venv(venv: Path, script: str) -> None:
     print(f"[bench] re-executing in {py}", flush=True)
     os.chdir(REPO)
     os.execve(str(py), [str(py), str(Path(script).resolve()), *sys.argv[1:]], env)
+
+
+def import_working_tree_onelip(*, need_peers: bool = True, script: str, venv: Path):
+    """Make this process import the working tree's onelip (``src/``) and, if ``need_peers``,
+    the peers, re-executing ``script`` inside ``venv`` when they are missing. Prints where each
+    came from; exits if onelip would come from elsewhere. Returns the onelip module."""
+    if need_peers and not peers_importable():
+        reexec_in_peers_venv(venv.resolve(), script)  # does not return
+    sys.path.insert(0, str(REPO / "src"))
+    import onelip
+
+    mods = [onelip]
+    if need_peers:
+        import deel.torchlip
+
+        mods.append(deel.torchlip)
+    for mod in mods:
+        print(f"[bench] {mod.__name__} from {Path(mod.__file__).parent}", flush=True)
+    if Path(onelip.__file__).resolve().parents[1] != REPO / "src":
+        raise SystemExit(f"[bench] onelip imported from {onelip.__file__}, not {REPO / 'src'}")
+    return onelip

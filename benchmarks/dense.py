@@ -55,9 +55,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
 from _timing import retract, run_rounds, train_steps  # noqa: E402
-from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  # noqa: E402,F401
-                    TORCH_PIN, ensure_peers_venv, peers_importable, reexec_in_peers_venv,
-                    venv_python, venv_ready)
+from _peers import DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip  # noqa: E402
 
 
 # Targets of the issue.
@@ -476,18 +474,9 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.rounds, args.reps, args.warmup = 5, 1, 1
-    if not peers_importable():
-        reexec_in_peers_venv(args.peers_venv.resolve(), __file__)  # does not return
-    sys.path.insert(0, str(REPO / "src"))  # measure this working tree's onelip
-    import deel.torchlip
+    import_working_tree_onelip(script=__file__, venv=args.peers_venv)
     import torch
 
-    import onelip
-
-    for mod in (onelip, deel.torchlip):
-        print(f"[bench] {mod.__name__} from {Path(mod.__file__).parent}", flush=True)
-    if Path(onelip.__file__).resolve().parents[1] != REPO / "src":
-        raise SystemExit(f"[bench] onelip imported from {onelip.__file__}, not {REPO / 'src'}")
     torch.set_num_threads(args.threads)
 
     names = list(CANDIDATES)

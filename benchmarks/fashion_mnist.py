@@ -95,9 +95,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
-from _peers import (DEFAULT_PEERS_VENV, PEER_REQUIREMENTS, REEXEC_FLAG, REPO,  # noqa: E402,F401
-                    TORCH_PIN, ensure_peers_venv, peers_importable, reexec_in_peers_venv,
-                    venv_python, venv_ready)
+from _peers import DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip  # noqa: E402
 
 
 EPS = (0.1, 0.25, 0.5, 1.0)
@@ -926,8 +924,11 @@ def choose(rows: list[dict], rule: str = "reference") -> dict:
     return max(rows, key=lambda r: r["certified"]["0.5"] + r["certified"]["1.0"])
 
 
-SWEEP_MODEL_TEXT = {None: "onelip `convnet` at the tutorial's size (`TUTORIAL_CONVNET`)",
-                    ONELIP_POOL: "onelip `convnet` at the tutorial's size (`TUTORIAL_CONVNET`)"}
+def sweep_model_text(name: str | None) -> str:
+    """How a sweep's report names its model (the committed pooled sweep keeps its wording)."""
+    if name in (None, ONELIP_POOL):
+        return "onelip `convnet` at the tutorial's size (`TUTORIAL_CONVNET`)"
+    return TITLES[name]
 
 
 def choose_clean_target(rows: list[dict]) -> dict:
@@ -988,7 +989,7 @@ def write_sweep(out: Path, tag: str, result: dict) -> None:
     L = ["# Fashion-MNIST: onelip's loss, chosen on a validation split", "",
          "Written by `benchmarks/fashion_mnist.py` on "
          f"{result['written']}: " + "; then ".join(f"`{c}`" for c in result["commands"])
-         + f". Model: {SWEEP_MODEL_TEXT.get(a.get('sweep_model'), TITLES.get(a.get('sweep_model')))}, "
+         + f". Model: {sweep_model_text(a.get('sweep_model'))}, "
          + (f"trained for {a['budget_seconds']:.0f} s each (at most "
             f"{'/'.join(map(str, epochs))} epochs)" if a.get("budget_seconds")
             else f"{'/'.join(map(str, epochs))} epochs")
@@ -1105,15 +1106,9 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(REPO / "src"))
         return report_only(args)
     need_peers = not args.sweep and bool({DEEL, ORTHO} & set(args.only))
-    if need_peers and not peers_importable():
-        reexec_in_peers_venv(args.peers_venv.resolve(), __file__)  # does not return
-    sys.path.insert(0, str(REPO / "src"))  # this working tree's onelip
+    import_working_tree_onelip(need_peers=need_peers, script=__file__, venv=args.peers_venv)
     import torch
 
-    import onelip
-
-    if Path(onelip.__file__).resolve().parents[1] != REPO / "src":
-        raise SystemExit(f"[bench] onelip imported from {onelip.__file__}, not {REPO / 'src'}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
