@@ -50,6 +50,17 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
+
+def _plain_conv(layer: nn.Module, weight: Tensor, *, padding_mode: str = "zeros") -> nn.Conv2d:
+    """An ``nn.Conv2d`` with ``layer``'s shape, stride, padding and bias, applying ``weight``."""
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                     stride=layer.stride, padding=layer.padding, padding_mode=padding_mode,
+                     bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
+    conv.weight.copy_(weight)
+    if layer.bias is not None:
+        conv.bias.copy_(layer.bias)
+    return conv
+
 class _Serial(torch.autograd.Function):
     """``fn(*tensors)`` on one thread; the backward recomputes ``fn`` on one thread too."""
 
@@ -287,15 +298,7 @@ class OrthoConv2d(LipschitzModule):
     @torch.no_grad()
     def export(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the eval-mode kernel folded in."""
-        w = self.effective_weight()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
-                         stride=self.stride, padding=self.padding,
-                         padding_mode=self.padding_mode, bias=self.bias is not None,
-                         device=w.device, dtype=w.dtype)
-        conv.weight.copy_(w)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
-        return conv
+        return _plain_conv(self, self.effective_weight(), padding_mode=self.padding_mode)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -500,14 +503,7 @@ class SpectralConv2d(LipschitzModule):
     def export(self, input_size: tuple[int, int] | None = None) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the certified kernel for ``input_size`` folded in (its
         bound holds for that input size)."""
-        w = self.effective_weight(input_size)
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
-                         stride=self.stride, padding=self.padding,
-                         bias=self.bias is not None, device=w.device, dtype=w.dtype)
-        conv.weight.copy_(w)
-        if self.bias is not None:
-            conv.bias.copy_(self.bias)
-        return conv
+        return _plain_conv(self, self.effective_weight(input_size))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
