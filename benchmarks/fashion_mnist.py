@@ -20,7 +20,7 @@ Candidates (``--only`` takes the short names in brackets):
   differ by their layers only; ``--orthogonium-loss xent`` gives orthogonium's own
   ``LossXent`` instead), Adam 1e-3, batch 128, constant learning rate.
 * **onelip, the same size** [onelip]: ``convnet`` with
-  :data:`onelip.models_conv.TUTORIAL_CONVNET_STRIDED`: the same widths and size
+  :data:`onelip.models.TUTORIAL_CONVNET_STRIDED`: the same widths and size
   (InvertibleDownsample(2), OrthoConv2d 4→16 at 14×14, MaxMin, stride-2 OrthoConv2d 16→32,
   MaxMin, Flatten (1568), OrthoLinear 1568→64, MaxMin, OrthoLinear 64→10; 104,250 parameters
   against deel-torchlip's 105,866), downsampled by orthogonal maps instead of L2 pooling: the
@@ -272,7 +272,7 @@ def build(name: str, args):
         return model, loss, {"schedule": "constant", "retract": False, "claim": "global"}
     if name in ONELIPS:
         from onelip import models
-        from onelip.models_conv import TUTORIAL_CONVNET, TUTORIAL_CONVNET_STRIDED
+        from onelip.models import TUTORIAL_CONVNET, TUTORIAL_CONVNET_STRIDED
 
         fields = {ONELIP_LARGE: LARGE_CONVNET, ONELIP_POOL: TUTORIAL_CONVNET}.get(
             name, TUTORIAL_CONVNET_STRIDED)

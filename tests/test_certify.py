@@ -301,7 +301,7 @@ def _check_promise(model, x, y, radius, *, attack_kw, tight_within=1.5, tight_fr
         out = model(res.x_adv)
     found = torch.isfinite(res.min_norm)
     # the attack's adversarials are real: misclassified, at the reported distance
-    margin = certify._margin(out, y)
+    margin = certify.attack._margin(out, y)
     assert (margin[found] < 0).all()
     assert torch.allclose((res.x_adv - x).flatten(1).norm(dim=1)[found], res.min_norm[found],
                           atol=1e-5)

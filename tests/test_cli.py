@@ -244,7 +244,7 @@ CORRUPTIONS = {
     "empty weights": "not a readable safetensors file",
     "missing weights": "model.safetensors is missing",
     "NaN weights": "contains NaN or inf",
-    "other-shape weights": "other shapes than config.json says",
+    "other-shape weights": "other shapes than the architecture in config.json",
     "garbage config": "config.json is not valid JSON",
     "config not an object": "has no model section",
     "config without model": "has no model section",

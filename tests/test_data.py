@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-import onelip.datasets_files as DF
+import onelip.data.files as DF
+import onelip.data.packaged as DP
 from onelip import data
 
 TOY = ["two-moons", "circles", "spiral", "checkerboard"]
@@ -285,7 +286,7 @@ def test_cifar10_bad_labels_and_missing_files(tmp_path):
 # ==== Fashion-MNIST (Debian package) ========================================================
 
 
-@pytest.mark.skipif(not DF.FASHION_DIR.exists(),
+@pytest.mark.skipif(not DP.FASHION_DIR.exists(),
                     reason="dataset-fashion-mnist is not installed (make data)")
 def test_fashion_mnist_loads():
     d = data.load("fashion-mnist")
@@ -296,7 +297,7 @@ def test_fashion_mnist_loads():
 
 
 def test_fashion_mnist_missing_package_message(monkeypatch, tmp_path):
-    monkeypatch.setattr(DF, "FASHION_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(DP, "FASHION_DIR", tmp_path / "not-installed")
     with pytest.raises(FileNotFoundError,
                        match=r"Fashion-MNIST is not installed: run `make data` .*"
                              r"apt-get install -y dataset-fashion-mnist"):

@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from onelip.cli.launch import without_nproc
 from onelip import distributed
 from onelip.cli import main
 
@@ -104,9 +105,9 @@ def test_torchrun_matches_one_binary_kr(tmp_path):
 
 
 def test_nproc_is_stripped_and_single_process_is_unchanged():
-    assert distributed.without_nproc(["train", "--nproc", "2", "--out", "x"]) == [
+    assert without_nproc(["train", "--nproc", "2", "--out", "x"]) == [
         "train", "--out", "x"]
-    assert distributed.without_nproc(["train", "--nproc=4"]) == ["train"]
+    assert without_nproc(["train", "--nproc=4"]) == ["train"]
     ctx = distributed.Context("cpu")
     assert not ctx.active and ctx.world == 1 and ctx.is_main
     idx = torch.arange(7)

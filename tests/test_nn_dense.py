@@ -258,8 +258,9 @@ def test_ortho_train_guard_catches_a_latent_hidden_from_power_iteration():
     and the one-step Björck map then had σ ≈ 485. The guard is now a certified bound."""
     n = 16
     layer = onn.OrthoLinear(n, n).train()
-    layer(torch.randn(4, n))  # settle the persistent vectors
-    u, v = layer._u.double(), layer._v.double()
+    layer(torch.randn(4, n))
+    # the (removed) persistent vectors started at 1/√n: hide the large direction from them
+    u = v = torch.full((n,), n ** -0.5, dtype=torch.float64)
     uu = torch.linalg.qr(torch.cat([u[:, None], torch.randn(n, n - 1, dtype=torch.float64)], 1))[0]
     vv = torch.linalg.qr(torch.cat([v[:, None], torch.randn(n, n - 1, dtype=torch.float64)], 1))[0]
     uu[:, 0], vv[:, 0] = u, v

@@ -4,7 +4,7 @@ r"""Data-parallel training: ``torch.distributed`` + ``DistributedDataParallel``.
 Two ways to start it, one code path (torchrun's environment variables ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``):
 
-* ``onelip train ... --nproc N`` — :func:`launch` re-runs the same command in N local
+* ``onelip train ... --nproc N`` — :func:`onelip.cli.launch.launch` re-runs the same command in N local
   processes (``python -m onelip``) with that environment;
 * ``torchrun --nproc_per_node N [--nnodes ...] -m onelip train ...`` (see docs/distributed.md).
 
@@ -28,22 +28,17 @@ from __future__ import annotations
 
 import inspect
 import os
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Context", "in_worker", "is_main", "launch", "process_group", "without_nproc"]
+__all__ = ["Context", "in_worker", "is_main", "process_group"]
 
 
 def in_worker() -> bool:
-    """True in a process started by :func:`launch` or torchrun (``WORLD_SIZE`` and ``RANK`` set)."""
+    """True in a process started by ``onelip train --nproc`` or torchrun (``WORLD_SIZE`` and ``RANK`` set)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
@@ -209,72 +204,3 @@ class Context:
                 offset += t.numel()
         torch.distributed.all_reduce(worst, op=torch.distributed.ReduceOp.MAX)
         return float(worst)
-
-
-# ==== launcher ==============================================================================
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def without_nproc(argv: Sequence[str]) -> list[str]:
-    """``argv`` without ``--nproc N`` / ``--nproc=N``."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            out.append(a)
-    return out
-
-
-def launch(argv: Sequence[str], nproc: int, *, poll_s: float = 0.05) -> int:
-    """Run ``python -m onelip *argv`` in ``nproc`` local processes, as torchrun would.
-
-    Sets ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``,
-    ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` and, unless set, ``OMP_NUM_THREADS`` (the cores
-    divided among the processes). If one process fails, the others are terminated. Returns
-    the first non-zero exit status, or 0.
-    """
-    if nproc < 1:
-        raise ValueError(f"Expected nproc >= 1, but got nproc={nproc}")
-    src = str(Path(__file__).resolve().parents[1])  # so children import this onelip
-    base = dict(os.environ)
-    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                PYTHONPATH=os.pathsep.join(p for p in (src, base.get("PYTHONPATH")) if p))
-    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    procs = [subprocess.Popen([sys.executable, "-m", "onelip", *argv],
-                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in range(nproc)]
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                _stop(procs)
-                return failed[0]
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(poll_s)
-    except BaseException:
-        _stop(procs)
-        raise
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()

@@ -31,7 +31,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip._checks import check_positive, check_reduction
+from onelip._validation import check_positive, check_reduction
 
 __all__ = [
     "HKRLoss",

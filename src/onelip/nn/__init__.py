@@ -1,15 +1,21 @@
 # SPDX-License-Identifier: MIT
-"""1-Lipschitz layers (``torch.nn.Module`` subclasses)."""
+"""1-Lipschitz layers (``torch.nn.Module`` subclasses) and the plain modules they export to.
+
+A onelip layer is an instance of :class:`LipschitzModule`: it states its bound
+(``lipschitz_bound()``, abstract) and, when it holds weights, its plain twin (``export()``).
+This package imports only :mod:`onelip.functional` and the private leaves.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
-from onelip.nn._base import LipschitzModule
+from onelip.nn._base import LipschitzModule, check_bound_applies, eval_mode
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
 from onelip.nn.conv import OrthoConv2d, SpectralConv2d
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn.normalization import BatchCentering, LayerCentering
+from onelip.nn.plain import ChannelShift, Residual, export_tree
 from onelip.nn.pooling import (
     Flatten,
     GlobalL2NormPool2d,
@@ -24,6 +30,7 @@ from onelip.nn.sequential import Sequential, module_lipschitz_bound
 __all__ = [
     "Abs",
     "BatchCentering",
+    "ChannelShift",
     "ConvexResidual",
     "Flatten",
     "FrobeniusLinear",
@@ -37,6 +44,7 @@ __all__ = [
     "MaxMin",
     "OrthoConv2d",
     "OrthoLinear",
+    "Residual",
     "SLLBlock",
     "SLLConv2d",
     "ScaledAvgPool2d",
@@ -44,6 +52,9 @@ __all__ = [
     "SpectralConv2d",
     "SpectralLinear",
     "ToImage",
+    "check_bound_applies",
+    "eval_mode",
+    "export_tree",
     "module_lipschitz_bound",
     "retract_",
 ]

@@ -3,25 +3,32 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import abc
+import copy
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 
-class LipschitzModule(nn.Module):
-    """Base of onelip layers.
+class LipschitzModule(nn.Module, metaclass=abc.ABCMeta):
+    """Base of onelip layers: *the* rule for "is this a onelip layer" is
+    ``isinstance(m, LipschitzModule)`` (certification, export and retraction all use it).
 
-    * :meth:`lipschitz_bound` returns a certified upper bound of the layer's L2 Lipschitz
-      constant (in eval mode).
+    * :meth:`lipschitz_bound` (abstract: every layer states its own) returns a certified upper
+      bound of the layer's L2 Lipschitz constant in eval mode, for the weights as applied
+      (float32 rounding included). A subclass that overrides ``forward`` without restating
+      :meth:`lipschitz_bound` is refused by :func:`check_bound_applies`.
     * In eval mode the constrained weight is computed once and cached: inference costs what the
       plain layer costs. The cache is keyed on the version counter, storage, dtype and device of
       every tensor it depends on, so ``train()``, an optimiser step, ``load_state_dict``,
       ``.to()`` and ``deepcopy`` all invalidate it.
     """
 
+    @abc.abstractmethod
     def lipschitz_bound(self) -> float:
-        return 1.0
+        """A certified upper bound of the L2 Lipschitz constant of the eval-mode function."""
 
     def _cache_sources(self) -> tuple[Tensor, ...]:
         return tuple(self.parameters(recurse=False)) + tuple(self.buffers(recurse=False))
@@ -60,10 +67,54 @@ class LipschitzModule(nn.Module):
         cls = self.__class__
         new = cls.__new__(cls)
         memo[id(self)] = new
-        import copy
-
         for k, v in self.__dict__.items():
             if k == "_onelip_cache":
                 continue
             new.__dict__[k] = copy.deepcopy(v, memo)
         return new
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def check_bound_applies(module: nn.Module) -> None:
+    """Refuse a module whose ``forward`` is not the one its :meth:`lipschitz_bound` was
+    derived for: a subclass that overrides ``forward`` but inherits the bound (e.g. a
+    ``Sequential`` whose ``forward`` returns ``10 * super().forward(x)``).
+
+    Raises:
+        TypeError: with what to do (state the bound of the new ``forward``).
+    """
+    cls = type(module)
+    fwd, bound = _owner(cls, "forward"), _owner(cls, "lipschitz_bound")
+    if fwd is not bound and issubclass(fwd, bound):
+        raise TypeError(
+            f"{cls.__name__} overrides forward() but inherits lipschitz_bound() from "
+            f"{bound.__name__}, which was derived for {bound.__name__}'s forward: refusing to "
+            f"certify it; define {cls.__name__}.lipschitz_bound() for the new forward"
+        )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore every submodule's own mode after
+    it, also when the block raises.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:  # each module's own mode, not model.train(mode) for all
+            m.training = mode
+            if isinstance(m, LipschitzModule):
+                m.clear_cache()

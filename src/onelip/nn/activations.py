@@ -32,6 +32,9 @@ class GroupSort(LipschitzModule):
         self.group_size = group_size
         self.dim = dim
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # a permutation on each linear piece
+
     def forward(self, x: Tensor) -> Tensor:
         return F.group_sort(x, group_size=self.group_size, dim=self.dim)
 
@@ -53,6 +56,9 @@ class FullSort(LipschitzModule):
         super().__init__()
         self.dim = dim
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # a permutation on each linear piece
+
     def forward(self, x: Tensor) -> Tensor:
         return F.full_sort(x, dim=self.dim)
 
@@ -62,6 +68,9 @@ class FullSort(LipschitzModule):
 
 class Abs(LipschitzModule):
     """Element-wise absolute value: 1-Lipschitz and gradient-norm preserving."""
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # |a| − |b| ≤ |a − b| per coordinate
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.abs(x)

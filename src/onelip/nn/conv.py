@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from onelip import functional as F
 from onelip.nn._base import LipschitzModule
+from onelip.nn.plain import plain_conv
 
 __all__ = ["OrthoConv2d", "SpectralConv2d"]
 
@@ -50,16 +51,6 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-
-def _plain_conv(layer: nn.Module, weight: Tensor, *, padding_mode: str = "zeros") -> nn.Conv2d:
-    """An ``nn.Conv2d`` with ``layer``'s shape, stride, padding and bias, applying ``weight``."""
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                     stride=layer.stride, padding=layer.padding, padding_mode=padding_mode,
-                     bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
-    conv.weight.copy_(weight)
-    if layer.bias is not None:
-        conv.bias.copy_(layer.bias)
-    return conv
 
 class _Serial(torch.autograd.Function):
     """``fn(*tensors)`` on one thread; the backward recomputes ``fn`` on one thread too."""
@@ -286,6 +277,9 @@ class OrthoConv2d(LipschitzModule):
             for p in self._cache_sources():
                 p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # eval: BCOP kernel of norm ≤ 1, shrunk by the float32 cast margin
+
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, "OrthoConv2d")
         w = self._train_kernel() if self.training else self.effective_weight()
@@ -298,7 +292,7 @@ class OrthoConv2d(LipschitzModule):
     @torch.no_grad()
     def export(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the eval-mode kernel folded in."""
-        return _plain_conv(self, self.effective_weight(), padding_mode=self.padding_mode)
+        return plain_conv(self, self.effective_weight(), padding_mode=self.padding_mode)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -485,6 +479,9 @@ class SpectralConv2d(LipschitzModule):
             self.freq_sigma[sel] = est.to(self.freq_sigma.dtype)
         return _serial(normalised, self.weight, v, phases)  # differentiable in the weight
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # eval: kernel / certified operator-norm bound, with the cast margin
+
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.in_channels, "SpectralConv2d")
         size = (x.shape[-2], x.shape[-1])
@@ -503,7 +500,7 @@ class SpectralConv2d(LipschitzModule):
     def export(self, input_size: tuple[int, int] | None = None) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the certified kernel for ``input_size`` folded in (its
         bound holds for that input size)."""
-        return _plain_conv(self, self.effective_weight(input_size))
+        return plain_conv(self, self.effective_weight(input_size))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from onelip import functional as F
 from onelip.nn._base import LipschitzModule
+from onelip.nn.plain import plain_linear
 
 __all__ = ["FrobeniusLinear", "OrthoLinear", "SpectralLinear"]
 
@@ -163,18 +164,12 @@ class OrthoLinear(LipschitzModule):
                  device=None, dtype=None) -> None:
         super().__init__()
         _init_linear(self, in_features, out_features, bias, device, dtype)
-        factory = {"device": device, "dtype": dtype}
-        self.register_buffer("_u", torch.empty(out_features, **factory), persistent=False)
-        self.register_buffer("_v", torch.empty(in_features, **factory), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.orthogonal_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
-        with torch.no_grad():
-            self._v.copy_(TF.normalize(torch.ones_like(self._v), dim=0))
-            self._u.copy_(TF.normalize(self.weight @ self._v, dim=0))
         if self.weight.device.type != "meta":
             self.retract_()  # certifies the initial latent: training starts on the fast path
 
@@ -182,10 +177,21 @@ class OrthoLinear(LipschitzModule):
         return (self.weight,)
 
     def effective_weight(self) -> Tensor:
-        """The exact orthogonal Q = polar(W), shape (out, in); cached in eval mode."""
+        """The orthogonal Q = polar(W), shape (out, in); in eval mode cached, and rounded so
+        that σ_max of the weight applied is ≤ 1 (:func:`~onelip.functional.unit_norm_cast`)."""
         if self.training:
             return F.polar_bjorck(self.weight)[0]
-        return self._cached("weight", lambda: F.polar_bjorck(self.weight)[0])
+        return self._cached("weight", self._polar_cast)
+
+    def _polar_cast(self) -> Tensor:
+        return F.unit_norm_cast(F.polar_bjorck(self.weight.detach())[0], self.weight.dtype)
+
+    def _eval_weight(self) -> Tensor:
+        return self._cached("weight", self._polar_cast) if not self.training else \
+            self._polar_cast()
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
 
     @torch.no_grad()
     def retract_(self) -> None:
@@ -196,7 +202,7 @@ class OrthoLinear(LipschitzModule):
         and the training forward applies W as it is until W changes (see the class).
         """
         w = self.weight
-        gram = F._small_gram(w)
+        gram = F.small_gram(w)
         if float(F.gram_row_sum_bound(gram)) <= 2.5:
             w.copy_(F.bjorck_step(w, gram))
         else:
@@ -261,10 +267,15 @@ class OrthoLinear(LipschitzModule):
         if self.__dict__.get("_certified_latent") == (w._version, w.data_ptr(), w.dtype,
                                                       w.device):
             return
-        bound = float(F.gram_row_sum_bound(F._small_gram(w)))
+        bound = float(F.gram_row_sum_bound(F.small_gram(w)))
         if not math.isfinite(bound) or bound > _TRAIN_GUARD:
             w.copy_(F.polar_bjorck(w)[0])
         self._mark_certified()
+
+    @torch.no_grad()
+    def export(self) -> nn.Linear:
+        """An ``nn.Linear`` applying the eval-mode weight (in either mode)."""
+        return plain_linear(self._eval_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -330,11 +341,23 @@ class SpectralLinear(LipschitzModule):
     def _exact_weight(self) -> Tensor:
         return self.weight / F.spectral_norm_exact(self.weight)
 
+    def _normalised_cast(self) -> Tensor:
+        w = self.weight.detach()
+        return F.unit_norm_cast(w.double() / F.spectral_norm_exact(w.double()), w.dtype)
+
+    def _eval_weight(self) -> Tensor:
+        return self._cached("weight", self._normalised_cast) if not self.training else \
+            self._normalised_cast()
+
     def effective_weight(self) -> Tensor:
-        """W / σ_max(W) (exact), shape (out, in); cached in eval mode."""
+        """W / σ_max(W), shape (out, in): with gradients in training mode; in eval mode cached,
+        computed in float64 and rounded so that σ_max of the weight applied is ≤ 1."""
         if self.training:
             return self._exact_weight()
-        return self._cached("weight", self._exact_weight)
+        return self._eval_weight()
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
@@ -349,6 +372,11 @@ class SpectralLinear(LipschitzModule):
             sigma = torch.dot(self.u.clone(), self.weight @ self.v.clone())  # grad through W
             return TF.linear(x, self.weight / sigma, self.bias)
         return TF.linear(x, self.effective_weight(), self.bias)
+
+    @torch.no_grad()
+    def export(self) -> nn.Linear:
+        """An ``nn.Linear`` applying the eval-mode weight (in either mode)."""
+        return plain_linear(self._eval_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -391,15 +419,30 @@ class FrobeniusLinear(LipschitzModule):
             return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return self.weight / self.weight.norm().clamp_min(1e-12)
 
+    def _normalised_cast(self) -> Tensor:
+        w = self.weight.detach()
+        if self.per_row:  # the bound is measured on the applied weight (lipschitz_bound)
+            return self._normalised().detach()
+        w64 = w.double()
+        return F.unit_norm_cast(w64 / w64.norm().clamp_min(1e-300), w.dtype)
+
+    def _eval_weight(self) -> Tensor:
+        return self._cached("weight", self._normalised_cast) if not self.training else \
+            self._normalised_cast()
+
     def effective_weight(self) -> Tensor:
+        """W/‖W‖_F (or per row), shape (out, in): with gradients in training mode; in eval mode
+        cached and rounded so that σ_max of the weight applied is ≤ 1 (``per_row=False``)."""
         if self.training:
             return self._normalised()
-        return self._cached("weight", self._normalised)
+        return self._eval_weight()
 
+    @torch.no_grad()
     def lipschitz_bound(self) -> float:
         if not self.per_row:
-            return 1.0
-        return float(F.spectral_norm_exact(self._normalised())) * (1 + 1e-6)
+            return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
+        # σ_max of the applied weight (float64 SVD of the stored values), rounded up.
+        return float(F.spectral_norm_exact(self._eval_weight().double())) * (1 + 1e-9)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
@@ -408,6 +451,11 @@ class FrobeniusLinear(LipschitzModule):
                 f"but got shape {tuple(x.shape)}"
             )
         return TF.linear(x, self.effective_weight(), self.bias)
+
+    @torch.no_grad()
+    def export(self) -> nn.Linear:
+        """An ``nn.Linear`` applying the eval-mode weight (in either mode)."""
+        return plain_linear(self._eval_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from onelip.nn._base import LipschitzModule
+from onelip.nn.plain import ChannelShift
 
 __all__ = ["BatchCentering", "LayerCentering"]
 
@@ -68,6 +69,19 @@ class BatchCentering(LipschitzModule):
         y = x - mean.view(view)
         return y + self.bias.view(view) if self.bias is not None else y
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # eval: a translation x − μ + β
+
+    @torch.no_grad()
+    def export(self) -> ChannelShift:
+        """A :class:`~onelip.nn.plain.ChannelShift` by β − μ_running (the eval-mode map)."""
+        shift = -self.running_mean.detach()
+        if self.bias is not None:
+            shift = shift + self.bias.detach()
+        out = ChannelShift(self.num_features).to(device=shift.device, dtype=shift.dtype)
+        out.bias.copy_(shift)
+        return out
+
     def extra_repr(self) -> str:
         return (f"{self.num_features}, momentum={self.momentum}, "
                 f"bias={self.bias is not None}")
@@ -90,6 +104,9 @@ class LayerCentering(LipschitzModule):
     def __init__(self, *, dim: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.dim = None if dim is None else tuple(dim)
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # x − mean(x): an orthogonal projection
 
     def forward(self, x: Tensor) -> Tensor:
         dims = self.dim if self.dim is not None else tuple(range(1, x.dim()))

@@ -86,9 +86,8 @@ class ScaledAvgPool2d(LipschitzModule):
         return F.scaled_avg_pool2d(x, self.kernel_size, self.stride, self.padding,
                                    scale=self.scale)
 
-    @property
-    def overlapping(self) -> bool:
-        return any(s < k for s, k in zip(self.stride, self.kernel_size))
+    def lipschitz_bound(self) -> float:
+        return 1.0  # scale = 1 / the exact norm of the window sum (functional.avg_pool_norm)
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -125,6 +124,9 @@ class L2NormPool2d(LipschitzModule):
             )
         self.eps = eps
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # see the class: ‖·‖₂ of each window, windows scaled to norm ≤ 1
+
     def forward(self, x: Tensor) -> Tensor:
         return F.l2_norm_pool2d(x, self.kernel_size, self.stride, eps=self.eps)
 
@@ -143,6 +145,9 @@ class GlobalL2NormPool2d(LipschitzModule):
     def __init__(self, *, eps: float = 1e-12) -> None:
         super().__init__()
         self.eps = eps
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # the L2 norm of each channel is 1-Lipschitz
 
     def forward(self, x: Tensor) -> Tensor:
         return F.global_l2_norm_pool2d(x, eps=self.eps)
@@ -164,6 +169,9 @@ class InvertibleDownsample(LipschitzModule):
             raise ValueError(f"Expected factor >= 1, but got factor={factor}")
         self.factor = int(factor)
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # a permutation of the pixels: orthogonal
+
     def forward(self, x: Tensor) -> Tensor:
         return F.invertible_downsample(x, factor=self.factor)
 
@@ -171,11 +179,11 @@ class InvertibleDownsample(LipschitzModule):
         return f"factor={self.factor}"
 
 
-class Flatten(nn.Flatten):
+class Flatten(LipschitzModule, nn.Flatten):
     """``nn.Flatten`` with :meth:`lipschitz_bound` (a reshape: orthogonal)."""
 
     def lipschitz_bound(self) -> float:
-        return 1.0
+        return 1.0  # a reshape: orthogonal
 
 
 class ToImage(LipschitzModule):
@@ -193,6 +201,9 @@ class ToImage(LipschitzModule):
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise ValueError(f"Expected input_shape (C, H, W), but got {input_shape}")
         self.input_shape = tuple(int(s) for s in input_shape)
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # a reshape: orthogonal
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == math.prod(self.input_shape):

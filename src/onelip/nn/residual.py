@@ -11,7 +11,9 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import LipschitzModule
+from onelip.nn._base import LipschitzModule, check_bound_applies
+from onelip.nn.plain import Residual, export_tree
+from onelip.nn.sequential import module_lipschitz_bound
 
 __all__ = ["ConvexResidual", "SLLBlock", "SLLConv2d"]
 
@@ -57,17 +59,14 @@ class ConvexResidual(LipschitzModule):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        from onelip.nn.sequential import module_lipschitz_bound
-
+        check_bound_applies(self)
         lam = float(self.lam)
         return (1 - lam) + lam * module_lipschitz_bound(self.body)
 
     @torch.no_grad()
     def export(self) -> nn.Module:
-        from onelip.export import Residual, to_plain
-
         lam = float(self.lam)
-        return Residual(to_plain(self.body), skip=1 - lam, scale=lam)
+        return Residual(export_tree(self.body), skip=1 - lam, scale=lam)
 
     def extra_repr(self) -> str:
         return f"lam={float(torch.as_tensor(self.lam).detach()):.4g}, " \
@@ -128,6 +127,9 @@ class SLLBlock(LipschitzModule):
         t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
         return self.weight.mT, self.bias, 2 * self.weight * t_inv
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # Araujo et al. 2023, Thm 3 (eval: T computed from the weights applied)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.features:
             raise ValueError(
@@ -139,8 +141,6 @@ class SLLBlock(LipschitzModule):
 
     @torch.no_grad()
     def export(self) -> nn.Module:
-        from onelip.export import Residual
-
         w_in, b, w_out = (t.detach().clone() for t in self.effective_weights())
         first = nn.Linear(self.features, self.inner, device=w_in.device, dtype=w_in.dtype)
         second = nn.Linear(self.inner, self.features, bias=False, device=w_in.device,
@@ -221,6 +221,9 @@ class SLLConv2d(LipschitzModule):
         w_out = (2 * self.weight * t_inv[:, None, None, None]).transpose(0, 1).flip(-2, -1)
         return self.weight, self.bias, w_out
 
+    def lipschitz_bound(self) -> float:
+        return 1.0  # Araujo et al. 2023, Thm 3 (eval: T computed from the weights applied)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
@@ -234,8 +237,6 @@ class SLLConv2d(LipschitzModule):
 
     @torch.no_grad()
     def export(self) -> nn.Module:
-        from onelip.export import Residual
-
         w_in, b, w_out = (t.detach().clone() for t in self.effective_weights())
         k = self.kernel_size
         first = nn.Conv2d(self.channels, self.inner_channels, k, padding=self.padding,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from onelip.functional import spectral_norm_exact
+from onelip.nn._base import LipschitzModule, check_bound_applies
 
 __all__ = ["Sequential", "module_lipschitz_bound"]
 
@@ -30,14 +31,18 @@ _KNOWN_CONSTANTS: dict[type, float] = {
 def module_lipschitz_bound(module: nn.Module) -> float:
     """A certified upper bound of ``module``'s L2 Lipschitz constant (eval mode).
 
-    onelip layers report their own; ``nn.Linear`` is bounded by its exact spectral norm (SVD in
-    float64); known parameter-free torch modules by their constant. Anything else raises
-    ``TypeError``, since a guess would void the certificate.
+    onelip layers (``isinstance(module, LipschitzModule)``, the one rule) report their own,
+    unless they override ``forward`` without restating the bound
+    (:func:`~onelip.nn._base.check_bound_applies`); ``nn.Linear`` is bounded by the spectral
+    norm of its stored weight (SVD in float64, rounded up); known parameter-free torch modules
+    by their constant. Anything else raises ``TypeError``, since a guess would void the
+    certificate.
     """
-    if hasattr(module, "lipschitz_bound") and callable(module.lipschitz_bound):
+    if isinstance(module, LipschitzModule):
+        check_bound_applies(module)
         return float(module.lipschitz_bound())
     if type(module) is nn.Linear:
-        return float(spectral_norm_exact(module.weight)) * (1 + 1e-6)
+        return float(spectral_norm_exact(module.weight.double())) * (1 + 1e-9)
     if type(module) is nn.Sequential:
         return math.prod(module_lipschitz_bound(m) for m in module)
     for cls, const in _KNOWN_CONSTANTS.items():
@@ -49,7 +54,7 @@ def module_lipschitz_bound(module: nn.Module) -> float:
     )
 
 
-class Sequential(nn.Sequential):
+class Sequential(LipschitzModule, nn.Sequential):
     """``nn.Sequential`` with :meth:`lipschitz_bound`: the product of its modules' bounds.
 
     Example:
@@ -61,4 +66,5 @@ class Sequential(nn.Sequential):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
+        check_bound_applies(self)
         return math.prod(module_lipschitz_bound(m) for m in self)

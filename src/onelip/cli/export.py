@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""``onelip export RUN --format torch|onnx|safetensors --out FILE``: registered by cli.py.
+"""``onelip export RUN --format torch|onnx|safetensors --out FILE``.
 
 Formats (all written atomically; an existing FILE is kept unless ``--force``):
 
@@ -19,12 +19,14 @@ import argparse
 import time
 from pathlib import Path
 
-__all__ = ["export_args", "export_run"]
+from onelip.cli._common import CLIError
+
+__all__ = ["add_arguments", "run"]
 
 FORMATS = ("torch", "onnx", "safetensors")
 
 
-def export_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by `onelip train`")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="torch (.pt2 program), onnx, or safetensors (plain weights + JSON)")
@@ -45,22 +47,22 @@ def _input_shape(cfg: dict) -> tuple[int, ...]:
                  .input_shape)
 
 
-def export_run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Export a trained run to torch (.pt2), ONNX or plain safetensors."""
     import torch
 
-    from onelip import checkpoint, export
+    from onelip import export, runs
 
     out: Path = args.out
     if out.exists() and not args.force:
-        raise ValueError(f"{out} already exists; choose another --out or pass --force to "
+        raise CLIError(f"{out} already exists; choose another --out or pass --force to "
                          "overwrite it")
     if out.is_dir():
-        raise ValueError(f"{out} is a directory; --out must be a file")
+        raise CLIError(f"{out} is a directory; --out must be a file")
     if args.format == "torch" and out.suffix != ".pt2":
-        raise ValueError(f"--format torch writes a torch.export program, whose file name must "
+        raise CLIError(f"--format torch writes a torch.export program, whose file name must "
                          f"end in .pt2 (torch.export.load expects it), but got --out {out}")
-    model, cfg = checkpoint.load(args.run)
+    model, cfg = runs.load(args.run)
     shape = _input_shape(cfg)
     t0 = time.perf_counter()
     try:
@@ -71,7 +73,7 @@ def export_run(args: argparse.Namespace) -> int:
         else:
             export.save_plain(model, out)
     except ImportError as e:
-        raise ValueError(str(e)) from e
+        raise CLIError(str(e)) from e
     seconds = time.perf_counter() - t0
 
     x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@
     onelip reproduce all --out docs/claims          # full run, writes DIR/report.md
     onelip reproduce all --redraw --out docs/claims # figures + report from results.json only
 
-Registered in :mod:`onelip.cli`; the work is done by :mod:`onelip.experiments.report`.
+The work is done by :mod:`onelip.experiments.report`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from onelip.cli import CLIError, command
+from onelip.cli._common import CLIError
+
+__all__ = ["add_arguments", "run"]
 
 _CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "all")
 
 
-def _reproduce_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("claim", help=f"one of {', '.join(_CHOICES)}")
     p.add_argument("--quick", action="store_true",
                    help="tiny presets: each claim in under a minute (not evidence)")
@@ -49,7 +51,7 @@ def _print_verdicts(name: str, results: dict) -> None:
     Console(width=140).print(table)
 
 
-def _reproduce(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Reproduce a claim of the paper (or all) and write DIR/report.md."""
     from onelip.experiments import report
 
@@ -66,6 +68,3 @@ def _reproduce(args: argparse.Namespace) -> int:
         _print_verdicts(name, results)
     print(f"report: {args.out / report.REPORT}", file=sys.stdout)
     return 0
-
-
-command("reproduce")((_reproduce_args, _reproduce))

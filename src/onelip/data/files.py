@@ -1,9 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""File-based data sets: IDX (MNIST format), the Debian Fashion-MNIST package, CIFAR-10 binary.
+"""Data sets in a user's files: IDX (MNIST format) and CIFAR-10 binary.
 
-* ``fashion-mnist``: ``/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,
-  labels-idx1}-ubyte.gz`` from the Debian package ``dataset-fashion-mnist``
-  (``make data`` or ``apt-get install -y dataset-fashion-mnist``). 60,000 / 10,000, (1, 28, 28).
 * ``idx:DIR``: ``DIR/{train,t10k}-images-idx3-ubyte[.gz]`` and ``...labels-idx1-ubyte[.gz]``.
 * ``cifar10:DIR``: the *binary* version, ``DIR/data_batch_{1..5}.bin`` and
   ``DIR/test_batch.bin`` (records of 1 label byte + 3072 pixel bytes). (3, 32, 32). The pickle
@@ -21,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onelip.data import DataSplit, _PREFIX_LOADERS, _LOADERS
+from onelip.data._split import DataSplit
 
 __all__ = ["load_cifar10_binary", "load_idx_dir", "read_idx"]
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -80,17 +76,6 @@ def load_idx_dir(directory: str | Path, *, name: str | None = None) -> DataSplit
     return DataSplit(name or f"idx:{d}", *parts["train"], *parts["t10k"], max(k, 2), (1, h, w))
 
 
-def fashion_mnist() -> DataSplit:
-    if not FASHION_DIR.exists():
-        raise FileNotFoundError(
-            "Fashion-MNIST is not installed: run `make data` "
-            "(or `sudo apt-get install -y dataset-fashion-mnist`)"
-        )
-    split = load_idx_dir(FASHION_DIR, name="fashion-mnist")
-    return DataSplit("fashion-mnist", split.x_train, split.y_train, split.x_test, split.y_test,
-                     10, (1, 28, 28))
-
-
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = np.fromfile(path, dtype=np.uint8)
     rec = 1 + 3072
@@ -120,8 +105,3 @@ def load_cifar10_binary(directory: str | Path) -> DataSplit:
     return DataSplit(f"cifar10:{d}", torch.from_numpy(np.concatenate(xs)),
                      torch.from_numpy(np.concatenate(ys)), torch.from_numpy(xt),
                      torch.from_numpy(yt), 10, (3, 32, 32))
-
-
-_LOADERS["fashion-mnist"] = fashion_mnist
-_PREFIX_LOADERS["idx"] = load_idx_dir
-_PREFIX_LOADERS["cifar10"] = load_cifar10_binary

@@ -1,0 +1,89 @@
+# SPDX-License-Identifier: MIT
+"""Files written atomically and state dicts checked against a model (a leaf).
+
+* :func:`atomic_path`: a context manager yielding a temporary path beside the target, renamed
+  onto it only when the block succeeds (a crash leaves the old file as it was);
+* :func:`write_json`: JSON through :func:`atomic_path`;
+* :func:`check_state_dict`: the keys, shapes and finiteness of loaded tensors against the
+  ``state_dict`` a model expects, with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from onelip._errors import CheckpointError
+
+__all__ = ["atomic_path", "check_state_dict", "write_json"]
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``
+    (``os.replace``: atomic on POSIX), on error it is removed and ``path`` is untouched.
+    ``suffix`` ends the temporary name (for writers that check it).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with atomic_path(d / "a.txt") as tmp:
+        ...     _ = tmp.write_text("hello")
+        >>> (d / "a.txt").read_text()
+        'hello'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                     *, source: str | Path, architecture: str = "the architecture") -> None:
+    """Raise :class:`~onelip._errors.CheckpointError` unless ``state`` has exactly the keys
+    and shapes of ``expected`` and finite floating-point values.
+
+    Args:
+        state: the tensors read from ``source``.
+        expected: ``model.state_dict()`` of the model they are for.
+        source: the file they came from (named in the message).
+        architecture: what ``expected`` was built from (named in the message).
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match {architecture}: missing keys "
+                              f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+    bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"{source} has other shapes than {architecture}: {bad[:5]}")
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: tensor {k} contains NaN or inf; the weights are "
+                                  "corrupt")

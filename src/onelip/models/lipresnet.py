@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: MIT
+"""``lipresnet``: a 1-Lipschitz residual network (SLL or convex residual blocks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onelip import nn as onn
+from onelip.models._common import Builder, check_common
+
+__all__ = ["LipResNetConfig", "lipresnet"]
+
+_BLOCKS = ("sll", "convex")
+
+
+@dataclass(frozen=True)
+class LipResNetConfig:
+    """A 1-Lipschitz residual network: a stem convolution, stages of residual blocks separated
+    by stride-2 orthogonal convolutions that double the channels, then a linear head."""
+
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    """(C, H, W) of one sample; flat inputs are reshaped to it."""
+    num_outputs: int = 10
+    """K logits, or 1 for a binary classifier sign(f)."""
+    width: int = 32
+    """Channels of the first stage; stage i has width·2^i."""
+    blocks: tuple[int, ...] = (2, 2, 2)
+    """Residual blocks per stage (its length is the number of stages)."""
+    block: str = "sll"
+    """'sll' (SLLConv2d) or 'convex' (ConvexResidual around conv-activation-conv)."""
+    inner_factor: int = 1
+    """Inner channels of an SLL block, as a multiple of its channels."""
+    layer: str = "ortho"
+    """Stem, downsampling and 'convex'-block convolutions: 'ortho' or 'spectral'."""
+    activation: str = "maxmin"
+    """Activation after the stem and inside 'convex' blocks."""
+    group_size: int = 2
+    """Group size for 'groupsort'."""
+    head: str = "flatten"
+    """'flatten' (OrthoLinear on all features) or 'global_l2' (GlobalL2NormPool2d first)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        check_common(self)
+        if not self.blocks or any(b < 0 for b in self.blocks):
+            raise ValueError(f"Expected non-negative blocks per stage, but got {self.blocks}")
+        if self.block not in _BLOCKS:
+            raise ValueError(f"Unknown block {self.block!r}; expected one of {', '.join(_BLOCKS)}")
+        if self.inner_factor < 1:
+            raise ValueError(f"Expected inner_factor >= 1, but got {self.inner_factor}")
+
+
+def lipresnet(cfg: LipResNetConfig) -> onn.Sequential:
+    b = Builder(cfg)
+    b.layers += [b.conv(cfg.width), b.act()]
+    for stage, n_blocks in enumerate(cfg.blocks):
+        if stage > 0:
+            b.layers.append(b.conv(cfg.width * 2 ** stage, stride=2))
+        c = b.shape[0]
+        for _ in range(n_blocks):
+            if cfg.block == "sll":
+                b.layers.append(onn.SLLConv2d(c, c * cfg.inner_factor))
+            else:
+                body = onn.Sequential(b.conv(c), b.act(), b.conv(c))
+                b.layers.append(onn.ConvexResidual(body, 0.5, learnable=True))
+    return onn.Sequential(*b.layers, *b.head())
