@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-layers bench-fashion-mnist data clean
+.PHONY: demo test lint test-slow bench bench-layers bench-fashion-mnist data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,11 @@ demo: $(STAMP)
 	  --epochs 30 --out runs/demo --force
 	$(BIN)/onelip certify runs/demo --eps 0.5 1.0 1.58
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -x
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

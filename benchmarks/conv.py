@@ -57,9 +57,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
+from _peers import DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip, venv_python, venv_ready  # noqa: E402
 from _timing import retract, run_rounds, train_steps  # noqa: E402
-from _peers import (DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip,  # noqa: E402
-                    venv_python, venv_ready)
 
 SHARED_PEERS_VENV = Path("/work/peers-venv")
 

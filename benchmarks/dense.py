@@ -54,9 +54,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
-from _timing import retract, run_rounds, train_steps  # noqa: E402
 from _peers import DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip  # noqa: E402
-
+from _timing import retract, run_rounds, train_steps  # noqa: E402
 
 # Targets of the issue.
 TARGET_TRAIN_VS_DEEL = 0.5
@@ -237,7 +236,6 @@ def summarize(times, names: list[str]) -> dict:
 
 def profile_onelip_step(args) -> list[dict]:
     """Self-CPU time per op of onelip OrthoLinear's full training step (torch.profiler)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     task = Task(args.width, args.width, args.batch, seed=1)

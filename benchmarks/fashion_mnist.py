@@ -97,7 +97,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info as _machine_info  # noqa: E402
 from _peers import DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip  # noqa: E402
 
-
 EPS = (0.1, 0.25, 0.5, 1.0)
 DEEL, ORTHO, ONELIP, ONELIP_LARGE = "deel", "orthogonium", "onelip", "onelip-large"
 ONELIP_MARGIN, ONELIP_POOL = "onelip-margin", "onelip-pool"
@@ -849,7 +848,8 @@ def write_markdown(path: Path, result: dict) -> None:
         L += ["", "## Where the certificates lose tightness: ‖∂margin/∂h‖/√2 layer by layer", "",
               "Median over the correctly classified attacked points of the margin's gradient "
               "norm (÷√2) with respect to the image (first) and to the output of each named "
-              "layer, back from the logits (last). 1 everywhere = gradient-norm preserving, radius margin/√2 reachable; a "
+              "layer, back from the logits (last). 1 everywhere = gradient-norm preserving, "
+              "radius margin/√2 reachable; a "
               "drop marks a layer whose transpose shrinks the back-propagated vector (a "
               "convolution that expands the dimension). A value above 1 means a head that is "
               "not 1-Lipschitz as a whole.", ""]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from onelip import certify, data, losses, nn as onn
+from onelip import certify, data, losses
+from onelip import nn as onn
 from onelip.train import TrainConfig, fit
 
 EPS = [0.5, 1.0, 1.58]

@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onelip.cli.launch import without_nproc
 from onelip import distributed
 from onelip.cli import main
+from onelip.cli.launch import without_nproc
 
 # Float32 sums in another order (two half-batch gradients all-reduced instead of one), through
 # a few dozen Adam steps: measured ≤ 2e-7 on weights of size O(1).

@@ -4,8 +4,8 @@ r"""Data-parallel training: ``torch.distributed`` + ``DistributedDataParallel``.
 Two ways to start it, one code path (torchrun's environment variables ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``):
 
-* ``onelip train ... --nproc N`` — :func:`onelip.cli.launch.launch` re-runs the same command in N local
-  processes (``python -m onelip``) with that environment;
+* ``onelip train ... --nproc N`` — :func:`onelip.cli.launch.launch` re-runs the same command
+  in N local processes (``python -m onelip``) with that environment;
 * ``torchrun --nproc_per_node N [--nnodes ...] -m onelip train ...`` (see docs/distributed.md).
 
 Backend: gloo on CPU, NCCL on CUDA (rank r uses ``cuda:LOCAL_RANK``).
@@ -38,7 +38,8 @@ __all__ = ["Context", "in_worker", "is_main", "process_group"]
 
 
 def in_worker() -> bool:
-    """True in a process started by ``onelip train --nproc`` or torchrun (``WORLD_SIZE`` and ``RANK`` set)."""
+    """True in a process started by ``onelip train --nproc`` or torchrun (``WORLD_SIZE`` and
+    ``RANK`` set)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
