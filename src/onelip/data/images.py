@@ -1,0 +1,309 @@
+# SPDX-License-Identifier: MIT
+"""A user's own images: an image folder (``folder:DIR``) or a NumPy archive (``npz:FILE``).
+
+* ``folder:DIR``: ``DIR/<class>/*.{png,jpg,jpeg,bmp,webp}`` (one split: every image is training
+  data, the test split is empty), or ``DIR/train/<class>/...`` and ``DIR/test/<class>/...``.
+  Class names are the sorted sub-folder names (the same classes in both splits). Images are
+  decoded once with Pillow into a uint8 cache (``(N, C, H, W)`` + labels, a ``.npz`` without
+  pickles) that is reused while the files are unchanged (same names, sizes and modification
+  times); the cache lives under ``$ONELIP_CACHE`` or ``~/.cache/onelip/images``, never in the
+  data folder unless ``cache_dir`` says so.
+* ``npz:FILE``: arrays ``x`` (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1], and ``y``
+  integer labels; optionally ``x_test`` / ``y_test``.
+
+Every error is one line that names the file or folder and says what to do.
+
+Shapes: :func:`read_image_folder` returns ``x`` uint8 (N, C, H, W), ``y`` int64 (N,);
+the :class:`~onelip.data.DataSplit` of :func:`load_folder` / :func:`load_npz` holds float32
+(N, C·H·W) in [0, 1], like every other image set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onelip.data._split import DataSplit
+
+__all__ = ["EXTENSIONS", "ImageArrays", "load_folder", "load_npz", "read_image_folder"]
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_CACHE_FORMAT = "onelip-images/1"
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    """Decoded images of one split: ``x`` uint8 (N, C, H, W), ``y`` int64 (N,), the class
+    names (index = label), and a note for each conversion applied (e.g. gray → RGB)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("ONELIP_CACHE")
+    return Path(env) / "images" if env else Path.home() / ".cache" / "onelip" / "images"
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.iterdir()
+                  if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def _listing(root: Path, classes: list[str]) -> list[tuple[int, Path]]:
+    """(label, file) of every image under ``root/<class>/``; errors on a class without images."""
+    out: list[tuple[int, Path]] = []
+    for label, name in enumerate(classes):
+        d = root / name
+        files = _files(d) if d.is_dir() else []
+        if not files:
+            raise ValueError(f"class folder {d} holds no images "
+                             f"({', '.join(EXTENSIONS)}); add images or remove the folder")
+        out += [(label, f) for f in files]
+    return out
+
+
+def _fingerprint(entries: list[tuple[int, Path]], resize: tuple[int, int] | None) -> str:
+    h = hashlib.sha256(_CACHE_FORMAT.encode())
+    h.update(json.dumps(list(resize) if resize else None).encode())
+    for label, f in entries:
+        st = f.stat()
+        h.update(f"{label}\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _decode(entries: list[tuple[int, Path]], resize: tuple[int, int] | None,
+            progress: bool) -> tuple[np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    modes: dict[str, int] = {}
+    first: tuple[int, int] | None = None  # (H, W) of the first image
+    first_name = ""
+    arrays: list[np.ndarray] = []
+    bar = _progress(len(entries), "decoding images") if progress else None
+    for i, (_, f) in enumerate(entries):
+        try:
+            with Image.open(f) as im:
+                im.load()
+                modes[im.mode] = modes.get(im.mode, 0) + 1
+                im = im.convert("RGB" if im.mode not in ("L", "1", "I;16", "I", "F") else "L")
+                if resize is not None:
+                    im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {f} ({e}); remove or replace the file") from None
+        hw = a.shape[:2]
+        if first is None:
+            first, first_name = hw, str(f)
+        elif hw != first:
+            raise ValueError(f"images have different sizes: {f} is {hw[0]}×{hw[1]}, "
+                             f"{first_name} is {first[0]}×{first[1]}; pass --resize H W")
+        arrays.append(a)
+        if bar is not None and (i % 500 == 0 or i + 1 == len(entries)):
+            bar(i + 1)
+    gray = [a.ndim == 2 for a in arrays]
+    notes: list[str] = []
+    if any(gray) and not all(gray):  # mixed: convert the gray ones to RGB, and say so
+        n_gray = sum(gray)
+        arrays = [np.repeat(a[:, :, None], 3, axis=2) if g else a for a, g in zip(arrays, gray)]
+        notes.append(f"{n_gray} grayscale image(s) among colour ones were converted to RGB")
+    x = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), notes
+
+
+def _progress(total: int, what: str):
+    """A minimal progress line on a TTY (rich is not needed for one counter)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def update(done: int) -> None:
+        end = "\n" if done == total else "\r"
+        print(f"{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return update
+
+
+def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
+                      resize: tuple[int, int] | None = None, cache_dir: str | Path | None = None,
+                      progress: bool = True) -> ImageArrays:
+    """Decode ``root/<class>/*`` into uint8 arrays, through the cache.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        classes: the class names to read (default: the sub-folders of ``root``); a split read
+            after another uses the first one's classes, so labels mean the same.
+        resize: (H, W) to resize every image to (bilinear); default: keep the size, which must
+            then be the same for all images.
+        cache_dir: where the decoded arrays are kept. Default: ``$ONELIP_CACHE/images`` or
+            ``~/.cache/onelip/images``.
+        progress: show a counter on a TTY while decoding.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing.
+        ValueError: no class folders, a class without images, an unreadable image, images of
+            different sizes (without ``resize``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist (expected "
+                                f"{root}/<class>/*.jpg or {root}/train/<class>/*.jpg)")
+    if classes is None:
+        classes = [d.name for d in _class_dirs(root)]
+        if not classes:
+            raise ValueError(f"{root} has no class sub-folders; expected {root}/<class>/*.jpg")
+    else:
+        extra = sorted({d.name for d in _class_dirs(root)} - set(classes))
+        if extra:
+            raise ValueError(f"{root} has classes the training split does not have: "
+                             f"{', '.join(extra)}")
+    if resize is not None and (len(resize) != 2 or min(resize) < 1):
+        raise ValueError(f"resize must be (H, W) with positive sizes, but got {resize}")
+    entries = _listing(root, classes)
+    key = _fingerprint(entries, tuple(resize) if resize else None)
+    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    path = cache / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return ImageArrays(z["x"], z["y"], tuple(meta["classes"]), tuple(meta["notes"]))
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable cache is rebuilt
+    x, notes = _decode(entries, tuple(resize) if resize else None, progress)
+    y = np.asarray([label for label, _ in entries], dtype=np.int64)
+    meta = json.dumps({"format": _CACHE_FORMAT, "root": str(root.resolve()),
+                       "classes": list(classes), "notes": notes})
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, x=x, y=y, meta=np.asarray(meta))
+        os.replace(tmp, path)
+    except OSError as e:  # no cache: still usable
+        print(f"onelip: warning: cannot write the image cache in {cache} ({e})",
+              file=sys.stderr)
+    return ImageArrays(x, y, tuple(classes), tuple(notes))
+
+
+def _to_split(name: str, train: ImageArrays, test: ImageArrays | None) -> DataSplit:
+    c, h, w = train.x.shape[1:]
+    if test is not None and test.x.shape[1:] != train.x.shape[1:]:
+        raise ValueError(f"{name}: test images are {tuple(test.x.shape[1:])} (C, H, W) but "
+                         f"training images {tuple(train.x.shape[1:])}; pass --resize H W")
+
+    def flat(a: ImageArrays | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if a is None:
+            return torch.zeros(0, c * h * w), torch.zeros(0, dtype=torch.int64)
+        x = torch.from_numpy(a.x).reshape(a.x.shape[0], -1).to(torch.float32).div_(255.0)
+        return x, torch.from_numpy(a.y)
+
+    return DataSplit(name, *flat(train), *flat(test), max(len(train.classes), 2), (c, h, w))
+
+
+def load_folder(directory: str | Path, *, resize: tuple[int, int] | None = None,
+                cache_dir: str | Path | None = None, progress: bool = True) -> DataSplit:
+    """``folder:DIR``: the images of ``DIR`` as a :class:`~onelip.data.DataSplit`.
+
+    With ``DIR/train`` (and optionally ``DIR/test``) the two splits are read separately;
+    otherwise every image of ``DIR/<class>/`` is training data and the test split is empty
+    (measure on a validation split carved from the training data, and certify on another
+    folder afterwards).
+    """
+    d = Path(directory)
+    name = f"folder:{directory}"
+    if (d / "train").is_dir():
+        train = read_image_folder(d / "train", resize=resize, cache_dir=cache_dir,
+                                  progress=progress)
+        test = None
+        if (d / "test").is_dir():
+            test = read_image_folder(d / "test", classes=list(train.classes), resize=resize,
+                                     cache_dir=cache_dir, progress=progress)
+    else:
+        train = read_image_folder(d, resize=resize, cache_dir=cache_dir, progress=progress)
+        test = None
+    for note in train.notes + (test.notes if test is not None else ()):
+        print(f"onelip: note: {name}: {note}", file=sys.stderr)
+    return _to_split(name, train, test)
+
+
+def _npz_images(path: Path, x: np.ndarray, key: str) -> np.ndarray:
+    """x (N, H, W, C) or (N, C, H, W) or (N, H, W) → uint8 (N, C, H, W)."""
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise ValueError(f"{path}: {key} must be (N, H, W, C) or (N, C, H, W), but has shape "
+                         f"{x.shape}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)  # channels last → first
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{path}: {key} must be uint8 or float in [0, 1], but is {x.dtype}")
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"{path}: {key} has {bad} NaN or infinite values")
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{path}: float {key} must lie in [0, 1], but ranges over "
+                         f"[{lo:g}, {hi:g}]; divide by 255 or pass uint8")
+    return np.ascontiguousarray(np.round(x * 255.0).astype(np.uint8))
+
+
+def _npz_labels(path: Path, y: np.ndarray, n: int, key: str) -> np.ndarray:
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{path}: {key} must be (N,) = ({n},) integer labels, but has shape "
+                         f"{y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
+            raise ValueError(f"{path}: {key} must hold integer labels, but has {y.dtype} "
+                             "values that are not integers")
+    y = y.astype(np.int64)
+    if n and y.min() < 0:
+        raise ValueError(f"{path}: {key} has negative labels ({int(y.min())})")
+    return y
+
+
+def load_npz(file: str | Path) -> DataSplit:
+    """``npz:FILE``: arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``) of a ``.npz``
+    (read without pickles)."""
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"no .npz file at {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e})") from None
+    with z:
+        missing = [k for k in ("x", "y") if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} has no array {' or '.join(missing)} (it holds "
+                             f"{', '.join(z.files) or 'nothing'}); save x and y")
+        x = _npz_images(path, z["x"], "x")
+        y = _npz_labels(path, z["y"], x.shape[0], "y")
+        test = None
+        if "x_test" in z.files:
+            xt = _npz_images(path, z["x_test"], "x_test")
+            yt = _npz_labels(path, z["y_test"] if "y_test" in z.files else np.zeros(0),
+                             xt.shape[0], "y_test")
+            test = (xt, yt)
+    k = int(max(y.max(initial=0), test[1].max(initial=0) if test else 0)) + 1
+    if len(y) and k > 2 * len(np.unique(y)) + 10:
+        raise ValueError(f"{path}: labels go up to {k - 1} but only {len(np.unique(y))} "
+                         "distinct labels are used; labels must be 0..K-1")
+    classes = tuple(str(i) for i in range(k))
+    train_a = ImageArrays(x, y, classes)
+    test_a = ImageArrays(*test, classes) if test is not None else None
+    return _to_split(f"npz:{file}", train_a, test_a)
