@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: MIT
+r"""Batched image augmentation on the device, without per-sample Python: random crops with
+zero padding and horizontal flips, the standard CIFAR-10 recipe (``--augment crop,flip``).
+
+Each function maps a batch (N, C, H, W) of any dtype (uint8 included) to one of the same shape
+and dtype, drawing from the given ``torch.Generator`` (on the batch's device), so that a run is
+reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AUGMENTATIONS", "augment", "check_augment", "random_crop", "random_flip"]
+
+AUGMENTATIONS = ("crop", "flip")
+
+
+def random_crop(x: Tensor, *, padding: int = 4, generator: torch.Generator | None = None
+                ) -> Tensor:
+    """Pad each image by ``padding`` zeros on every side and cut a random H×W window.
+
+    One gather for the whole batch: offsets (N, 2) are drawn at once and turned into index
+    grids. Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+    if padding <= 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))  # (N, C, H+2p, W+2p)
+    off = torch.randint(0, 2 * padding + 1, (n, 2), device=x.device, generator=generator)
+    rows = off[:, :1] + torch.arange(h, device=x.device)  # (N, H)
+    cols = off[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
+    idx_r = rows[:, None, :, None].expand(n, c, h, w + 2 * padding)
+    out = padded.gather(2, idx_r)  # (N, C, H, W+2p)
+    idx_c = cols[:, None, None, :].expand(n, c, h, w)
+    return out.gather(3, idx_c)  # (N, C, H, W)
+
+
+def random_flip(x: Tensor, *, p: float = 0.5, generator: torch.Generator | None = None
+                ) -> Tensor:
+    """Flip each image left-right with probability ``p``. Shape: (N, C, H, W) kept."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < p  # (N,)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def check_augment(names: Sequence[str]) -> tuple[str, ...]:
+    """Validate augmentation names; returns them as a tuple."""
+    bad = [n for n in names if n not in AUGMENTATIONS]
+    if bad:
+        raise ValueError(f"unknown augmentation {', '.join(bad)}; expected a comma-separated "
+                         f"subset of {', '.join(AUGMENTATIONS)}")
+    return tuple(names)
+
+
+def augment(x: Tensor, names: Sequence[str], *, generator: torch.Generator | None = None
+            ) -> Tensor:
+    """Apply the named augmentations in order (``"crop"``: pad 4 + random crop,
+    ``"flip"``: horizontal flip). Shape: (N, C, H, W) kept."""
+    for name in check_augment(names):
+        if name == "crop":
+            x = random_crop(x, padding=4, generator=generator)
+        else:
+            x = random_flip(x, generator=generator)
+    return x
