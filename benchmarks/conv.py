@@ -15,7 +15,10 @@ round (the machine is shared):
 (orthogonium's default is circular: we pass ``padding_mode="zeros"``). Timed with 2 threads
 (as the peers were measured) and again with 1 (``--threads 2,1``): on a shared, loaded
 machine every small operation of a 2-thread run waits for both threads to be scheduled,
-which taxes the layers that build their kernel from many small operations.
+which taxes the layers that build their kernel from many small operations. onelip's layers
+are timed inside ``onelip.nn.serial_kernel_build()`` (their kernels built on one thread, the
+convolution on all of them), the opt-in a training loop enters; without it a 2-thread
+kernel build on a loaded machine is many times slower.
 
 The peers live in their own virtual environment: ``--peers-venv``, else ``$ONELIP_PEERS_VENV``,
 else ``/work/peers-venv`` if it exists, else ``benchmarks/.peers-venv`` (created with
@@ -46,6 +49,7 @@ Writes ``benchmarks/results/conv.json`` (every sample, machine information) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -150,6 +154,15 @@ class Task:
 # ==== timing ================================================================================
 
 
+def _serial_scope(name: str):
+    """``onelip.nn.serial_kernel_build()`` for onelip's layers, nothing for the others."""
+    if name in (O_ORTHO, O_SPECTRAL):
+        from onelip.nn import serial_kernel_build
+
+        return serial_kernel_build()
+    return contextlib.nullcontext()
+
+
 def build_timing_callables(args, names: list[str]):
     import torch
 
@@ -167,21 +180,24 @@ def build_timing_callables(args, names: list[str]):
         layer.train()
         keep.append((layer, stepper, opt, evaluated))
 
-        def fwd(layer=layer):
-            layer(x)
+        def fwd(layer=layer, name=name):
+            with _serial_scope(name):
+                layer(x)
 
-        def fwd_bwd(layer=layer):
-            layer.zero_grad(set_to_none=True)
-            (layer(x) - t).square().mean().backward()
+        def fwd_bwd(layer=layer, name=name):
+            with _serial_scope(name):
+                layer.zero_grad(set_to_none=True)
+                (layer(x) - t).square().mean().backward()
 
-        def step(layer=stepper, opt=opt):
-            opt.zero_grad(set_to_none=True)
-            (layer(x) - t).square().mean().backward()
-            opt.step()
-            retract(layer)
+        def step(layer=stepper, opt=opt, name=name):
+            with _serial_scope(name):
+                opt.zero_grad(set_to_none=True)
+                (layer(x) - t).square().mean().backward()
+                opt.step()
+                retract(layer)
 
-        def evaluate(layer=evaluated):
-            with torch.no_grad():
+        def evaluate(layer=evaluated, name=name):
+            with torch.no_grad(), _serial_scope(name):
                 layer(x)
 
         calls["fwd"][name] = fwd

@@ -7,16 +7,17 @@ empirical probes (adversarial pairs, power iteration) run on float32 layers as u
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from checks import adversarial_lipschitz_ratio, exact_singular_values, operator_matrix
 from conv_reference import conv2d_power_iteration, conv2d_top_singular_vector
+
 from onelip import functional as F
-from onelip.nn import OrthoConv2d, SpectralConv2d, retract_
+from onelip.nn import OrthoConv2d, SpectralConv2d, retract_, serial_kernel_build
 
 # Tolerances, each with its reason.
 TOL_F64 = 1e-9  # float64 kernels: rounding of the conv and the SVD only
@@ -328,28 +329,70 @@ def test_spectral_conv_probes_scaled_export_and_errors():
     assert math.isclose(layer.lipschitz_bound(), 1.0)
 
 
-def test_serial_kernel_build_same_function_and_gradients():
-    """With several threads the training kernels are built on one thread (a custom autograd
-    Function that recomputes in backward): same outputs, same gradients."""
+def _conv_layers():
+    return [OrthoConv2d(4, 6, 3), OrthoConv2d(4, 8, 3, stride=2),
+            SpectralConv2d(4, 6, 3, input_size=(8, 8))]
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test (the layers used to switch to one on their own only
+    when more than one was set), restored after it."""
     saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_conv_layers_leave_the_process_thread_count_alone(two_threads, monkeypatch):
+    """``torch.set_num_threads`` is process-wide: no forward, backward or ``retract_`` of a
+    conv layer may call it (train and eval mode), outside :func:`serial_kernel_build`."""
+
+    def refuse(n):
+        raise AssertionError(f"a layer called torch.set_num_threads({n})")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    for layer in _conv_layers():
+        for train in (True, False):
+            layer.train(train)
+            x = torch.randn(2, 4, 8, 8, requires_grad=True)
+            layer(x).square().sum().backward()
+            assert x.grad is not None
+            assert torch.get_num_threads() == 2
+        layer.train()
+        retract_(layer)
+        assert torch.get_num_threads() == 2
+
+
+def test_serial_kernel_build_same_function_and_gradients(two_threads, monkeypatch):
+    """Inside :func:`serial_kernel_build` the training kernels are built on one thread (a
+    custom autograd Function that recomputes in backward) and the count is restored: same
+    outputs, same gradients as without it; outside it the count is never touched."""
+    calls = []
+    real = torch.set_num_threads
+
+    def spy(n):
+        calls.append(n)
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
     x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
     results = []
-    try:
-        for threads in (2, 1):
-            torch.set_num_threads(threads)
-            torch.manual_seed(0)
-            layers = [OrthoConv2d(4, 6, 3), OrthoConv2d(4, 8, 3, stride=2),
-                      SpectralConv2d(4, 6, 3, input_size=(8, 8))]
-            out = []
-            for layer in layers:
-                layer = layer.double().train()
+    for serial in (True, False):
+        torch.manual_seed(0)
+        out = []
+        for layer in _conv_layers():
+            layer = layer.double().train()
+            with serial_kernel_build() if serial else contextlib.nullcontext():
                 y = layer(x)
                 y.square().sum().backward()
-                out.append((y.detach(), [p.grad.clone() for p in layer.parameters()]))
-                assert torch.get_num_threads() == threads
-            results.append(out)
-    finally:
-        torch.set_num_threads(saved)
+            out.append((y.detach(), [p.grad.clone() for p in layer.parameters()]))
+            assert torch.get_num_threads() == 2
+        results.append(out)
+        if serial:  # one thread for every build (forward and backward), then back to 2
+            assert calls and set(calls) == {1, 2} and calls.count(1) == calls.count(2)
+            calls.clear()
+    assert not calls
     for (y2, g2), (y1, g1) in zip(*results):
         assert torch.allclose(y2, y1, atol=1e-10)
         for a, b in zip(g2, g1):

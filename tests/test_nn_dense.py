@@ -16,14 +16,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as TF
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-import onelip.functional as OF
-import onelip.nn as onn
-from onelip.losses import HKRLoss
-
 from checks import (
     adversarial_lipschitz_ratio,
     assert_lipschitz,
@@ -33,6 +25,13 @@ from checks import (
     operator_matrix,
     random_pairs_ratio,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import onelip.functional as OF
+import onelip.nn as onn
+from onelip.losses import HKRLoss
 
 # ==== tolerances (each with its reason) =====================================================
 

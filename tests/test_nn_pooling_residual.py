@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as TF
-
 from checks import (
     adversarial_lipschitz_ratio,
     jacobian_at,
     max_local_jacobian_norm,
     operator_matrix,
 )
+
 from onelip import functional as F
 from onelip.nn import (
     BatchCentering,

@@ -9,7 +9,8 @@
   :func:`conv2d_symbol`, :func:`conv2d_operator_norm_bound`, :func:`symbol_power_iteration`.
 * :mod:`.pooling`: :func:`scaled_avg_pool2d`, :func:`l2_norm_pool2d`,
   :func:`global_l2_norm_pool2d`, :func:`invertible_downsample`, :func:`avg_pool_norm`.
-* :mod:`.residual`: :func:`sll_linear`, :func:`sll_conv2d` and their scalings.
+* :mod:`.residual`: :func:`sll_linear`, :func:`sll_conv2d`, their scalings and the rounding
+  of their eval weights (:func:`sll_cast`).
 * :mod:`.losses` (per-sample values reduced by ``reduction=``): :func:`kr_loss`,
   :func:`hinge_loss`, :func:`hkr_loss`, :func:`multiclass_kr_loss`,
   :func:`multiclass_hinge_loss`, :func:`multiclass_hkr_loss`, :func:`tau_cross_entropy_loss`.
@@ -64,6 +65,7 @@ from onelip.functional.pooling import (
     scaled_avg_pool2d,
 )
 from onelip.functional.residual import (
+    sll_cast,
     sll_conv2d,
     sll_conv_gram,
     sll_linear,
@@ -100,6 +102,7 @@ __all__ = [
     "rounding_margin",
     "small_gram",
     "scaled_avg_pool2d",
+    "sll_cast",
     "sll_conv2d",
     "sll_conv_gram",
     "sll_linear",

@@ -118,7 +118,8 @@ def multiclass_kr_loss(
     """One-vs-all KR, averaged over the K classes.
 
     .. math::
-        \\mathcal L_{KR} = \\frac1K \\sum_{k=1}^K \\big(E[f_k \\mid y \\ne k] - E[f_k \\mid y = k]\\big)
+        \\mathcal L_{KR} = \\frac1K \\sum_{k=1}^K
+            \\big(E[f_k \\mid y \\ne k] - E[f_k \\mid y = k]\\big)
 
     Per sample :math:`\\ell_n = \\frac1K \\big(-f_{y_n}/p_{y_n} +
     \\sum_{k \\ne y_n} f_k / (1 - p_k)\\big)` with :math:`p_k` the batch (or given) frequency.

@@ -30,9 +30,9 @@ def avg_pool_norm(kernel_size, stride=None, padding=0, input_size=None) -> float
 
     The operator is separable: the Kronecker product of two 1-D strided box sums, so its norm
     is the product of theirs. For infinite signals (``input_size=None``) the 1-D norm is
-    :math:`\\sqrt{\\sum_r n_r^2}`, :math:`n_r = \\#\\{a < k : a \\equiv r \\bmod s\\}` (the polyphase
-    symbol is maximal at frequency 0, all coefficients being positive): a bound for every
-    input size, reached as the size grows. Non-overlapping windows (s = k) give
+    :math:`\\sqrt{\\sum_r n_r^2}`, :math:`n_r = \\#\\{a < k : a \\equiv r \\bmod s\\}`
+    (the polyphase symbol is maximal at frequency 0, all coefficients being positive): a bound
+    for every input size, reached as the size grows. Non-overlapping windows (s = k) give
     :math:`\\sqrt k` per axis. With ``input_size`` the norm is the exact one of that size
     (SVD of the 1-D matrices).
     """

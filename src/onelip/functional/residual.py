@@ -1,14 +1,18 @@
 # SPDX-License-Identifier: MIT
-"""SDP-based Lipschitz layers (SLL, Araujo et al., ICLR 2023): dense and convolutional.
+"""SDP-based Lipschitz layers (SLL, Araujo et al., ICLR 2023): dense and convolutional, and
+the rounding of their eval-mode weights (:func:`sll_cast`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "sll_cast",
     "sll_conv2d",
     "sll_conv_gram",
     "sll_linear",
@@ -31,12 +35,16 @@ def sll_scaling(gram: Tensor, log_q: Tensor) -> Tensor:
 
     Shape: gram (m, m) or (m, m, kh, kw), log_q (m,) -> (m,) = 1 / T_ii (0 for a zero row).
     """
+    return _safe_inv(_sll_diagonal(gram, log_q))
+
+
+def _sll_diagonal(gram: Tensor, log_q: Tensor) -> Tensor:
+    """:math:`T_{ii}` of :func:`sll_scaling`. (m, m) or (m, m, kh, kw), (m,) -> (m,)"""
     g = gram.abs()
     if g.dim() == 4:
         g = g.sum((-2, -1))  # (m, m)
     q = torch.exp(log_q)
-    t = (g * q[None, :]).sum(1) / q  # (m,)
-    return _safe_inv(t)
+    return (g * q[None, :]).sum(1) / q  # (m,)
 
 
 def sll_linear(x: Tensor, weight: Tensor, bias: Tensor | None, log_q: Tensor) -> Tensor:
@@ -75,3 +83,46 @@ def sll_conv2d(x: Tensor, kernel: Tensor, bias: Tensor | None, log_q: Tensor, *,
     t_inv = sll_scaling(sll_conv_gram(kernel), log_q)  # (m,)
     h = torch.relu(F.conv2d(x, kernel, bias, padding=padding))  # (N, m, H, W)
     return x - 2 * F.conv_transpose2d(h * t_inv[:, None, None], kernel, padding=padding)
+
+
+@torch.no_grad()
+def sll_cast(weight: Tensor, log_q: Tensor) -> tuple[float, Tensor]:
+    r"""The eval-mode terms ``(a, V)`` of an SLL block, rounded to ``weight.dtype`` so that the
+    block **as applied** is 1-Lipschitz: :math:`y = a\,x - V\operatorname{ReLU}(W^\top x + b)`
+    (dense, ``weight`` W (d, m), V (d, m)) or :math:`y = a\,x - T_V^\top
+    \operatorname{ReLU}(T_K x + b)` (convolution, ``weight`` K (m, C, k, k), V (m, C, k, k),
+    :math:`T_V^\top` = ``conv_transpose2d(·, V)``).
+
+    V is :math:`2a\,W T^{-1}` with T (:func:`sll_scaling`) computed in float64 from the weight
+    as stored, then rounded. The rounding error E of V (:math:`|E| \le u|V|` entrywise,
+    :math:`u = 2^{-24}` in float32) adds at most :math:`\|E\|\,\|T_K\|` to the norm of the
+    Jacobian :math:`a(I - 2T_K^\top T^{-1} D T_K) - T_E^\top D T_K` (D the ReLU pattern), whose
+    first term is at most a. So the identity is scaled by :math:`a = 1 - \eta` (a value of the
+    dtype),
+
+    .. math::
+        \eta \ge u\,\Big\|\sum_{taps} |V|\Big\|_2 \sqrt{\max_i T_{ii}} + 10^{-9},
+
+    using :math:`\|T_E\| \le \|\sum_{taps}|E|\|_2` (a convolution is bounded by the matrix
+    of its absolute taps), :math:`\|T_K\|^2 \le \max_i T_{ii}` (:math:`T \succeq T_K T_K^\top`)
+    and 1e-9 for the float64 arithmetic. η is about 1e-7–1e-6; for float64 weights
+    :math:`a = 1` and V is not rounded.
+
+    Shape: weight (d, m) or (m, C, k, k), log_q (m,) -> (float, weight's shape).
+    """
+    dtype = weight.dtype
+    w = weight.detach().double()
+    gram = w.mT @ w if w.dim() == 2 else sll_conv_gram(w)
+    diag = _sll_diagonal(gram, log_q.detach().double())  # T_ii, (m,)
+    t_inv = _safe_inv(diag)
+    exact = 2 * w * (t_inv if w.dim() == 2 else t_inv[:, None, None, None])
+    if dtype == torch.float64:
+        return 1.0, exact
+    u = torch.finfo(dtype).eps / 2
+    taps = exact.abs() if w.dim() == 2 else exact.abs().sum((-2, -1))  # (d, m) or (m, C)
+    norm_e = (u + 1e-15) * float(torch.linalg.matrix_norm(taps, ord=2)) * (1 + 1e-9)
+    norm_k = math.sqrt(float(diag.max())) * (1 + 1e-9)
+    eta = norm_e * norm_k + 1e-9
+    # 1 − η − u rounds (to nearest) to a value of the dtype that is at most 1 − η.
+    a = float(torch.tensor(1.0 - eta - u, dtype=torch.float64).to(dtype))
+    return a, (a * exact).to(dtype)

@@ -12,7 +12,7 @@ from torch import nn
 
 from onelip.nn._base import LipschitzModule, check_bound_applies, eval_mode
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
-from onelip.nn.conv import OrthoConv2d, SpectralConv2d
+from onelip.nn.conv import OrthoConv2d, SpectralConv2d, serial_kernel_build
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn.normalization import BatchCentering, LayerCentering
 from onelip.nn.plain import ChannelShift, Residual, export_tree
@@ -57,6 +57,7 @@ __all__ = [
     "export_tree",
     "module_lipschitz_bound",
     "retract_",
+    "serial_kernel_build",
 ]
 
 

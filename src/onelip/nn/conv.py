@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext as _nullcontext
-from typing import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as TF
@@ -16,7 +17,7 @@ from onelip import functional as F
 from onelip.nn._base import LipschitzModule
 from onelip.nn.plain import plain_conv
 
-__all__ = ["OrthoConv2d", "SpectralConv2d"]
+__all__ = ["OrthoConv2d", "SpectralConv2d", "serial_kernel_build"]
 
 
 def _check_input(x: Tensor, channels: int, name: str) -> None:
@@ -31,19 +32,57 @@ _TRACK_TOP = 8
 _TRACK_SWEEP = 32
 
 
-# Note [serial kernel build]: a constrained kernel is built from ~100 small operations
-# (Cholesky, triangular solves, 64×64 products). With several intra-op threads on a loaded
-# CPU, each small parallel operation waits until all its threads are scheduled: measured on
-# the shared 2-core machine at load 8, building OrthoConv2d's 3×3 64→64 kernel took 400 ms
-# (median) with 2 threads against 3 ms with 1. So on CPU the build runs on one thread, forward
-# and backward (by recomputation, like torch.utils.checkpoint); the convolution itself keeps
-# every thread.
+# Opt-in serial kernel builds (serial_kernel_build). Off by default: torch.set_num_threads is
+# process-wide, so a layer must not call it on its own.
+_SERIAL_BUILD: ContextVar[bool] = ContextVar("onelip_serial_kernel_build", default=False)
+
+
 @contextmanager
-def _one_thread():
-    n = torch.get_num_threads()
-    if n == 1:
+def serial_kernel_build() -> Iterator[None]:
+    """Build the kernels of :class:`OrthoConv2d` and :class:`SpectralConv2d` on one CPU thread
+    while in the block (opt-in; outside it the layers never change the thread count).
+
+    A constrained kernel is built from ~100 small operations (Cholesky, triangular solves,
+    small products). With several intra-op threads on a loaded CPU, each small parallel
+    operation waits until all its threads are scheduled, so the build can be much slower than
+    on one thread, while the convolution itself gains from every thread
+    (``benchmarks/results/conv.md`` times the layers with 2 threads and with 1). Inside the
+    block, on CPU, each kernel build — the training forward, its recomputation in a backward
+    run inside the block (like ``torch.utils.checkpoint``), :meth:`OrthoConv2d.retract_` —
+    runs under ``torch.set_num_threads(1)``, and the previous count is restored straight
+    after; the convolutions keep every thread. The function and its gradients are unchanged.
+
+    The thread count is a *process-wide* setting: while a kernel is being built, torch work
+    in other Python threads of the process also runs on one thread. Enter the block around
+    the training loop of a single-threaded program, not in library code.
+
+    Example:
+        >>> conv = OrthoConv2d(4, 4, 3)
+        >>> threads = torch.get_num_threads()
+        >>> with serial_kernel_build():
+        ...     conv(torch.randn(2, 4, 8, 8)).square().sum().backward()
+        >>> torch.get_num_threads() == threads
+        True
+    """
+    token = _SERIAL_BUILD.set(True)
+    try:
+        yield
+    finally:
+        _SERIAL_BUILD.reset(token)
+
+
+def _serial_wanted(device: torch.device) -> bool:
+    return _SERIAL_BUILD.get() and device.type == "cpu" and torch.get_num_threads() > 1
+
+
+@contextmanager
+def _build_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for a kernel build inside :func:`serial_kernel_build` (on CPU);
+    otherwise nothing."""
+    if not _serial_wanted(device):
         yield
         return
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
@@ -51,22 +90,22 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-
 class _Serial(torch.autograd.Function):
-    """``fn(*tensors)`` on one thread; the backward recomputes ``fn`` on one thread too."""
+    """``fn(*tensors)`` built on one thread; the backward recomputes ``fn`` (on one thread when
+    it runs inside :func:`serial_kernel_build`)."""
 
     @staticmethod
     def forward(ctx, fn, *tensors):
         ctx.fn = fn
         ctx.save_for_backward(*tensors)
-        with _one_thread():
+        with _build_threads(tensors[0].device):
             return fn(*tensors)
 
     @staticmethod
     def backward(ctx, grad):
         needs = ctx.needs_input_grad[1:]
         inputs = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, needs)]
-        with _one_thread(), torch.enable_grad():
+        with _build_threads(inputs[0].device), torch.enable_grad():
             out = ctx.fn(*inputs)
             wanted = [t for t, n in zip(inputs, needs) if n]
             grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
@@ -75,8 +114,9 @@ class _Serial(torch.autograd.Function):
 
 @torch.compiler.disable
 def _serial(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
-    """``fn(*tensors)`` (pure, differentiable), built on one thread on CPU (Note above)."""
-    if tensors[0].device.type != "cpu" or torch.get_num_threads() == 1:
+    """``fn(*tensors)`` (pure, differentiable): built on one thread inside
+    :func:`serial_kernel_build` on CPU, else called as it is."""
+    if not _serial_wanted(tensors[0].device):
         return fn(*tensors)
     return _Serial.apply(fn, *tensors)
 
@@ -114,9 +154,9 @@ class OrthoConv2d(LipschitzModule):
 
     **Why BCOP by block convolution** (Li et al. 2019, in the fast form of AOC, Boissin et
     al. 2025). The forward pass is one ``conv2d`` with an explicit kernel, and the kernel is
-    built from :math:`2(k-1)` small :math:`n \times n/2` matrices: on a CPU (3×3, 64→64,
-    32×32, batch 64) building it costs a few percent of the convolution, so a training step
-    costs what an ``nn.Conv2d`` step costs, with *exact* orthogonality (no truncated series
+    built from :math:`2(k-1)` small :math:`n \times n/2` matrices: building it is cheap next
+    to the convolution, so a training step costs about what an ``nn.Conv2d`` step costs
+    (``benchmarks/results/conv.md``), with *exact* orthogonality (no truncated series
     like SOC, no FFT of every input like Cayley, no iteration to converge like Björck).
     Reshaping the kernel to :math:`(C_{out}, C_{in}k^2)` and orthogonalising it ("RKO") is as
     cheap but is *not* an orthogonal convolution: its operator norm reaches ~1.9 for 3×3
@@ -254,8 +294,8 @@ class OrthoConv2d(LipschitzModule):
         return (kernel * (1 - F.float32_cast_margin(kernel))).to(self.mix.dtype)
 
     def _train_kernel(self) -> Tensor:
-        """The training-mode kernel, with gradients, built on one thread (Note [serial kernel
-        build])."""
+        """The training-mode kernel, with gradients (built on one thread inside
+        :func:`serial_kernel_build`)."""
         names = [n for n in ("mix", "proj", "down") if getattr(self, n) is not None]
 
         def build(*latents: Tensor) -> Tensor:
@@ -273,7 +313,7 @@ class OrthoConv2d(LipschitzModule):
     @torch.no_grad()
     def retract_(self) -> None:
         """Replace each latent by its orthonormal factor; the function is unchanged."""
-        with _one_thread() if self.mix.device.type == "cpu" else _nullcontext():
+        with _build_threads(self.mix.device):
             for p in self._cache_sources():
                 p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
 
@@ -455,7 +495,6 @@ class SpectralConv2d(LipschitzModule):
         v_\\omega\\|` over the refreshed frequencies after their power-iteration steps;
         differentiable in the kernel."""
         stride = self.stride[0]
-        cpu = self.weight.device.type == "cpu"
         ctype = torch.complex128 if self.weight.dtype == torch.float64 else torch.complex64
 
         def normalised(weight: Tensor, v: Tensor, phases: Tensor) -> Tensor:
@@ -464,7 +503,7 @@ class SpectralConv2d(LipschitzModule):
             est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
             return weight / est.amax()
 
-        with torch.no_grad(), (_one_thread() if cpu else _nullcontext()):
+        with torch.no_grad(), _build_threads(self.weight.device):
             sel = self._frequencies()  # (S,)
             taps = (-(-self.kernel_size[0] // stride), -(-self.kernel_size[1] // stride))
             phases = F.dft_phases(taps, self.grid, dtype=ctype,

@@ -102,12 +102,12 @@ class OrthoLinear(LipschitzModule):
     :math:`\sqrt{1+\|Q^\top Q-I\|_F}` so that :math:`\|Q\|_2 \le 1` holds whatever happens.
     It is computed once and cached: inference costs one ``F.linear``.
 
-    **Train mode (fast).** Orthonormalising a 512×512 matrix at every step (Cholesky ~18 ms,
-    Björck from scratch ~30 matmuls) costs ×10–20 the layer itself on a CPU. Instead the
-    latent is kept near orthogonal by :meth:`retract_` — one certified Björck step
-    :math:`W \leftarrow W(\tfrac32 I - \tfrac12 W^\top W)`, which leaves polar(W), the eval
-    function, unchanged — that :func:`onelip.train.fit` calls after each optimiser step, and
-    the training forward is:
+    **Train mode (fast).** Orthonormalising the latent at every step (a Cholesky
+    factorisation, or some 30 matmuls of Björck from scratch) costs many times the layer
+    itself. Instead the latent is kept near orthogonal by :meth:`retract_` — one certified
+    Björck step :math:`W \leftarrow W(\tfrac32 I - \tfrac12 W^\top W)`, which leaves
+    polar(W), the eval function, unchanged — that :func:`onelip.train.fit` calls after each
+    optimiser step, and the training forward is:
 
     * **the retracted latent itself**, :math:`y = xW^\top + b` (one matmul, as
       ``nn.Linear``), while W equals, value for value, the output of the last
@@ -132,18 +132,14 @@ class OrthoLinear(LipschitzModule):
       :math:`\sigma_{\max}(W) > 2`; it costs nothing when :meth:`retract_` certified the
       current latent, one Gram matrix otherwise.
 
-    Both are 1-Lipschitz. Measured (``benchmarks/results/dense.md``; 512→512, batch 256,
-    2 threads on a shared 2-core CPU; medians of per-round ratios to ``nn.Linear``, two runs
-    at different loads): forward+backward ×1.6–1.8 for the retracted forward against ×2.9–3.4
-    for the Björck-1 forward (three batch-side products forward, five backward) and
-    ×3.6–5.6 (fresh) to ×9–19 (trained) for deel-torchlip's SpectralLinear; a whole Adam
-    step with :meth:`retract_` (two 512³ products, now the largest cost) ×2.0–2.3 against
-    ×2.7–2.8. What it gives up: the training operator is 1 − O(δ²) tight instead of
-    1 − O(δ⁴), and the weight gradient is the projected one rather than autograd's through a
-    Björck step (equal at an orthogonal W). Rejected: forming the Björck-1 matrix explicitly
-    (two d×d×d products: more than the batch-side ones while batch < 2·width); keeping the
-    Björck-1 forward with a projected backward (×2.8 in forward+backward); a version-counter
-    check of the latent instead of comparing values (misses writes through ``weight.data``).
+    Both are 1-Lipschitz. What the retracted forward gives up: the training operator is
+    1 − O(δ²) tight instead of 1 − O(δ⁴), and the weight gradient is the projected one rather
+    than autograd's through a Björck step (equal at an orthogonal W). Rejected: forming the
+    Björck-1 matrix explicitly (two d×d×d products: more than the batch-side ones while
+    batch < 2·width); keeping the Björck-1 forward with a projected backward (slower in
+    forward+backward than the retracted forward); a version-counter check of the latent
+    instead of comparing values (misses writes through ``weight.data``). Timings against
+    ``nn.Linear`` and the peers: ``benchmarks/results/dense.md``.
 
     Args:
         in_features: size of each input sample.
@@ -226,7 +222,8 @@ class OrthoLinear(LipschitzModule):
                 snap.device != w.device:
             return False
         if w.device.type == "cpu":
-            # NumPy compares 1 MB in ~30 µs; torch.equal took ×4-40 that on 2 busy cores.
+            # NumPy's array_equal: cheaper than torch.equal for this check, which runs at
+            # every training forward (benchmarks/results/dense.md times the step).
             try:
                 import numpy as np
 

@@ -82,7 +82,12 @@ class SLLBlock(LipschitzModule):
 
     W (features × inner), :math:`q = e^{\log q} > 0` learned. :math:`T \succeq W^\top W`,
     which makes the block 1-Lipschitz for every W, b, q (Araujo et al. 2023, Thm 3): in
-    train and eval mode, no approximation. T is cached in eval mode.
+    train and eval mode, no approximation.
+
+    **Eval mode** (cached, and what :meth:`export` folds in): T in float64 from the weights
+    as stored, :math:`2WT^{-1}` rounded to the parameter dtype, and the identity scaled by
+    :math:`a = 1 - \eta` (:meth:`skip_factor`; η ~ 1e-7–1e-6 in float32, 0 in float64) so
+    that the rounding cannot lift the block above 1 (:func:`onelip.functional.sll_cast`).
 
     Args:
         features: d.
@@ -121,14 +126,23 @@ class SLLBlock(LipschitzModule):
     def _t_inv(self) -> Tensor:
         return F.sll_scaling(self.weight.mT @ self.weight, self.log_q)
 
+    def _eval_terms(self) -> tuple[float, Tensor]:
+        return self._cached("eval", lambda: F.sll_cast(self.weight, self.log_q))
+
+    def skip_factor(self) -> float:
+        """a in :math:`y = a\\,x - \\dots`: 1 in training, 1 − η in eval mode (the class)."""
+        return 1.0 if self.training else self._eval_terms()[0]
+
     def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(w_in, b, w_out)`` with :math:`y = x - \\mathrm{ReLU}(x w_{in}^\\top + b)
-        w_{out}^\\top`: w_in (m, d) = Wᵀ, w_out (d, m) = 2 W T⁻¹."""
-        t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
-        return self.weight.mT, self.bias, 2 * self.weight * t_inv
+        """``(w_in, b, w_out)`` with :math:`y = a\\,x - \\mathrm{ReLU}(x w_{in}^\\top + b)
+        w_{out}^\\top` (a = :meth:`skip_factor`): w_in (m, d) = Wᵀ, w_out (d, m) = 2a W T⁻¹,
+        in eval mode rounded as the class says."""
+        if self.training:
+            return self.weight.mT, self.bias, 2 * self.weight * self._t_inv()
+        return self.weight.mT, self.bias, self._eval_terms()[1]
 
     def lipschitz_bound(self) -> float:
-        return 1.0  # Araujo et al. 2023, Thm 3 (eval: T computed from the weights applied)
+        return 1.0  # Araujo et al. 2023, Thm 3; eval: rounding absorbed by a (sll_cast)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.features:
@@ -137,18 +151,22 @@ class SLLBlock(LipschitzModule):
                 f"but got shape {tuple(x.shape)}"
             )
         w_in, b, w_out = self.effective_weights()
-        return x - TF.linear(torch.relu(TF.linear(x, w_in, b)), w_out)
+        a = self.skip_factor()
+        return (x if a == 1.0 else a * x) - TF.linear(torch.relu(TF.linear(x, w_in, b)), w_out)
 
     @torch.no_grad()
     def export(self) -> nn.Module:
-        w_in, b, w_out = (t.detach().clone() for t in self.effective_weights())
+        """The eval-mode block (in either mode): :class:`~onelip.nn.plain.Residual` of
+        Linear → ReLU → Linear, skip a, scale −1."""
+        a, w_out = self._eval_terms()
+        w_in, b = self.weight.detach().mT.clone(), self.bias.detach().clone()
         first = nn.Linear(self.features, self.inner, device=w_in.device, dtype=w_in.dtype)
         second = nn.Linear(self.inner, self.features, bias=False, device=w_in.device,
                            dtype=w_in.dtype)
         first.weight.copy_(w_in)
         first.bias.copy_(b)
         second.weight.copy_(w_out)
-        return Residual(nn.Sequential(first, nn.ReLU(), second), skip=1.0, scale=-1.0)
+        return Residual(nn.Sequential(first, nn.ReLU(), second), skip=a, scale=-1.0)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, inner={self.inner}"
@@ -165,7 +183,11 @@ class SLLConv2d(LipschitzModule):
     :math:`T_K^\top` its adjoint ``conv_transpose2d``, :math:`K \star K` the autocorrelation
     kernel of :math:`T_K T_K^\top` (:func:`onelip.functional.sll_conv_gram`), q > 0 learned.
     1-Lipschitz for every K, b, q, in train and eval mode (the padded Gram is dominated by
-    the infinite one; :func:`onelip.functional.sll_conv2d`). t is cached in eval mode.
+    the infinite one; :func:`onelip.functional.sll_conv2d`). In eval mode (cached, and what
+    :meth:`export` folds in) t is computed in float64 from the kernel as stored,
+    :math:`2K\,t` is rounded to the parameter dtype and the identity scaled by
+    :math:`a = 1 - \eta` (:meth:`skip_factor`; η ~ 1e-7–1e-6 in float32, 0 in float64) so
+    that the rounding cannot lift the block above 1 (:func:`onelip.functional.sll_cast`).
 
     Args:
         channels: C (input = output channels).
@@ -212,17 +234,27 @@ class SLLConv2d(LipschitzModule):
     def _t_inv(self) -> Tensor:
         return F.sll_scaling(F.sll_conv_gram(self.weight), self.log_q)
 
+    def _eval_terms(self) -> tuple[float, Tensor]:
+        return self._cached("eval", lambda: F.sll_cast(self.weight, self.log_q))
+
+    def skip_factor(self) -> float:
+        """a in :math:`y = a\\,x - \\dots`: 1 in training, 1 − η in eval mode (the class)."""
+        return 1.0 if self.training else self._eval_terms()[0]
+
     def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(w_in, b, w_out)`` with :math:`y = x - \\mathrm{conv}(\\mathrm{ReLU}(
-        \\mathrm{conv}(x, w_{in}) + b), w_{out})`, both convs stride 1 with ``padding``:
-        w_in (m, C, k, k) = K, w_out (C, m, k, k) = the adjoint kernel of
-        :math:`2\\,T_K^\\top\\,\\mathrm{diag}(t)` (transposed and flipped)."""
-        t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
-        w_out = (2 * self.weight * t_inv[:, None, None, None]).transpose(0, 1).flip(-2, -1)
-        return self.weight, self.bias, w_out
+        """``(w_in, b, w_out)`` with :math:`y = a\\,x - \\mathrm{conv}(\\mathrm{ReLU}(
+        \\mathrm{conv}(x, w_{in}) + b), w_{out})` (a = :meth:`skip_factor`), both convs
+        stride 1 with ``padding``: w_in (m, C, k, k) = K, w_out (C, m, k, k) = the adjoint
+        kernel of :math:`2a\\,T_K^\\top\\,\\mathrm{diag}(t)` (transposed and flipped), in eval
+        mode rounded as the class says."""
+        if self.training:
+            out = 2 * self.weight * self._t_inv()[:, None, None, None]
+        else:
+            out = self._eval_terms()[1]
+        return self.weight, self.bias, out.transpose(0, 1).flip(-2, -1)
 
     def lipschitz_bound(self) -> float:
-        return 1.0  # Araujo et al. 2023, Thm 3 (eval: T computed from the weights applied)
+        return 1.0  # Araujo et al. 2023, Thm 3; eval: rounding absorbed by a (sll_cast)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -230,14 +262,21 @@ class SLLConv2d(LipschitzModule):
                 f"SLLConv2d expected input of shape (N, {self.channels}, H, W), but got "
                 f"{tuple(x.shape)}"
             )
-        t_inv = self._t_inv() if self.training else self._cached("t_inv", self._t_inv)
         h = torch.relu(TF.conv2d(x, self.weight, self.bias, padding=self.padding))
-        return x - 2 * TF.conv_transpose2d(h * t_inv[:, None, None], self.weight,
-                                           padding=self.padding)
+        if self.training:
+            t_inv = self._t_inv()
+            return x - 2 * TF.conv_transpose2d(h * t_inv[:, None, None], self.weight,
+                                               padding=self.padding)
+        a, out = self._eval_terms()  # out = 2a K t, rounded
+        return (x if a == 1.0 else a * x) - TF.conv_transpose2d(h, out, padding=self.padding)
 
     @torch.no_grad()
     def export(self) -> nn.Module:
-        w_in, b, w_out = (t.detach().clone() for t in self.effective_weights())
+        """The eval-mode block (in either mode): :class:`~onelip.nn.plain.Residual` of
+        Conv2d → ReLU → Conv2d, skip a, scale −1."""
+        a, out = self._eval_terms()
+        w_in, b = self.weight.detach().clone(), self.bias.detach().clone()
+        w_out = out.transpose(0, 1).flip(-2, -1).clone()
         k = self.kernel_size
         first = nn.Conv2d(self.channels, self.inner_channels, k, padding=self.padding,
                           device=w_in.device, dtype=w_in.dtype)
@@ -246,7 +285,7 @@ class SLLConv2d(LipschitzModule):
         first.weight.copy_(w_in)
         first.bias.copy_(b)
         second.weight.copy_(w_out)
-        return Residual(nn.Sequential(first, nn.ReLU(), second), skip=1.0, scale=-1.0)
+        return Residual(nn.Sequential(first, nn.ReLU(), second), skip=a, scale=-1.0)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, inner_channels={self.inner_channels}, "
