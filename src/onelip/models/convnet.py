@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from onelip import nn as onn
 from onelip.models._common import Builder, check_channels, check_common, check_stages
 
-__all__ = ["TUTORIAL_CONVNET", "TUTORIAL_CONVNET_STRIDED", "ConvNetConfig", "convnet"]
+__all__ = ["BETHUNE_VGG", "TUTORIAL_CONVNET", "TUTORIAL_CONVNET_STRIDED", "ConvNetConfig",
+           "convnet"]
 
 _DOWNSAMPLE = ("stride", "l2pool")
 _STEMS = ("conv", "unshuffle")
@@ -49,6 +50,12 @@ class ConvNetConfig:
     downsample: str = "stride"
     """'stride' (stride-2 first convolution of each stage after the first) or 'l2pool'
     (stride 1 everywhere, L2NormPool2d(2) at the end of every stage)."""
+    depths: tuple[int, ...] = ()
+    """Convolutions of each stage (one entry per stage), overriding ``depth``; empty: ``depth``
+    in every stage."""
+    pool_last: bool = True
+    """With ``downsample="l2pool"``: also pool after the last stage (``False`` when a global
+    pooling head follows, as in the paper's VGG)."""
     hidden: tuple[int, ...] = ()
     """Widths of hidden OrthoLinear + activation layers between the features and the last
     layer."""
@@ -61,6 +68,10 @@ class ConvNetConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        if self.depths and (len(self.depths) != self.stages or min(self.depths) < 1):
+            raise ValueError(f"Expected depths with one positive entry per stage ({self.stages}), "
+                             f"but got {self.depths}")
         if self.stem not in _STEMS:
             raise ValueError(f"Unknown stem {self.stem!r}; expected one of {', '.join(_STEMS)}")
         check_common(self)
@@ -90,7 +101,8 @@ class ConvNetConfig:
         for stage in range(stages):
             if self.downsample == "stride" and stage > 0:
                 yield stage, "stride"
-            elif self.downsample == "l2pool" and not (stage == 0 and self.stem == "unshuffle"):
+            elif self.downsample == "l2pool" and not (stage == 0 and self.stem == "unshuffle") \
+                    and (self.pool_last or stage < stages - 1):
                 yield stage, "pool"
 
 
@@ -105,6 +117,12 @@ TUTORIAL_CONVNET = {"width": 16, "stages": 2, "depth": 1, "downsample": "l2pool"
 # adversarial norm / certified radius 1.27 against 1.65), and it trains ~3× faster on a CPU.
 TUTORIAL_CONVNET_STRIDED = {"width": 16, "stages": 2, "depth": 1, "downsample": "stride",
                             "stem": "unshuffle", "hidden": (64,)}
+# The paper's own CIFAR-10 network (Béthune et al. 2022, pareto-front-experiment.py, ≈0.4M
+# parameters at 32×32×3): 3×3 convolutions (32, 32) / (64, 64, 64) / (128, 128, 128),
+# GroupSort2, L2-norm pooling between stages, global L2-norm pooling, dense 128, dense 10.
+BETHUNE_VGG = {"width": 32, "stages": 3, "depths": (2, 3, 3), "downsample": "l2pool",
+               "pool_last": False, "head": "global_l2", "hidden": (128,),
+               "activation": "groupsort", "group_size": 2}
 
 
 def convnet(cfg: ConvNetConfig) -> onn.Sequential:
@@ -114,9 +132,11 @@ def convnet(cfg: ConvNetConfig) -> onn.Sequential:
         b.layers.append(b.unshuffle())
     for stage in range(cfg.stages):
         width = cfg.width * 2 ** stage
-        for i in range(cfg.depth):
+        for i in range(cfg.depths[stage] if cfg.depths else cfg.depth):
             stride = 2 if strided and stage > 0 and i == 0 else 1
             b.layers += [b.conv(width, stride=stride), b.act()]
-        if not strided and not (stage == 0 and cfg.stem == "unshuffle"):
+        last = stage == cfg.stages - 1
+        if not strided and not (stage == 0 and cfg.stem == "unshuffle") and \
+                (cfg.pool_last or not last):
             b.layers.append(b.pool())
     return onn.Sequential(*b.layers, *b.head(cfg.hidden))
