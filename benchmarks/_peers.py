@@ -12,7 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PEERS_VENV = REPO / "benchmarks" / ".peers-venv"
 TORCH_PIN = "2.13.0"
-PEER_REQUIREMENTS = [f"torch=={TORCH_PIN}", "numpy", "deel-torchlip", "orthogonium"]
+# onelip (from src/) runs in the same process: its own runtime dependencies come along.
+PEER_REQUIREMENTS = [f"torch=={TORCH_PIN}", "numpy", "safetensors", "rich", "Pillow",
+                     "scikit-learn", "deel-torchlip", "orthogonium"]
 REEXEC_FLAG = "ONELIP_BENCH_IN_PEERS_VENV"
 
 

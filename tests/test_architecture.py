@@ -13,8 +13,8 @@ lowest first; a unit may always import itself, and may import what ``ALLOWED`` l
   ``_validation``, ``_io``. Leaves may import each other but nothing else, not even the root.
 * rank 1: ``functional`` -- leaves.
 * rank 2: ``nn`` -- leaves, functional.
-* rank 3: ``losses``, ``certify``, ``models``, ``data`` -- leaves, functional, nn; not each
-  other.
+* rank 3: ``losses``, ``certify``, ``models``, ``data``, ``arch`` (architecture descriptions
+  of module trees) -- leaves, functional, nn; not each other.
 * rank 4: ``runs``, ``checkpoint``, ``distributed``, ``export`` -- anything of rank <= 3, and
   not each other, except that ``export`` and ``checkpoint`` (an alias of runs) may import
   ``runs``.
@@ -43,7 +43,7 @@ PKG = SRC / "onelip"
 _LEAVES = {"", "_errors", "_validation", "_io"}
 _R1 = _LEAVES | {"functional"}
 _R2 = _R1 | {"nn"}
-_R3 = _R2 | {"losses", "certify", "models", "data"}
+_R3 = _R2 | {"losses", "certify", "models", "data", "arch"}
 _R4 = _R3 | {"runs", "checkpoint", "distributed", "export"}
 _R5 = _R4 | {"train"}
 _R6 = _R5 | {"experiments"}
@@ -60,6 +60,7 @@ ALLOWED: dict[str, set[str]] = {
     "certify": _R2,
     "models": _R2,
     "data": _R2,
+    "arch": _R2,
     "runs": _R3,
     "checkpoint": _R3 | {"runs"},
     "distributed": _R3,

@@ -85,7 +85,9 @@ def test_certify_with_attack(run_dir, tmp_path, capsys):
                "--attack-steps", "10"])
     out = capsys.readouterr().out
     assert rc == 0
-    result = json.loads((run / "certify.json").read_text())
+    result = _latest(run / "certify.json")
+    assert result["settings"] == {"data": "two-moons", "eps": [0.05, 0.1],
+                                  "attack": {"points": 24, "steps": 10}}
     assert result["data"] == "two-moons" and result["n_test"] == 60
     assert result["lipschitz_bound"] == 1.0
     assert set(result["certified"]) == {"0.05", "0.1"}
@@ -98,6 +100,90 @@ def test_certify_with_attack(run_dir, tmp_path, capsys):
     ratio = result["attack"]["median_adv_over_radius"]
     assert ratio >= 1 - 1e-4  # the attack's adversarials are never inside a certificate
     assert f"{ratio:.3f}" in out and "violated: 0" in out
+
+
+def _latest(path: Path) -> dict:
+    saved = json.loads(path.read_text())
+    assert saved["format"] == "onelip-certify/2"
+    return saved["results"][saved["latest"]]
+
+
+def test_certify_keeps_earlier_results(run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path)
+    (run / "certify.json").write_text(json.dumps(  # as written by 0.1 / 0.2.0: one result
+        {"data": "two-moons", "n_test": 60, "clean": 0.9, "certified": {"0.5": 0.1}}))
+    assert main(["certify", str(run), "--eps", "0.1"]) == 0
+    assert main(["certify", str(run), "--eps", "0.2", "0.3"]) == 0
+    assert main(["certify", str(run), "--eps", "0.1"]) == 0  # the same settings: replaced
+    saved = json.loads((run / "certify.json").read_text())
+    assert list(saved["results"]) == ["earlier", "data=two-moons eps=0.2,0.3",
+                                      "data=two-moons eps=0.1"]
+    assert saved["latest"] == "data=two-moons eps=0.1"
+    assert saved["results"]["earlier"]["clean"] == 0.9
+    assert set(saved["results"]["data=two-moons eps=0.2,0.3"]["certified"]) == {"0.2", "0.3"}
+
+
+def test_certify_out_file(run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path)
+    out = tmp_path / "results" / "moons.json"
+    assert main(["certify", str(run), "--eps", "0.1", "--out", str(out)]) == 0
+    assert not (run / "certify.json").exists()
+    assert _latest(out)["certified"].keys() == {"0.1"}
+    assert main(["certify", str(run), "--eps", "0.2", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["results"]) == 2
+
+
+def test_certify_prints_the_table_when_nothing_can_be_written(run_dir, tmp_path, capsys):
+    """A run folder where certify.json cannot be written (as root chmod does not stop
+    writes: certify.json is a folder here, so the rename onto it fails)."""
+    run = _copy_run(run_dir, tmp_path)
+    (run / "certify.json").mkdir()
+    rc = main(["certify", str(run), "--eps", "0.1"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    assert "certified" in cap.out and "0.1" in cap.out, cap.out
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onelip: warning: "), lines
+    assert "not saved" in lines[0] and "--out" in lines[0]
+    assert (run / "certify.json").is_dir()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only folders: see the test above")
+def test_certify_read_only_run(run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path)
+    run.chmod(0o555)
+    try:
+        assert main(["certify", str(run), "--eps", "0.1"]) == 0
+        cap = capsys.readouterr()
+        assert "certified" in cap.out and "onelip: warning: cannot write" in cap.err
+    finally:
+        run.chmod(0o755)
+
+
+def test_certify_binary_table_header(run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path)
+    assert main(["certify", str(run), "--eps", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "|f|/L" in out and "margin" not in out, out  # one output: the radius is |f|/L
+
+
+def test_help_shows_defaults_models_and_data_sets(capsys, monkeypatch):
+    from onelip import data, models
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside names such as fashion-mnist
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in models.available() + data.available():
+        assert name in text, name
+    for default in ["(default: 20)", "(default: hinge)", "(default: mlp)", "(default: cpu)",
+                    "(default: 0.001)", "(default: mnist-5k)"]:
+        assert default in text, default
+    with pytest.raises(SystemExit):
+        main(["certify", "--help"])
+    assert "(default: [0.5, 1.0, 1.58])" in " ".join(capsys.readouterr().out.split())
 
 
 def test_inspect_reports_bound_and_estimate(run_dir, capsys):

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -171,8 +174,8 @@ def test_plain_safetensors_roundtrip_with_residual(tmp_path):
 
 
 def test_load_plain_refuses_unknown_types_and_corrupt_files(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     net = _perturbed_mlp(layer="ortho", activation="maxmin", num_outputs=2)
     path = export.save_plain(net, tmp_path / "p.safetensors")
@@ -405,3 +408,44 @@ def test_cli_export_errors(trained_run, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), "--format", "safetensors",
                  "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "No run folder" in capsys.readouterr().err
+
+
+# ==== errors and file modes =================================================================
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+def test_wrong_input_shape_is_a_one_line_value_error(tmp_path, fmt):
+    """A shape the model does not take: one line saying the expected shape, instead of the
+    exporter's multi-line report with colour codes; nothing written."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+    model = _perturbed_mlp(layer="ortho", activation="maxmin", num_outputs=2)
+    path = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt2")
+    fn = export.to_onnx if fmt == "onnx" else export.to_torch_program
+    with pytest.raises(ValueError) as e:
+        fn(model, path, input_shape=(5,))
+    msg = str(e.value)
+    assert "\n" not in msg and "\x1b" not in msg, msg
+    assert "does not take inputs of shape (5,)" in msg and "expected (12,)" in msg, msg
+    assert list(tmp_path.iterdir()) == []
+    conv = _conv_net()
+    with pytest.raises(ValueError, match=r"expected \(2, H, W\)"):
+        fn(conv, path, input_shape=(3, 8, 8))
+
+
+def test_exported_files_are_readable_by_others(tmp_path):
+    """Created with the permissions of any new file (0644 under umask 022), not the 0600 of
+    a temporary file."""
+    model = _perturbed_mlp(layer="ortho", activation="maxmin", num_outputs=2)
+    old = os.umask(0o022)
+    try:
+        paths = [export.save_plain(model, tmp_path / "m.safetensors"),
+                 export.to_torch_program(model, tmp_path / "m.pt2")]
+        if importlib.util.find_spec("onnxscript") is not None:
+            paths.append(export.to_onnx(model, tmp_path / "m.onnx"))
+        os.umask(0o027)
+        paths.append(export.save_plain(model, tmp_path / "group.safetensors"))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes == {**{p.name: 0o644 for p in paths[:-1]}, "group.safetensors": 0o640}, modes

@@ -4,12 +4,16 @@
 * :func:`atomic_path`: a context manager yielding a temporary path beside the target, renamed
   onto it only when the block succeeds (a crash leaves the old file as it was);
 * :func:`write_json`: JSON through :func:`atomic_path`;
+* :func:`unwritable_reason`: why files cannot be created in a folder (probed, nothing left);
+* :func:`file_sha256` / :func:`json_sha256`: digests of a file and of a JSON value (canonical:
+  sorted keys, no spaces), for the integrity records of run folders;
 * :func:`check_state_dict`: the keys, shapes and finiteness of loaded tensors against the
   ``state_dict`` a model expects, with a message naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +25,8 @@ import torch
 
 from onelip._errors import CheckpointError
 
-__all__ = ["atomic_path", "check_state_dict", "write_json"]
+__all__ = ["atomic_path", "check_state_dict", "file_sha256", "json_sha256", "unwritable_reason",
+           "write_json"]
 
 
 @contextmanager
@@ -61,6 +66,43 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """Why files cannot be created in ``folder`` (or, where it does not exist yet, why it
+    cannot be created), or ``None`` when they can. Probes by creating and removing a temporary
+    file in the nearest existing folder, so that read-only file systems, ``/proc`` and missing
+    permissions are all seen (``os.access`` misses some when run as root); creates nothing.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".onelip-probe-")
+    except OSError as e:
+        return f"{probe} is not writable ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def json_sha256(obj: Any) -> str:
+    """The SHA-256 of ``obj`` as canonical JSON (sorted keys, no spaces, ASCII), in hex: the
+    same for every writing of the same value."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],

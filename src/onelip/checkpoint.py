@@ -3,6 +3,22 @@
 
 from __future__ import annotations
 
-from onelip.runs import CONFIG, WEIGHTS, CheckpointError, load, load_config, save, write_json
+from onelip.runs import (
+    CONFIG,
+    CUSTOM,
+    WEIGHTS,
+    CheckpointError,
+    OutputError,
+    check_target,
+    is_run_folder,
+    load,
+    load_config,
+    new_run,
+    save,
+    write_json,
+    write_model,
+)
 
-__all__ = ["CONFIG", "WEIGHTS", "CheckpointError", "load", "load_config", "save", "write_json"]
+__all__ = ["CONFIG", "CUSTOM", "WEIGHTS", "CheckpointError", "OutputError", "check_target",
+           "is_run_folder", "load", "load_config", "new_run", "save", "write_json",
+           "write_model"]

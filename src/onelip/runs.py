@@ -5,56 +5,264 @@
 
 A run folder ``runs/NAME/`` holds:
 
-* ``model.safetensors`` — the ``state_dict`` (latent weights and persistent buffers);
-* ``config.json`` — ``{"onelip_version", "model": {"name", "config"}, "data", "loss",
-  "train"}``: all that is needed to rebuild the model;
-* ``metrics.json`` — training history and final accuracies.
+* ``model.safetensors`` — the ``state_dict`` (latent weights and persistent buffers); its
+  metadata holds the SHA-256 of the config's model section;
+* ``config.json`` — ``{"onelip_version", "model", "integrity", "data", "loss", "train"}``: all
+  that is needed to rebuild the model. ``model`` is ``{"name", "config"}`` for a model of
+  :mod:`onelip.models`, or ``{"name": "custom", "architecture", "input_shape"?}`` for any
+  network built from ``onelip.nn`` and ``torch.nn`` layers (the module tree of
+  :mod:`onelip.arch`: types, constructor arguments, children; no pickle). ``integrity`` holds
+  the SHA-256 of ``model.safetensors`` and of the model section (canonical JSON);
+* ``metrics.json`` — training history and final accuracies (``onelip train``);
+* ``certify.json`` — certification results (``onelip certify``).
+
+A folder is recognised as a run folder by what it holds: ``config.json`` with an
+``onelip_version`` and ``model.safetensors`` (:func:`is_run_folder`). A run is written into a
+temporary folder beside its target and renamed into place when complete (:func:`new_run`);
+replacing a run (``overwrite=True``) moves the old one aside and deletes it only once the new
+one is in place, so a crash at any point leaves the old run or the new one, never a mix.
+
+:func:`load` verifies both digests and names the file that changed. The digests detect
+corruption and edits, not forgery (whoever can write the files can rewrite the digests). Runs
+written before digests were recorded load without verification.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from onelip import __version__, models
-from onelip._errors import CheckpointError
-from onelip._io import atomic_path, check_state_dict, write_json
+from onelip import __version__, arch, models
+from onelip._errors import CheckpointError, OutputError
+from onelip._io import (
+    _umask,
+    atomic_path,
+    check_state_dict,
+    file_sha256,
+    json_sha256,
+    unwritable_reason,
+    write_json,
+)
 
-__all__ = ["CheckpointError", "load", "load_config", "save", "write_json"]
+__all__ = ["CONFIG", "CUSTOM", "CheckpointError", "OutputError", "WEIGHTS", "check_target",
+           "is_run_folder", "load", "load_config", "new_run", "save", "write_json",
+           "write_model"]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CUSTOM = "custom"
+"""``model.name`` of a run whose network is described by its module tree."""
+_DIGEST_KEY = "model_sha256"  # in the safetensors metadata: the digest of the model section
 
 
-def save(model: nn.Module, path: str | Path, *, model_name: str, model_config: Any,
-         extra: dict | None = None) -> None:
-    """Write ``path/model.safetensors`` and ``path/config.json``.
+# ==== where a run may be written ============================================================
 
-    ``model_config`` is the dataclass the model was built from (:func:`onelip.models.build`).
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding ``config.json`` (a JSON object with an
+    ``onelip_version``) and ``model.safetensors``: a run folder written by onelip."""
+    path = Path(path)
+    if not (path.is_dir() and (path / WEIGHTS).is_file() and (path / CONFIG).is_file()):
+        return False
+    try:
+        cfg = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "onelip_version" in cfg
+
+
+def check_target(path: str | Path, *, overwrite: bool = False, flag: str = "overwrite=True",
+                 option: str = "path") -> Path:
+    """Raise :class:`~onelip._errors.OutputError` unless a run can be written at ``path``;
+    returns ``path``.
+
+    ``path`` may be missing (its parents are created) or an empty folder; an existing run
+    folder only with ``overwrite``. Never the current folder or one above it, a file, a
+    symbolic link, or a folder that is not a run folder (or holds sub-folders), whatever
+    ``overwrite``; and the folder it goes in must be writable (probed). ``flag`` and
+    ``option`` name the overwrite switch and the path in messages (``--force``, ``--out``).
     """
+    path = Path(path)
+    full = Path(os.path.abspath(path))
+    cwd, real = Path.cwd().resolve(), path.resolve()
+    if real == cwd or real in cwd.parents:
+        raise OutputError(f"{path} is the current folder or a folder above it; a run needs a "
+                          f"folder of its own: choose another {option}, e.g. runs/NAME")
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link; give the folder it points to as {option}")
+    if path.exists():
+        if not path.is_dir():
+            raise OutputError(f"{path} is a file, not a run folder; choose another {option}")
+        entries = list(path.iterdir())
+        if entries:
+            if not is_run_folder(path):
+                raise OutputError(
+                    f"{path} exists and is not a onelip run folder (no config.json with an "
+                    f"onelip_version and model.safetensors)"
+                    + (f"; {flag} replaces only run folders" if overwrite else "")
+                    + f": choose another {option}")
+            folders = sorted(e.name for e in entries if e.is_dir())
+            if folders:
+                raise OutputError(f"{path} holds folders that no run writes "
+                                  f"({', '.join(folders[:3])}); move them or choose another "
+                                  f"{option}")
+            if not overwrite:
+                raise OutputError(f"{path} already exists; choose another {option} or pass "
+                                  f"{flag} to overwrite it")
+    reason = unwritable_reason(full.parent)
+    if reason is not None:
+        raise OutputError(f"cannot write a run at {path}: {reason}")
+    return path
+
+
+@contextmanager
+def new_run(path: str | Path, *, overwrite: bool = False, flag: str = "overwrite=True",
+            option: str = "path") -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    ``path`` is checked first (:func:`check_target`) and again before the rename. If the
+    block fails, the temporary folder is removed and ``path`` is as it was. An existing run
+    (``overwrite=True``) is moved aside, the new one renamed into place, and only then the
+    old one deleted. If ``path`` changed meanwhile so that it may not be replaced, the new
+    run is kept in the temporary folder, which the error names.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with new_run(d / "run") as tmp:
+        ...     _ = (tmp / "notes.txt").write_text("hello")
+        >>> (d / "run" / "notes.txt").read_text()
+        'hello'
+    """
+    path = Path(path)
+    check_target(path, overwrite=overwrite, flag=flag, option=option)
+    full = Path(os.path.abspath(path))
+    full.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    committed = False
+    try:
+        yield tmp
+        try:
+            check_target(path, overwrite=overwrite, flag=flag, option=option)
+        except OutputError as e:
+            committed = True  # keep the finished run where it is
+            raise OutputError(f"{e}; the new run is kept in {tmp}") from None
+        _commit(tmp, full)
+        committed = True
+    finally:
+        if not committed:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    if not target.exists() or not any(target.iterdir()):
+        os.replace(tmp, target)  # onto a missing name or an empty folder: atomic
+        return
+    aside = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, aside)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# ==== writing ===============================================================================
+
+
+def _model_section(model: nn.Module, model_name: str | None, model_config: Any,
+                   input_shape: Sequence[int] | None) -> dict:
+    if model_name is not None:
+        if model_config is None:
+            raise TypeError(f"model_name={model_name!r} needs its model_config (the dataclass "
+                            "from onelip.models.build)")
+        try:
+            section = {"name": model_name, "config": models.config_dict(model_config)}
+        except TypeError:
+            raise TypeError(f"model_config must be the dataclass onelip.models.build returned "
+                            f"with the model, not {type(model_config).__name__}") from None
+    elif model_config is not None:
+        raise TypeError("model_config needs its model_name")
+    else:
+        try:
+            section = {"name": CUSTOM, "architecture": arch.describe(model)}
+        except TypeError as e:
+            raise TypeError(f"{e}; a run folder can hold networks built from onelip.nn and "
+                            "torch.nn layers") from None
+    if input_shape is not None:
+        section["input_shape"] = [int(s) for s in input_shape]
+    return section
+
+
+def write_model(folder: str | Path, model: nn.Module, *, model_name: str | None = None,
+                model_config: Any = None, input_shape: Sequence[int] | None = None,
+                extra: dict | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (with their digests) into an existing
+    ``folder``, each file atomically. :func:`save` is this inside :func:`new_run`."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    section = _model_section(model, model_name, model_config, input_shape)
+    model_digest = json_sha256(section)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"onelip_version": __version__})
+    with atomic_path(folder / WEIGHTS, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"onelip_version": __version__,
+                                             _DIGEST_KEY: model_digest})
+        weights_digest = file_sha256(tmp)
     cfg = {
         "onelip_version": __version__,
-        "model": {"name": model_name, "config": models.config_dict(model_config)},
+        "model": section,
+        "integrity": {"algorithm": "sha256", WEIGHTS: weights_digest, "model": model_digest},
         **(extra or {}),
     }
-    write_json(path / CONFIG, cfg)
+    write_json(folder / CONFIG, cfg)
+
+
+def save(model: nn.Module, path: str | Path, *, model_name: str | None = None,
+         model_config: Any = None, input_shape: Sequence[int] | None = None,
+         extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Write the run folder ``path``: ``model.safetensors`` and ``config.json``; returns it.
+
+    Args:
+        model: a model of :mod:`onelip.models` (give ``model_name`` and ``model_config``, the
+            dataclass :func:`onelip.models.build` returned) or any network built from
+            ``onelip.nn`` and ``torch.nn`` layers (leave both out: its module tree is stored).
+        input_shape: the shape of one input sample, recorded for export (optional).
+        extra: more top-level entries of ``config.json`` (``data``, ``loss``, ``train``, ...).
+        overwrite: replace an existing run folder (never any other folder).
+
+    Raises:
+        OutputError: ``path`` is not a place a run may be written (:func:`check_target`).
+        TypeError: a network that cannot be described (a layer of another package, or a
+            onelip layer whose constructor arguments are not stored).
+    """
+    with new_run(path, overwrite=overwrite) as tmp:
+        write_model(tmp, model, model_name=model_name, model_config=model_config,
+                    input_shape=input_shape, extra=extra)
+    return Path(path)
+
+
+# ==== loading ===============================================================================
 
 
 def load_config(path: str | Path) -> dict:
+    """The ``config.json`` of run folder ``path``, checked for shape and version (not for its
+    digests: :func:`load` verifies those)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"No run folder at {path}; train one with `onelip train --out {path}`")
+        raise CheckpointError(f"No run folder at {path}; train one with "
+                              f"`onelip train --out {path}`")
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a run folder (expected a directory)")
     cfg_path = path / CONFIG
@@ -79,31 +287,75 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
+def _build(path: Path, section: dict) -> nn.Module:
+    try:
+        if "architecture" in section:
+            return arch.build(section["architecture"])
+        return models.build(section["name"], **section.get("config", {}))[0]
+    except CheckpointError as e:
+        raise CheckpointError(f"{path / CONFIG}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG} describes a model onelip cannot build: {e}")
+
+
+def _verify(path: Path, cfg: dict, weights_meta: dict) -> None:
+    """Compare the digests recorded at writing with the files' (see the module docstring)."""
+    wpath, cpath = path / WEIGHTS, path / CONFIG
+    record = cfg.get("integrity")
+    model_digest = json_sha256(cfg["model"])
+    if record is None:
+        if _DIGEST_KEY in weights_meta:
+            raise CheckpointError(f"{cpath} changed since the run was written: its integrity "
+                                  f"record was removed ({WEIGHTS} was written with one); "
+                                  "restore config.json or retrain")
+        return  # a run written before digests were recorded: nothing to verify
+    if not isinstance(record, dict) or record.get("algorithm") != "sha256":
+        raise CheckpointError(f"{cpath} changed since the run was written: its integrity "
+                              "record is unreadable; restore config.json or retrain")
+    if record.get("model") != model_digest:
+        raise CheckpointError(f"{cpath} changed since the run was written: its model section "
+                              "no longer matches its SHA-256 digest (the network it describes "
+                              "is not the one trained); restore config.json or retrain")
+    if record.get(WEIGHTS) != file_sha256(wpath):
+        raise CheckpointError(f"{wpath} changed since the run was written: its SHA-256 digest "
+                              f"differs from the one in {CONFIG}; restore it from a backup or "
+                              "retrain")
+
+
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of run folder ``path`` and load its weights; returns (model, config).
 
+    The digests recorded at writing (``config.json``'s ``integrity``) are verified: an edited
+    model section of ``config.json`` or a changed ``model.safetensors`` is an error naming the
+    file. Run folders written before digests were recorded (no ``integrity`` entry, none in
+    the weights' metadata) load without this verification.
+
     Raises:
         CheckpointError: missing folder or files, corrupt safetensors or JSON, another onelip
-            version, missing/unexpected keys or other shapes — with what to do about it.
+            version, missing/unexpected keys or other shapes, a file changed since it was
+            written — with what to do about it.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     cfg = load_config(path)
-    try:
-        model, _ = models.build(cfg["model"]["name"], **cfg["model"].get("config", {}))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG} describes a model onelip cannot build: {e}")
+    model = _build(path, cfg["model"])
     wpath = path / WEIGHTS
     if not wpath.exists():
         raise CheckpointError(f"{wpath} is missing; the run did not finish or was moved")
     try:
-        state = load_file(str(wpath), device=str(map_location))
+        with safe_open(str(wpath), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{wpath} is not a readable safetensors file ({e}); retrain or "
                               "restore it from a backup")
-    check_state_dict(state, model.state_dict(), source=wpath, architecture=f"the architecture in {CONFIG}")
+    check_state_dict(state, model.state_dict(), source=wpath,
+                     architecture=f"the architecture in {CONFIG}")
+    _verify(path, cfg, meta)
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
     model.load_state_dict(state)
     model.to(map_location)
     model.eval()

@@ -2,7 +2,7 @@
 """The ``onelip`` command: thin and typed; every command calls a library function.
 
     onelip train   --data mnist-5k --model mlp --loss hinge --margin 1 --epochs 20 --out runs/x
-    onelip certify runs/x --eps 0.5 1.0 1.58 [--attack]
+    onelip certify runs/x --eps 0.5 1.0 1.58 [--attack] [--out FILE]
     onelip inspect runs/x
     onelip export  runs/x --format torch|onnx|safetensors --out FILE   (docs/export.md)
     onelip train   ... --nproc 4    (or torchrun -m onelip train ...; docs/distributed.md)
@@ -11,8 +11,9 @@ One module a command (:mod:`.train`, :mod:`.certify`, :mod:`.inspect`, :mod:`.ex
 :mod:`.reproduce`), each with ``add_arguments(parser)`` and ``run(args) -> int``, listed in the
 static table :data:`COMMANDS`.
 
-Errors (unknown data set, missing run, corrupt weights, bad numbers, unknown options) print
-one line ``onelip: error: ...`` and exit with status 2, without a traceback.
+Errors (unknown data set, missing run, corrupt or changed weights, bad numbers, unknown
+options, unusable devices, places that cannot be written) print one line
+``onelip: error: ...`` and exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onelip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.run.__doc__ or name))
+        doc = module.run.__doc__ or name
+        module.add_arguments(sub.add_parser(name, help=doc, description=doc))
     return parser
 
 
@@ -56,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onelip: error: {e}", file=sys.stderr)
     except (CheckpointError, ValueError, FileNotFoundError, IndexError, TypeError,
             FloatingPointError) as e:
-        print(f"onelip: error: {e}", file=sys.stderr)
+        print(f"onelip: error: {_one_line(e)}", file=sys.stderr)
+    except OSError as e:  # a file system error not foreseen above: still one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"onelip: error: {e.strerror or e}{where}", file=sys.stderr)
     except KeyboardInterrupt:
         print("onelip: interrupted", file=sys.stderr)
         return 130
     return 2
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,19 +1,66 @@
 # SPDX-License-Identifier: MIT
-"""What every command shares: the one-line user error and argument types."""
+"""What every command shares: the one-line user error, argument types and the help format."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 
-__all__ = ["CLIError", "Parser", "nonneg_float", "positive_float", "positive_int"]
+__all__ = ["MAX_EPS", "CLIError", "HelpFormatter", "Parser", "device", "eps_float",
+           "nonneg_float", "positive_float", "positive_int", "warn"]
+
+MAX_EPS = 1e6
+"""Largest ``--eps``: an L2 radius in input units (inputs are in [0, 1] or standardised)."""
 
 
 class CLIError(Exception):
     """A user error: printed as one line ``onelip: error: ...``, exit status 2."""
 
 
+def warn(message: str) -> None:
+    """One line ``onelip: warning: ...`` on stderr."""
+    import sys
+
+    print(f"onelip: warning: {message}", file=sys.stderr)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, and ``{models}`` / ``{datasets}`` in help texts
+    replaced by the known names (looked up only when help is shown: importing the tables
+    loads torch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default in (None, False, [], argparse.SUPPRESS) or action.required
+                or "%(default)" in text or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _lists(super()._expand_help(action))
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_lists(text))
+
+
+def _lists(text: str) -> str:
+    if "{models}" in text:
+        from onelip import models
+
+        text = text.replace("{models}", ", ".join(models.available()))
+    if "{datasets}" in text:
+        from onelip import data
+
+        text = text.replace("{datasets}", ", ".join(data.available()))
+    return text
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, no usage dump
         raise CLIError(f"{message} (see `{self.prog} --help`)")
 
@@ -43,3 +90,44 @@ def positive_float(s: str) -> float:
     if v == 0:
         raise argparse.ArgumentTypeError("expected a positive number, got 0")
     return v
+
+
+def eps_float(s: str) -> float:
+    """A certification radius: finite, >= 0 and at most :data:`MAX_EPS`."""
+    v = nonneg_float(s)
+    if v > MAX_EPS:
+        raise argparse.ArgumentTypeError(
+            f"expected a radius of at most {MAX_EPS:g} (an L2 distance in input units), got {s}")
+    return v
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:(\d+))?")
+
+
+def device(s: str) -> str:
+    """A device this machine has: ``cpu``, ``cuda``, ``cuda:N`` (N < the number of GPUs) or
+    ``mps``."""
+    m = _DEVICE.fullmatch(s.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"unknown device {s!r}; expected cpu, cuda, cuda:N (N a GPU index) or mps")
+    import torch
+
+    kind, index = m.group(1), m.group(3)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{s}: CUDA is not available on this machine (no GPU, or a PyTorch built "
+                "without CUDA); use --device cpu")
+        n = torch.cuda.device_count()
+        if index is not None and int(index) >= n:
+            raise argparse.ArgumentTypeError(
+                f"{s}: this machine has {n} GPU{'s' if n != 1 else ''} (cuda:0"
+                f"{f' to cuda:{n - 1}' if n > 1 else ''})")
+    elif kind == "mps":
+        if index not in (None, "0") or not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{s}: MPS is not available on this machine; "
+                                             "use --device cpu")
+    elif index not in (None, "0"):
+        raise argparse.ArgumentTypeError(f"{s}: expected cpu (there is one CPU device)")
+    return s.strip()

@@ -1,23 +1,69 @@
 # SPDX-License-Identifier: MIT
-"""``onelip certify RUN``: certified accuracy at each ε, optionally checked by an attack."""
+"""``onelip certify RUN``: certified accuracy at each ε, optionally checked by an attack.
+
+Results are kept: ``RUN/certify.json`` (or ``--out FILE``) holds one entry per set of settings
+(data, ε, attack), a new run of the same settings replacing its entry and leaving the others::
+
+    {"format": "onelip-certify/2", "latest": KEY, "results": {KEY: {...}, ...}}
+
+A ``certify.json`` of the earlier format (one result) is kept under the key ``"earlier"``.
+The table is printed even when the results cannot be written (a warning says so).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from onelip.cli._common import CLIError, nonneg_float, positive_int
+from onelip.cli._common import CLIError, eps_float, positive_int, warn
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["FORMAT", "add_arguments", "run"]
+
+FORMAT = "onelip-certify/2"
+RESULTS = "certify.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by `onelip train`")
     p.add_argument("--data", default=None, help="data set (default: the one trained on)")
-    p.add_argument("--eps", type=nonneg_float, nargs="+", default=[0.5, 1.0, 1.58])
+    p.add_argument("--eps", type=eps_float, nargs="+", default=[0.5, 1.0, 1.58],
+                   help="L2 radii to certify")
     p.add_argument("--attack", action="store_true", help="also run the L2 PGD attack")
-    p.add_argument("--attack-points", type=positive_int, default=200)
-    p.add_argument("--attack-steps", type=positive_int, default=30)
+    p.add_argument("--attack-points", type=positive_int, default=200,
+                   help="test points attacked (the first ones)")
+    p.add_argument("--attack-steps", type=positive_int, default=30,
+                   help="PGD steps per restart and radius")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results file to add to (default: RUN/{RESULTS})")
+
+
+def _settings(data_name: str, eps: list[float], args: argparse.Namespace) -> tuple[str, dict]:
+    settings = {"data": data_name, "eps": eps,
+                "attack": ({"points": args.attack_points, "steps": args.attack_steps}
+                           if args.attack else None)}
+    key = f"data={data_name} eps={','.join(f'{e:g}' for e in eps)}"
+    if args.attack:
+        key += f" attack={args.attack_points}x{args.attack_steps}"
+    return key, settings
+
+
+def _read_results(path: Path) -> dict:
+    """The results file at ``path`` ({} if none); CLIError if it is another kind of file."""
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{path} exists and is not a certify results file ({e}); choose "
+                       "another --out or move it") from None
+    if isinstance(old, dict) and old.get("format") == FORMAT and isinstance(
+            old.get("results"), dict):
+        return old["results"]
+    if isinstance(old, dict) and "certified" in old and "clean" in old:
+        return {"earlier": old}  # one result, as written before results were kept
+    raise CLIError(f"{path} exists and is not a certify results file; choose another --out "
+                   "or move it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,8 +72,18 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from onelip import certify, data as datasets, runs
+    from onelip import certify, runs
+    from onelip import data as datasets
+    from onelip._io import unwritable_reason
 
+    target = args.out if args.out is not None else args.run / RESULTS
+    if args.out is not None:  # asked for explicitly: refuse before computing anything
+        if args.out.is_dir():
+            raise CLIError(f"--out {args.out} is a folder; --out names a results file")
+        reason = unwritable_reason(args.out.parent)
+        if reason is not None:
+            raise CLIError(f"cannot write --out {args.out}: {reason}")
+        _read_results(args.out)
     model, cfg = runs.load(args.run)
     data_name = args.data or cfg.get("data", {}).get("name")
     if data_name is None:
@@ -67,12 +123,14 @@ def run(args: argparse.Namespace) -> int:
         if ratio.numel():
             result["attack"]["median_adv_over_radius"] = float(ratio.median())
             result["attack"]["violations"] = int((ratio < 1 - 1e-4).sum())
-    runs.write_json(args.run / "certify.json", result)
+    key, settings = _settings(data_name, eps, args)
+    result = {"settings": settings, **result}
 
     table = Table(title=f"{args.run} on {data_name} test ({x.shape[0]} points), "
                         f"L ≤ {bound:.4f}")
     table.add_column("ε")
-    table.add_column("certified (margin/√2)")
+    binary = _outputs(model, x[:1]) == 1  # radius |f|/L; multiclass: margin/(√2 L)
+    table.add_column("certified (|f|/L)" if binary else "certified (margin/(√2 L))")
     if "certified_last_layer" in result:
         table.add_column("certified (last layer)")
     if args.attack:
@@ -94,4 +152,36 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"attack on {att_res['points']} points: median(adversarial norm / certified "
                       f"radius) = {att_res['median_adv_over_radius']:.3f} (1 = tight); "
                       f"certificates violated: {att_res['violations']}")
+    _write(target, key, result, explicit=args.out is not None)
     return 0
+
+
+def _outputs(model, x) -> int:
+    import torch
+
+    with torch.no_grad():
+        out = model(x)
+    return 1 if out.dim() == 1 else int(out.shape[1])
+
+
+def _write(target: Path, key: str, result: dict, *, explicit: bool) -> None:
+    """Add ``result`` under ``key`` to the results file; a warning (the table is printed) if
+    it cannot be written."""
+    from onelip._io import write_json
+
+    try:
+        results = _read_results(target)
+    except CLIError as e:
+        if explicit:
+            raise
+        warn(f"{e}; the results above are not saved (pass --out FILE to save them elsewhere)")
+        return
+    results.pop(key, None)
+    results[key] = result  # the latest last
+    try:
+        write_json(target, {"format": FORMAT, "latest": key, "results": results})
+    except OSError as e:
+        if explicit:
+            raise CLIError(f"cannot write --out {target}: {e.strerror or e}") from None
+        warn(f"cannot write {target} ({e.strerror or e}); the results above are not saved "
+             "(pass --out FILE to save them elsewhere)")

@@ -34,7 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
 
-def _input_shape(cfg: dict) -> tuple[int, ...]:
+def _input_shape(cfg: dict) -> tuple[int, ...] | None:
+    """The shape of one input sample: recorded with the model, or that of its data set; None
+    when the run says neither (a network saved by ``onelip.runs.save`` without them)."""
+    if "input_shape" in cfg["model"]:
+        return tuple(int(s) for s in cfg["model"]["input_shape"])
     mcfg = cfg["model"].get("config", {})
     if "input_shape" in mcfg:
         return tuple(int(s) for s in mcfg["input_shape"])
@@ -43,8 +47,19 @@ def _input_shape(cfg: dict) -> tuple[int, ...]:
     from onelip import data as datasets
 
     d = cfg.get("data", {})
+    if "name" not in d:
+        return None
     return tuple(datasets.load(d["name"], **{k: v for k, v in d.items() if k != "name"})
                  .input_shape)
+
+
+def _dense_input_shape(model) -> tuple[int, ...] | None:
+    """(in_features,) of a network of dense layers; None when it has convolutions."""
+    mods = list(model.modules())
+    if any(hasattr(m, "in_channels") or hasattr(m, "input_shape") for m in mods):
+        return None
+    first = next((m for m in mods if hasattr(m, "in_features")), None)
+    return None if first is None else (int(first.in_features),)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from onelip import export, runs
+    from onelip._io import unwritable_reason
 
     out: Path = args.out
     if out.exists() and not args.force:
@@ -62,8 +78,14 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "torch" and out.suffix != ".pt2":
         raise CLIError(f"--format torch writes a torch.export program, whose file name must "
                          f"end in .pt2 (torch.export.load expects it), but got --out {out}")
+    reason = unwritable_reason(out.parent)
+    if reason is not None:
+        raise CLIError(f"cannot write --out {out}: {reason}")
     model, cfg = runs.load(args.run)
-    shape = _input_shape(cfg)
+    shape = _input_shape(cfg) or _dense_input_shape(model)
+    if shape is None:
+        raise CLIError(f"{args.run} records neither an input shape nor a data set; save the "
+                       "network with onelip.runs.save(..., input_shape=...) to export it")
     t0 = time.perf_counter()
     try:
         if args.format == "onnx":

@@ -53,10 +53,17 @@ def _print_verdicts(name: str, results: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Reproduce a claim of the paper (or all) and write DIR/report.md."""
+    from onelip._io import unwritable_reason
     from onelip.experiments import report
 
     if args.claim not in _CHOICES:
         raise CLIError(f"unknown claim {args.claim!r}; expected one of {', '.join(_CHOICES)}")
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {args.out} is a file; --out names a folder (for results.json, "
+                       "report.md, figures and sub-runs)")
+    reason = unwritable_reason(args.out)
+    if reason is not None:
+        raise CLIError(f"cannot write into --out {args.out}: {reason}")
     if args.redraw:
         path = report.redraw(args.out)
         print(f"redrew figures and {path} from {args.out / report.RESULTS}")

@@ -4,20 +4,20 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-from onelip.cli._common import CLIError, nonneg_float, positive_float, positive_int
+from onelip.cli._common import CLIError, device, nonneg_float, positive_float, positive_int
 from onelip.cli.launch import launch, without_nproc
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist-5k", help="data set name (see onelip.data)")
-    p.add_argument("--model", default="mlp", help="architecture (see onelip.models)")
+    p.add_argument("--data", default="mnist-5k", help="data set: {datasets}")
+    p.add_argument("--model", default="mlp", help="architecture: {models}")
     p.add_argument("--layer", default=None, help="'ortho' or 'spectral' linear layers")
     p.add_argument("--width", type=positive_int, default=None,
                    help="hidden width (mlp), first-stage channels (convnet, lipresnet)")
@@ -28,22 +28,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="any field of the model's config, repeatable, e.g. --set stages=2 "
                         "--set hidden=64 --set downsample=l2pool (lists: comma-separated); "
                         "`--set preset=tutorial` gives convnet the deel-torchlip tutorial's size")
-    p.add_argument("--loss", default="hinge", choices=["kr", "hinge", "hkr", "ce"])
+    p.add_argument("--loss", default="hinge", choices=["kr", "hinge", "hkr", "ce"],
+                   help="Kantorovich-Rubinstein, hinge, HKR or cross-entropy")
     p.add_argument("--alpha", type=nonneg_float, default=10.0, help="HKR weight of the hinge")
     p.add_argument("--margin", type=nonneg_float, default=1.0, help="hinge margin m (full)")
     p.add_argument("--tau", type=positive_float, default=8.0, help="τ of cross-entropy")
-    p.add_argument("--hinge-mode", default="top2", choices=["top2", "one_vs_all"])
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
-    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "constant"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--hinge-mode", default="top2", choices=["top2", "one_vs_all"],
+                   help="multiclass hinge on the top-2 margin or one-vs-all")
+    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the data")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="samples per step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                   help="AdamW or SGD with momentum 0.9")
+    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "constant"],
+                   help="learning-rate schedule")
+    p.add_argument("--seed", type=int, default=0,
+                   help="initial weights and data order: same seed, same weights")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--n-samples", type=positive_int, default=None,
                    help="points for the 2-D toy sets")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="run folder to write (a new or empty folder)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run folder (only a run folder: never another "
+                        "folder); the old run is deleted once the new one is complete")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes on this machine (gloo on CPU, NCCL on CUDA); "
@@ -129,12 +137,13 @@ def run(args: argparse.Namespace) -> int:
     """Train a 1-Lipschitz network and write a run folder."""
     import torch
 
-    from onelip import data as datasets, distributed, losses, models, runs
+    from onelip import data as datasets
+    from onelip import distributed, losses, models, runs
     from onelip.train import TrainConfig, fit
 
     out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise CLIError(f"{out} already exists; choose another --out or pass --force to overwrite")
+    # before any training step: a place a run may not go, or cannot be written
+    runs.check_target(out, overwrite=args.force, flag="--force", option="--out")
     if args.nproc > 1 and not distributed.in_worker():  # re-run in N processes (torchrun-like)
         return launch(without_nproc(args.argv), args.nproc)
     extra = {"n_samples": args.n_samples} if args.n_samples else {}
@@ -147,23 +156,28 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
                       device=args.device)
-    t0 = time.perf_counter()
-    with distributed.process_group(cfg.device):
-        history = fit(model, data, loss, cfg, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    if not distributed.is_main():  # only rank 0 writes files and prints
-        return 0
-    if out.exists() and args.force:
-        shutil.rmtree(out)
-    runs.save(model.cpu(), out, model_name=args.model, model_config=model_cfg, extra={
-        "data": {"name": args.data, **extra},
-        "loss": {"name": args.loss, "alpha": args.alpha, "margin": args.margin,
-                 "tau": args.tau, "hinge_mode": args.hinge_mode},
-        "train": asdict(cfg),
-    })
-    metrics = {"history": history, "train_seconds": seconds,
-               "final": history[-1] if history else {}}
-    runs.write_json(out / "metrics.json", metrics)
+    main = distributed.is_main()  # only rank 0 writes files and prints
+    # The run is written into a temporary folder beside --out (created now, so that an
+    # unwritable place fails before training) and renamed into place when complete.
+    with (runs.new_run(out, overwrite=args.force, flag="--force", option="--out") if main
+          else nullcontext()) as folder:
+        t0 = time.perf_counter()
+        with distributed.process_group(cfg.device):
+            history = fit(model, data, loss, cfg, progress=not args.quiet)
+        seconds = time.perf_counter() - t0
+        if not main:
+            return 0
+        runs.write_model(folder, model.cpu(), model_name=args.model, model_config=model_cfg,
+                         extra={
+                             "data": {"name": args.data, **extra},
+                             "loss": {"name": args.loss, "alpha": args.alpha,
+                                      "margin": args.margin, "tau": args.tau,
+                                      "hinge_mode": args.hinge_mode},
+                             "train": asdict(cfg),
+                         })
+        metrics = {"history": history, "train_seconds": seconds,
+                   "final": history[-1] if history else {}}
+        runs.write_json(folder / "metrics.json", metrics)
     last = history[-1]
     print(f"trained {args.model} on {args.data} in {seconds:.1f}s: train acc "
           f"{last['train_acc']:.4f}, test acc {last['test_acc']:.4f} -> {out}")

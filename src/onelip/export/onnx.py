@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from onelip._io import atomic_path
+from onelip._io import _umask, atomic_path
 from onelip.export.plain import to_plain
 from onelip.nn import eval_mode
 
@@ -30,6 +32,7 @@ def _default_input(model: nn.Module, input_shape: Sequence[int] | None,
         x = example_input.detach().cpu()
         if x.shape[0] < 2:
             x = x.expand(2, *x.shape[1:]).clone()
+        _check_input(model, x)
         return x
     if input_shape is None:
         first = next((m for m in model.modules() if hasattr(m, "in_features")), None)
@@ -38,7 +41,39 @@ def _default_input(model: nn.Module, input_shape: Sequence[int] | None,
                              "(one sample, e.g. (1, 28, 28)) or example_input=")
         input_shape = (first.in_features,)
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(2, *input_shape, generator=gen, dtype=dtype)
+    x = torch.randn(2, *input_shape, generator=gen, dtype=dtype)
+    _check_input(model, x)
+    return x
+
+
+def _expected_input(model: nn.Module) -> str:
+    """What one input sample of ``model`` looks like, as far as its first layer says."""
+    for m in model.modules():
+        if hasattr(m, "input_shape") and not list(m.children()):
+            shape = tuple(m.input_shape)
+            return f"{shape} or ({math.prod(shape)},)"
+        if hasattr(m, "in_channels"):
+            return f"({m.in_channels}, H, W)"
+        if hasattr(m, "in_features"):
+            return f"({m.in_features},)"
+    return "unknown"
+
+
+def _check_input(model: nn.Module, x: Tensor) -> None:
+    """Run ``model`` on the example batch first: a shape it does not take is a one-line
+    ``ValueError`` here, instead of the exporter's multi-line report."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        msg = " ".join(_ANSI.sub("", str(e)).split())
+        raise ValueError(
+            f"the model does not take inputs of shape {tuple(x.shape[1:])} (one sample): "
+            f"{msg}; pass input_shape= of one sample, expected {_expected_input(model)}"
+        ) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @contextmanager
@@ -88,6 +123,11 @@ def to_onnx(model: nn.Module, path: str | Path, *, input_shape: Sequence[int] | 
         example_input: a batch to trace with (instead of ``input_shape``).
         opset_version: ONNX opset; default: the exporter's.
         dynamic_batch: make the batch axis dynamic. Default: ``True``.
+
+    Raises:
+        ValueError: the model does not take inputs of ``input_shape`` (the message says the
+            shape its first layer expects), or the shape cannot be inferred.
+        ImportError: ``onnx`` or ``onnxscript`` is not installed.
     """
     _require("onnx", "to_onnx")
     _require("onnxscript", "to_onnx")
@@ -104,6 +144,7 @@ def to_onnx(model: nn.Module, path: str | Path, *, input_shape: Sequence[int] | 
                               external_data=nbytes > 1.5 * 2**30)
         side = Path(str(tmp) + ".data")
         if side.exists():
+            os.chmod(side, 0o666 & ~_umask())
             os.replace(side, Path(str(path) + ".data"))
     return path
 
