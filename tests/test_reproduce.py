@@ -137,3 +137,41 @@ def test_unknown_claim_is_a_one_line_error(tmp_path, capsys):
 def test_redraw_without_results_is_a_one_line_error(tmp_path, capsys):
     assert main(["reproduce", "all", "--redraw", "--out", str(tmp_path)]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_model_builders_seed_without_touching_the_global_rng():
+    """lipschitz_mlp / plain_mlp initialise from their seed (the same weights as after
+    torch.manual_seed(seed)) and leave the global RNG state as it was."""
+    from onelip import models
+
+    for build in (common.lipschitz_mlp, common.plain_mlp):
+        torch.manual_seed(99)
+        torch.rand(2)
+        state = torch.get_rng_state()
+        a = build(4, 3, (8,), seed=5)
+        assert torch.equal(torch.get_rng_state(), state), build.__name__
+        b = build(4, 3, (8,), seed=5)
+        c = build(4, 3, (8,), seed=6)
+        sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    torch.manual_seed(5)  # what lipschitz_mlp did before: the same initial weights
+    ref, _ = models.build("mlp", in_features=4, num_outputs=3, hidden=(8,),
+                          activation="maxmin")
+    new = common.lipschitz_mlp(4, 3, (8,), seed=5)
+    assert all(torch.equal(v, new.state_dict()[k]) for k, v in ref.state_dict().items())
+
+
+def test_scores_restore_modes_and_bce_reads_both_label_encodings():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Dropout(0.5)).train()
+    model[0].eval()
+    x = torch.randn(6, 2)
+    s = common.scores(model, x)
+    assert s.shape == (6,)
+    assert model.training and not model[0].training and model[1].training
+    assert torch.equal(s, common.scores(model, x))  # eval mode inside: no dropout
+    y01 = torch.tensor([1, 0, 0, 1, 1, 0])
+    bce = common.BCELoss()
+    assert torch.equal(bce(s, y01), bce(s, 2 * y01 - 1))
+    with pytest.raises(ValueError, match="binary labels"):
+        bce(s, y01 + 1)

@@ -33,37 +33,57 @@ def check_positive(name: str, value: float, *, strict: bool = True) -> None:
         raise ValueError(f"Expected {name} to be {sign}, but got {name}={value}")
 
 
-def binary_scores_and_signs(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Flatten binary scores to (N,) and map labels {0,1} or {-1,+1} to signs ±1.
+def is_binary_output(out: Tensor) -> bool:
+    """The one rule for "is this a binary classifier's output": one score per sample, shape
+    (N,) or (N, 1) (classified by its sign). (N, K) with K >= 2 is multiclass."""
+    return out.dim() == 1 or (out.dim() == 2 and out.shape[1] == 1)
+
+
+def binary_signs(target: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """The one meaning of binary labels (losses, certificates, the attack): signs ±1, (N,).
+
+    Labels (integer, float or bool, any shape holding N values) are all in {0, 1} or all in
+    {-1, +1}: 1 -> +1, 0 or -1 -> -1. Anything else (2, 0.5, NaN, or 0 and -1 in one tensor,
+    a mix of the two encodings) is a ValueError naming the values.
 
     Args:
-        input: scores f(x), shape (N,) or (N, 1).
-        target: labels, shape (N,) or (N, 1), integer or float, in {0, 1} or {-1, +1}.
+        dtype: of the signs; default ``target``'s if floating point, else the default dtype.
     """
-    if input.dim() == 2 and input.shape[1] == 1:
-        input = input[:, 0]
-    if input.dim() != 1:
+    if dtype is None:
+        dtype = target.dtype if target.is_floating_point() else torch.get_default_dtype()
+    t = target.reshape(-1).to(dtype)
+    is_pm1 = bool(((t == 1) | (t == -1)).all())
+    is_01 = bool(((t == 0) | (t == 1)).all())
+    if not (is_pm1 or is_01):
+        values = sorted(set(target.reshape(-1).unique().tolist()))
+        raise ValueError(
+            "Expected binary labels in {0, 1} or {-1, +1} (one encoding per tensor), but got "
+            f"values {values[:6]}{' ...' if len(values) > 6 else ''}"
+        )
+    # {0, 1} -> {-1, +1}; an all-ones batch is the same in both encodings.
+    return t if is_pm1 else 2 * t - 1
+
+
+def binary_scores_and_signs(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Flatten binary scores to (N,) and map labels to signs ±1 (:func:`binary_signs`).
+
+    Args:
+        input: scores f(x), shape (N,) or (N, 1) (:func:`is_binary_output`).
+        target: labels, shape (N,) or (N, 1), in {0, 1} or {-1, +1}.
+    """
+    if not is_binary_output(input):
         raise ValueError(
             "Expected binary scores of shape (N,) or (N, 1), but got shape "
             f"{tuple(input.shape)}; for K classes use the Multiclass* losses"
         )
+    input = input.reshape(-1)
     target = target.reshape(-1)
     if target.shape[0] != input.shape[0]:
         raise ValueError(
             f"Expected {input.shape[0]} labels for {input.shape[0]} scores, "
             f"but got {target.shape[0]}"
         )
-    t = target.to(input.dtype)
-    is_pm1 = bool(((t == 1) | (t == -1)).all())
-    is_01 = bool(((t == 0) | (t == 1)).all())
-    if not (is_pm1 or is_01):
-        raise ValueError(
-            "Expected binary labels in {0, 1} or {-1, +1}, but got values "
-            f"{sorted(set(t.unique().tolist()))[:6]}"
-        )
-    # {0, 1} -> {-1, +1}; an all-ones batch is the same in both encodings.
-    sign = t if is_pm1 else 2 * t - 1
-    return input, sign
+    return input, binary_signs(target, input.dtype)
 
 
 def class_indices(input: Tensor, target: Tensor) -> Tensor:

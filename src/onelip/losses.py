@@ -9,7 +9,7 @@ onelip's convention (one for all losses, binary and multiclass):
 * **HKR** is :math:`\mathcal L_{KR} + \alpha\,\mathcal L_m`, :math:`\alpha \ge 0`.
 * **τ-CE** is :math:`CE(\tau f(x), y)`.
 
-Mapping to the peers (REFERENCE.md §3, docs/losses.md):
+Mapping to the peers (docs/losses.md, which gives the versions it was checked against):
 
 ============================  =========================================================
 peer                          onelip equivalent
@@ -22,8 +22,10 @@ deel-torchlip τ-CE            TauCrossEntropyLoss(tau=τ) / τ
 ============================  =========================================================
 
 Every loss takes ``reduction="mean" | "sum" | "none"``; ``"none"`` returns shape (N,).
-Binary losses accept labels in {0, 1} or {−1, +1} (int or float) and scores of shape (N,) or
-(N, 1); multiclass losses take scores (N, K) and integer labels in [0, K).
+Binary losses take scores of shape (N,) or (N, 1) and labels all in {0, 1} or all in
+{−1, +1} (int, float or bool; 1 is the positive class), the rule :mod:`onelip.certify` also
+applies; other values (2, 0.5, a mix of 0 and −1) are a ValueError. Multiclass losses take
+scores (N, K) and integer labels in [0, K).
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class HingeLoss(_Loss):
 class HKRLoss(_Loss):
     r"""Hinge-KR: :math:`\mathcal L_{KR} + \alpha\,\mathcal L_m`."""
 
-    def __init__(self, alpha: float = 10.0, margin: float = 1.0, *, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = 10.0, margin: float = 1.0, *,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction=reduction)
         check_positive("alpha", alpha, strict=False)
         check_positive("margin", margin, strict=False)

@@ -12,9 +12,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
 from onelip.data import DataSplit
 from onelip.distributed import Context
-from onelip.nn import retract_
+from onelip.nn import eval_mode, retract_
 
 __all__ = ["TrainConfig", "fit", "evaluate_accuracy"]
 
@@ -39,7 +40,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     """Decoupled weight decay (AdamW) or L2 (SGD)."""
     seed: int = 0
-    """Seeds initialisation order, shuffling and the result: same seed, same weights."""
+    """Seeds :func:`fit`'s own ``torch.Generator`` (the data order): same seed and same
+    initial model, same weights. The global RNG is neither read nor reseeded; initialisation
+    is the caller's (seed torch before building the model, as ``onelip train`` does)."""
     device: str = "cpu"
     """'cpu', 'cuda', 'cuda:1', ..."""
     retract_every: int = 1
@@ -63,17 +66,21 @@ class TrainConfig:
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       *, batch_size: int = 1024) -> float:
-    was = model.training
-    model.eval()
+    """Fraction of ``x`` classified as ``y`` in eval mode (each submodule's mode restored).
+
+    One output: predicted sign(f) (f = 0 counts as the negative class), labels in {0, 1} or
+    {−1, +1}; K outputs: argmax, labels in [0, K).
+    """
     correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        out = model(x[i:i + batch_size])
-        if out.dim() == 1 or out.shape[1] == 1:
-            pred = (out.reshape(-1) > 0).long()
-        else:
-            pred = out.argmax(1)
-        correct += int((pred == y[i:i + batch_size]).sum())
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            out = model(x[i:i + batch_size])
+            if is_binary_output(out):
+                f, sign = binary_scores_and_signs(out, y[i:i + batch_size])
+                hit = (f > 0) == (sign > 0)
+            else:
+                hit = out.argmax(1) == class_indices(out, y[i:i + batch_size])
+            correct += int(hit.sum())
     return correct / max(x.shape[0], 1)
 
 
@@ -128,7 +135,11 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
     """Train ``model`` on ``data.x_train, data.y_train`` with ``loss``; returns one record per
     epoch (``epoch, loss, train_acc, test_acc, seconds``).
 
-    Deterministic for a given ``config.seed`` (same data order, same weights) on one device.
+    Deterministic for a given ``config.seed`` and initial model (same data order, same
+    weights) on one device: the data order comes from a ``torch.Generator`` of its own, seeded
+    with ``config.seed``; the global RNG state is left as it was. Every rank of a distributed
+    run seeds the same generator, so all draw the same permutation. Leaves ``model`` in eval
+    mode.
     After each optimiser step, orthogonal latents are retracted every ``retract_every`` steps
     (:func:`onelip.nn.retract_`).
 
@@ -137,7 +148,6 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
     ``batch_size``: see :mod:`onelip.distributed`. Records then also hold
     ``rank_divergence``; only rank 0 shows progress.
     """
-    torch.manual_seed(config.seed)
     ddp = Context(config.device)
     device = ddp.device
     model.to(device)
@@ -146,7 +156,7 @@ def fit(model: nn.Module, data: DataSplit, loss: nn.Module, config: TrainConfig,
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt, sched = _make_optimizer(model, config, config.epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # CPU: the same stream on every device
     bar = _Progress(config.epochs, steps_per_epoch, progress and ddp.is_main)
     history: list[dict] = []
     step = 0

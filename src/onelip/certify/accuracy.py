@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from onelip._validation import check_finite
-from onelip.nn import eval_mode
+from onelip._validation import check_finite, is_binary_output
 from onelip.certify.bounds import lipschitz_bound, split_last_linear
 from onelip.certify.radius import certified_radius, last_layer_radius
+from onelip.nn import eval_mode
 
 __all__ = ["certified_accuracy"]
 
@@ -30,6 +30,8 @@ def certified_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[flo
     with certified radius > ε), in eval mode.
 
     Args:
+        y: labels, as for :func:`certified_radius`: class indices in [0, K) for (N, K)
+            outputs, {0, 1} or {−1, +1} for one output (anything else is an error).
         method: ``"margin"`` (margin/(√2 L) or |f|/L) or ``"last_layer"``
             (:func:`last_layer_radius`, needs a model ending in a linear layer).
         lipschitz: the model's bound; default :func:`lipschitz_bound`.
@@ -53,7 +55,7 @@ def certified_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: Sequence[flo
             lip = lipschitz_bound(body) if lipschitz is None else lipschitz
             feats = torch.cat([body(x[s]) for s in _batches(x, batch_size)])
             logits = feats @ w.mT + (b if b is not None else 0)
-            if logits.shape[1] == 1:
+            if is_binary_output(logits):
                 radii = certified_radius(logits, y, lipschitz=lip * float(w.norm()))
             else:
                 radii = last_layer_radius(logits, w, y, lipschitz=lip)

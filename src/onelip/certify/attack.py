@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
+from onelip.nn import eval_mode
+
 __all__ = ["AttackResult", "attack_l2"]
 
 
@@ -23,14 +26,25 @@ class AttackResult:
         return float((correct & (self.min_norm > eps)).float().mean())
 
 
+def _checked_labels(logits: Tensor, y: Tensor) -> Tensor:
+    """``y`` as :func:`_checked_margin` reads it: signs ±1 for one output (labels in {0, 1} or
+    {−1, +1}, as for :func:`onelip.certify.certified_radius`), else class indices."""
+    if is_binary_output(logits):
+        return binary_scores_and_signs(logits, y)[1]
+    return class_indices(logits, y)
+
+
 def _margin(logits: Tensor, y: Tensor) -> Tensor:
-    """Positive when classified as y. (N,)"""
-    if logits.dim() == 1 or logits.shape[1] == 1:
-        f = logits.reshape(-1)
-        s = torch.where(y.reshape(-1) > 0, 1.0, -1.0).to(f)
-        return s * f
-    f_y = logits.gather(1, y[:, None].long())[:, 0]
-    other = logits.scatter(1, y[:, None].long(), float("-inf")).amax(1)
+    """Positive when classified as the label y. (N,)"""
+    return _checked_margin(logits, _checked_labels(logits, y))
+
+
+def _checked_margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """:func:`_margin` for labels already through :func:`_checked_labels`. (N,)"""
+    if is_binary_output(logits):
+        return labels.to(logits.dtype) * logits.reshape(-1)
+    f_y = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
     return f_y - other
 
 
@@ -53,12 +67,12 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
 
     Returns the smallest adversarial norm found per point: an *upper* bound of the true
     minimal adversarial distance (``inf`` where nothing was found). Every returned ``x_adv`` is
-    misclassified by the model in eval mode. Labels: class indices for (N, K) outputs;
-    {0,1}/±1 for one output. Shapes: x (N, *input_shape), y (N,).
+    misclassified by the model in eval mode (each submodule's mode is restored after).
+    Labels: class indices in [0, K) for (N, K) outputs; {0, 1} or {−1, +1} for one output
+    (the rule of :func:`onelip.certify.certified_radius`; others are a ValueError).
+    Shapes: x (N, *input_shape), y (N,).
     """
     gen = torch.Generator().manual_seed(seed)
-    was = model.training
-    model.eval()
     x = x.detach()
     n = x.shape[0]
     shape = (-1,) + (1,) * (x.dim() - 1)
@@ -70,7 +84,7 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
     def margin_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            m = _margin(model(z), y)
+            m = _checked_margin(model(z), y)
             (g,) = torch.autograd.grad(m.sum(), z)
         return m.detach(), g
 
@@ -97,7 +111,9 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
                 d = d * torch.clamp(eps / norms(d).clamp_min(1e-12), max=1.0).view(shape)
         return best_m, best_x
 
-    try:
+    with eval_mode(model):
+        with torch.no_grad():  # the labels, checked once (margins then read y as checked)
+            y = _checked_labels(model(x), y)
         min_norm = torch.full((n,), float("inf"), device=x.device)
         x_adv = x.clone()
 
@@ -119,7 +135,7 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
             g2 = g.flatten(1).pow(2).sum(1).clamp_min(1e-24)
             z = torch.where(active.view(shape),
                             z - ((1 + overshoot) * (m + 1e-6) / g2).view(shape) * g, z)
-        m = _margin(model(z).detach(), y)
+        m = _checked_margin(model(z).detach(), y)
         record(m, z)
         # 2. PGD at max_eps where DeepFool failed.
         hi = torch.full((n,), float(max_eps), device=x.device)
@@ -138,6 +154,4 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
             record(torch.where(found, m, inf), xa)
             hi = torch.where(ok, mid, hi)
             lo = torch.where(found & ~ok, mid, lo)
-    finally:
-        model.train(was)
     return AttackResult(min_norm=min_norm.detach(), x_adv=x_adv.detach())

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import Tensor
 
+from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
+
 __all__ = ["certified_radius", "last_layer_radius"]
 
 
@@ -21,20 +23,20 @@ def certified_radius(logits: Tensor, labels: Tensor | None = None, *,
                      lipschitz: float = 1.0) -> Tensor:
     r"""Certified L2 radius of each prediction of an L-Lipschitz network.
 
-    * binary (logits (N,) or (N, 1)): :math:`|f|/L`, or with labels (±1 or {0,1})
-      :math:`y f / L` (≤ 0 when misclassified);
+    * binary (logits (N,) or (N, 1)): :math:`|f|/L`, or with labels :math:`y f / L`
+      (≤ 0 when misclassified), labels in {0, 1} or {−1, +1} as for the losses
+      (``onelip._validation.binary_signs``; anything else is a ValueError);
     * multiclass (logits (N, K)): :math:`(f_{(1)} - f_{(2)})/(\sqrt2 L)` (top-1 minus top-2),
-      or with labels :math:`(f_y - \max_{j\ne y} f_j)/(\sqrt2 L)` (≤ 0 when misclassified).
+      or with labels in [0, K) :math:`(f_y - \max_{j\ne y} f_j)/(\sqrt2 L)` (≤ 0 when
+      misclassified).
 
     Returns: shape (N,).
     """
     _check_lipschitz(lipschitz)
-    if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1):
-        f = logits.reshape(-1)
+    if is_binary_output(logits):
         if labels is None:
-            return f.abs() / lipschitz
-        y = labels.reshape(-1).to(f.dtype)
-        y = torch.where(y == 0, -torch.ones_like(y), y)
+            return logits.reshape(-1).abs() / lipschitz
+        f, y = binary_scores_and_signs(logits, labels)
         return y * f / lipschitz
     if logits.dim() != 2:
         raise ValueError(f"Expected logits of shape (N,) or (N, K), got {tuple(logits.shape)}")
@@ -42,7 +44,7 @@ def certified_radius(logits: Tensor, labels: Tensor | None = None, *,
         top2 = logits.topk(2, dim=1).values
         margin = top2[:, 0] - top2[:, 1]
     else:
-        y = labels.reshape(-1).long()
+        y = class_indices(logits, labels)
         f_y = logits.gather(1, y[:, None])[:, 0]
         other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
         margin = f_y - other
@@ -57,7 +59,7 @@ def last_layer_radius(logits: Tensor, weight: Tensor, labels: Tensor | None = No
     predicted class). Shapes: logits (N, K), weight (K, D) -> (N,).
     """
     _check_lipschitz(lipschitz)
-    c = logits.argmax(1) if labels is None else labels.reshape(-1).long()
+    c = logits.argmax(1) if labels is None else class_indices(logits, labels)
     w = weight.detach().to(logits.dtype)
     diff_norm = torch.cdist(w[None], w[None])[0]  # (K, K): ‖w_i − w_j‖
     f_c = logits.gather(1, c[:, None])  # (N, 1)

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print a run's model, its certified bound and a Lipschitz lower bound."""
-    from onelip import certify, data as datasets, runs
+    from onelip import certify, runs
+    from onelip import data as datasets
 
     model, cfg = runs.load(args.run)
     n_params = sum(p.numel() for p in model.parameters())

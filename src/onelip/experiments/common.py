@@ -15,16 +15,19 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from onelip import __version__
+from onelip._validation import binary_signs, is_binary_output
 from onelip.data import DataSplit
+from onelip.nn import eval_mode
 
 __all__ = [
     "SCHEMA",
@@ -159,8 +162,13 @@ class SubRuns:
         self.progress = progress
         self._bar = None
         if progress and sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bar = Progress(TextColumn(f"[bold]{claim}[/bold]"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -237,40 +245,53 @@ class SubRuns:
 # ==== models ================================================================================
 
 
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """The CPU RNG seeded with ``seed`` for the block (CPU initialisation draws from it, as
+    after ``torch.manual_seed(seed)``), then restored to its state before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 def lipschitz_mlp(in_features: int, num_outputs: int, hidden: tuple[int, ...], *,
                   group_size: int = 2, seed: int = 0) -> nn.Module:
     """onelip's 1-Lipschitz MLP: OrthoLinear + GroupSort (MaxMin when ``group_size=2``),
-    FrobeniusLinear head for 1 output."""
+    FrobeniusLinear head for 1 output. Initialised from ``seed`` (the global RNG is left as
+    it was)."""
     from onelip import models
 
-    torch.manual_seed(seed)
     act = {"activation": "maxmin"} if group_size == 2 else {"activation": "groupsort",
                                                              "group_size": group_size}
-    model, _ = models.build("mlp", in_features=in_features, num_outputs=num_outputs,
-                            hidden=tuple(hidden), **act)
+    with _seeded(seed):
+        model, _ = models.build("mlp", in_features=in_features, num_outputs=num_outputs,
+                                hidden=tuple(hidden), **act)
     return model
 
 
 def plain_mlp(in_features: int, num_outputs: int, hidden: tuple[int, ...], *,
               seed: int = 0) -> nn.Sequential:
-    """The unconstrained baseline: the same widths with ``nn.Linear`` + ReLU."""
-    torch.manual_seed(seed)
+    """The unconstrained baseline: the same widths with ``nn.Linear`` + ReLU, initialised
+    from ``seed`` (the global RNG is left as it was)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_outputs))
+    with _seeded(seed):
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_outputs))
     return nn.Sequential(*layers)
 
 
 class BCELoss(nn.Module):
-    """Binary cross-entropy on one logit with labels in {0, 1}: the unconstrained baseline's
-    loss for two classes. Shape: input (N,) or (N, 1), target (N,)."""
+    """Binary cross-entropy on one logit: the unconstrained baseline's loss for two classes.
+    Labels in {0, 1} or {−1, +1}, as for onelip's losses. Shape: input (N,) or (N, 1),
+    target (N,)."""
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(input.reshape(-1),
-                                                              target.reshape(-1).float())
+        f = input.reshape(-1)
+        prob = (binary_signs(target, f.dtype) + 1) / 2  # {-1, +1} -> {0, 1}
+        return nn.functional.binary_cross_entropy_with_logits(f, prob)
 
 
 # ==== data ==================================================================================
@@ -328,10 +349,11 @@ def train(model: nn.Module, data: DataSplit, loss: nn.Module, *, epochs: int, lr
 
 @torch.no_grad()
 def scores(model: nn.Module, x: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
-    """Model outputs in eval mode, batched; one-output models give shape (N,)."""
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    return out.reshape(-1) if out.dim() == 2 and out.shape[1] == 1 else out
+    """Model outputs in eval mode (each submodule's mode restored after), batched; one-output
+    models give shape (N,)."""
+    with eval_mode(model):
+        out = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return out.reshape(-1) if is_binary_output(out) else out
 
 
 # ==== figures ===============================================================================

@@ -83,7 +83,8 @@ class ExpressivityConfig:
     """Peak learning rate on the image sets."""
     taus: tuple[float, ...] = (8.0, 64.0)
     """τ values of the 1-Lipschitz networks' cross-entropy on images ("large τ"; one network
-    each). 8 is the best τ of the calibration table (REFERENCE.md), 64 a larger one."""
+    each). 8 is the best τ of an earlier prototype's calibration (docs/claims.md, claim 4),
+    64 a larger one."""
     seed: int = 0
     """Seeds data, initialisation and shuffling."""
 
@@ -96,16 +97,15 @@ class ExpressivityConfig:
 
     @classmethod
     def quick(cls) -> "ExpressivityConfig":
-        """Seconds: small nets, few epochs, mnist-5k only (a subset)."""
+        """A smoke run: small nets, few epochs, mnist-5k only (a subset)."""
         return cls(toy_samples=500, toy_hidden=(32, 32), toy_epochs=60, grid=120,
                    plot_grid=40, image_sets=("mnist-5k",), image_train=1000, image_test=500,
                    image_hidden=(64,), image_epochs=3, taus=(64.0,))
 
     @classmethod
     def full(cls) -> "ExpressivityConfig":
-        """14 sub-runs, ~7 min of compute (measured: 406 s on a 16-core CPU running the four
-        claims side by side, 4 torch threads each); fashion-mnist subsampled to 10,000
-        training images (all 10,000 test images) to fit the hour."""
+        """14 sub-runs (the compute they took is recorded in docs/claims/report.md);
+        fashion-mnist subsampled to 10,000 training images (all 10,000 test images)."""
         return cls()
 
 

@@ -67,14 +67,13 @@ class GeneralizationConfig:
 
     @classmethod
     def quick(cls) -> "GeneralizationConfig":
-        """Seconds: mnist-5k, two sizes, a small network."""
+        """A smoke run: mnist-5k, two sizes, a small network."""
         return cls(datasets=("mnist-5k",), train_sizes=(100, 400), test_size=500,
                    hidden=(64,), steps=120, taus=(2.0,))
 
     @classmethod
     def full(cls) -> "GeneralizationConfig":
-        """60 sub-runs, ~13 min of compute (measured: 804 s on a 16-core CPU running the
-        four claims side by side, 4 torch threads each)."""
+        """60 sub-runs (the compute they took is recorded in docs/claims/report.md)."""
         return cls()
 
 

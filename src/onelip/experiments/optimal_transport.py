@@ -86,13 +86,13 @@ class OptimalTransportConfig:
 
     @classmethod
     def quick(cls) -> "OptimalTransportConfig":
-        """Seconds: 300 samples, a small network, 4 values of α."""
+        """A smoke run: 300 samples, a small network, 4 values of α."""
         return cls(n_samples=300, hidden=(32, 32), epochs=60, batch_size=150,
                    alphas=(0.0, 0.1, 10.0, 1000.0), plot_grid=30)
 
     @classmethod
     def full(cls) -> "OptimalTransportConfig":
-        """11 sub-runs, ~3.5 min of compute (measured: 206 s, same machine as the others)."""
+        """11 sub-runs (the compute they took is recorded in docs/claims/report.md)."""
         return cls()
 
 

@@ -78,14 +78,14 @@ class TradeoffConfig:
 
     @classmethod
     def quick(cls) -> "TradeoffConfig":
-        """Seconds: 1,000 training images, a small network, three values per sweep."""
+        """A smoke run: 1,000 training images, a small network, three values per sweep."""
         return cls(n_train=1000, n_test=500, hidden=(64,), epochs=4, lr=3e-3,
                    taus=(1.0, 8.0, 64.0), margins=(0.2, 1.0, 3.0), alphas=(1.0, 30.0, 1000.0))
 
     @classmethod
     def full(cls) -> "TradeoffConfig":
-        """15 sub-runs on mnist-5k, ~6.5 min of compute (measured: 394 s, same machine as the
-        others)."""
+        """15 sub-runs on mnist-5k (the compute they took is recorded in
+        docs/claims/report.md)."""
         return cls()
 
     def values(self, sweep: str) -> tuple[float, ...]:
