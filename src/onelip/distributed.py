@@ -34,6 +34,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from onelip._validation import is_binary_output
+
 __all__ = ["Context", "in_worker", "is_main", "process_group"]
 
 
@@ -130,7 +132,7 @@ class Context:
 
         Counts are summed over ranks (``all_reduce``), in float64.
         """
-        binary = out.dim() == 1 or out.shape[1] == 1
+        binary = is_binary_output(out)
         t = target.reshape(-1)
         if binary:
             pos = (t > 0).sum()
