@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
+from onelip._validation import is_binary_output
+from onelip.certify._inputs import (
+    check_label_shape,
+    check_points,
+    check_positive_int,
+    checked_labels,
+    full_precision,
+)
 from onelip.nn import eval_mode
 
 __all__ = ["AttackResult", "attack_l2"]
@@ -29,9 +37,7 @@ class AttackResult:
 def _checked_labels(logits: Tensor, y: Tensor) -> Tensor:
     """``y`` as :func:`_checked_margin` reads it: signs ±1 for one output (labels in {0, 1} or
     {−1, +1}, as for :func:`onelip.certify.certified_radius`), else class indices."""
-    if is_binary_output(logits):
-        return binary_scores_and_signs(logits, y)[1]
-    return class_indices(logits, y)
+    return checked_labels(logits, y)
 
 
 def _margin(logits: Tensor, y: Tensor) -> Tensor:
@@ -69,11 +75,35 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
     minimal adversarial distance (``inf`` where nothing was found). Every returned ``x_adv`` is
     misclassified by the model in eval mode (each submodule's mode is restored after).
     Labels: class indices in [0, K) for (N, K) outputs; {0, 1} or {−1, +1} for one output
-    (the rule of :func:`onelip.certify.certified_radius`; others are a ValueError).
-    Shapes: x (N, *input_shape), y (N,).
+    (the rule of :func:`onelip.certify.certified_radius`: N of them, shape (N,) or (N, 1),
+    never broadcast; others are a ValueError). Shapes: x (N, *input_shape) (N = 0 gives
+    empty results), y (N,).
+
+    Precision: any ambient ``torch.autocast`` is switched off, as for the certificates: the
+    attack checks the function they certify (see :mod:`onelip.certify`).
     """
+    x = check_points(x).detach()
+    check_label_shape(y, x.shape[0])
+    if not (max_eps > 0 and math.isfinite(max_eps)):
+        raise ValueError(f"Expected a positive finite max_eps, but got max_eps={max_eps}")
+    steps = check_positive_int("steps", steps)
+    restarts = check_positive_int("restarts", restarts, minimum=0)
+    bisection = check_positive_int("bisection", bisection, minimum=0)
+    deepfool_steps = check_positive_int("deepfool_steps", deepfool_steps, minimum=0)
+    if not (overshoot >= 0 and math.isfinite(overshoot)):
+        raise ValueError(f"Expected a non-negative finite overshoot, but got "
+                         f"overshoot={overshoot}")
+    with full_precision(x):
+        return _attack(model, x, y, max_eps=max_eps, steps=steps, restarts=restarts,
+                       bisection=bisection, deepfool_steps=deepfool_steps,
+                       overshoot=overshoot, seed=seed)
+
+
+def _attack(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float, steps: int,
+            restarts: int, bisection: int, deepfool_steps: int, overshoot: float,
+            seed: int) -> AttackResult:
+    """:func:`attack_l2` on checked arguments, autocast off."""
     gen = torch.Generator().manual_seed(seed)
-    x = x.detach()
     n = x.shape[0]
     shape = (-1,) + (1,) * (x.dim() - 1)
     inf = torch.tensor(float("inf"), device=x.device)

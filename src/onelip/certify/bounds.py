@@ -10,6 +10,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from onelip.certify._inputs import full_precision
 from onelip.nn import eval_mode, export_tree
 from onelip.nn.sequential import module_lipschitz_bound
 
@@ -36,8 +37,9 @@ def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | Non
 
 @torch.no_grad()
 def lipschitz_bound(model: nn.Module) -> float:
-    """A certified upper bound of the model's L2 Lipschitz constant (eval mode)."""
-    with eval_mode(model):
+    """A certified upper bound of the model's L2 Lipschitz constant (eval mode), computed with
+    any ambient ``torch.autocast`` switched off (see :mod:`onelip.certify`)."""
+    with eval_mode(model), full_precision(*model.parameters(), *model.buffers()):
         return module_lipschitz_bound(model)
 
 

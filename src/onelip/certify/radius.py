@@ -9,7 +9,8 @@ import math
 import torch
 from torch import Tensor
 
-from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
+from onelip._validation import is_binary_output
+from onelip.certify._inputs import at_least_float32, checked_labels, full_precision
 
 __all__ = ["certified_radius", "last_layer_radius"]
 
@@ -30,25 +31,37 @@ def certified_radius(logits: Tensor, labels: Tensor | None = None, *,
       or with labels in [0, K) :math:`(f_y - \max_{j\ne y} f_j)/(\sqrt2 L)` (≤ 0 when
       misclassified).
 
-    Returns: shape (N,).
+    Labels: shape (N,) or (N, 1), N the number of logits (a length-1 ``labels`` is not
+    broadcast; one-hot labels are refused). Computed in float32 or better (lower-precision
+    logits are upcast first, exactly; see :mod:`onelip.certify._inputs`), autocast off.
+
+    Returns: shape (N,), float32 or the logits' dtype if wider (N = 0 gives an empty tensor).
     """
     _check_lipschitz(lipschitz)
-    if is_binary_output(logits):
+    _check_logits(logits)
+    logits = at_least_float32(logits)
+    with full_precision(logits):
+        if is_binary_output(logits):
+            if labels is None:
+                return logits.reshape(-1).abs() / lipschitz
+            y = checked_labels(logits, labels)
+            return y * logits.reshape(-1) / lipschitz
         if labels is None:
-            return logits.reshape(-1).abs() / lipschitz
-        f, y = binary_scores_and_signs(logits, labels)
-        return y * f / lipschitz
-    if logits.dim() != 2:
+            top2 = logits.topk(2, dim=1).values
+            margin = top2[:, 0] - top2[:, 1]
+        else:
+            y = checked_labels(logits, labels)
+            f_y = logits.gather(1, y[:, None])[:, 0]
+            other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+            margin = f_y - other
+        return margin / (math.sqrt(2) * lipschitz)
+
+
+def _check_logits(logits: Tensor) -> None:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"Expected logits to be a torch.Tensor, but got {type(logits).__name__}")
+    if not is_binary_output(logits) and (logits.dim() != 2 or logits.shape[1] < 2):
         raise ValueError(f"Expected logits of shape (N,) or (N, K), got {tuple(logits.shape)}")
-    if labels is None:
-        top2 = logits.topk(2, dim=1).values
-        margin = top2[:, 0] - top2[:, 1]
-    else:
-        y = class_indices(logits, labels)
-        f_y = logits.gather(1, y[:, None])[:, 0]
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        margin = f_y - other
-    return margin / (math.sqrt(2) * lipschitz)
 
 
 def last_layer_radius(logits: Tensor, weight: Tensor, labels: Tensor | None = None, *,
@@ -56,15 +69,27 @@ def last_layer_radius(logits: Tensor, weight: Tensor, labels: Tensor | None = No
     r"""Tighter exact radius when :math:`f = W h(x) + b` with h L-Lipschitz.
 
     :math:`r(x) = \min_{j \ne c} (f_c - f_j) / (L \|w_c - w_j\|)`, c the label (or the
-    predicted class). Shapes: logits (N, K), weight (K, D) -> (N,).
+    predicted class). Shapes: logits (N, K), weight (K, D) -> (N,). Labels and precision as
+    for :func:`certified_radius`.
     """
     _check_lipschitz(lipschitz)
-    c = logits.argmax(1) if labels is None else class_indices(logits, labels)
-    w = weight.detach().to(logits.dtype)
-    diff_norm = torch.cdist(w[None], w[None])[0]  # (K, K): ‖w_i − w_j‖
-    f_c = logits.gather(1, c[:, None])  # (N, 1)
-    num = f_c - logits  # (N, K)
-    den = diff_norm[c]  # (N, K)
-    ratio = num / den.clamp_min(1e-12)
-    ratio = ratio.scatter(1, c[:, None], float("inf"))
-    return ratio.amin(1) / lipschitz
+    _check_logits(logits)
+    if is_binary_output(logits):
+        raise ValueError(f"Expected multiclass logits (N, K), K >= 2, but got shape "
+                         f"{tuple(logits.shape)}; for one output use certified_radius with "
+                         "lipschitz=L·‖w‖")
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[0] != logits.shape[1]:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"Expected weight of shape ({logits.shape[1]}, D) for "
+                         f"{logits.shape[1]} classes, but got {shape}")
+    logits = at_least_float32(logits)
+    with full_precision(logits):
+        c = logits.argmax(1) if labels is None else checked_labels(logits, labels)
+        w = weight.detach().to(device=logits.device, dtype=logits.dtype)
+        diff_norm = torch.cdist(w[None], w[None])[0]  # (K, K): ‖w_i − w_j‖
+        f_c = logits.gather(1, c[:, None])  # (N, 1)
+        num = f_c - logits  # (N, K)
+        den = diff_norm[c]  # (N, K)
+        ratio = num / den.clamp_min(1e-12)
+        ratio = ratio.scatter(1, c[:, None], float("inf"))
+        return ratio.amin(1) / lipschitz

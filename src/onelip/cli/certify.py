@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from onelip import certify, runs
     from onelip import data as datasets
     from onelip._io import unwritable_reason
+    from onelip._validation import is_binary_output
 
     target = args.out if args.out is not None else args.run / RESULTS
     if args.out is not None:  # asked for explicitly: refuse before computing anything
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in cfg.get("data", {}).items() if k != "name"} if not args.data else {}
     data = datasets.load(data_name, **extra)
     x, y = data.x_test, data.y_test
+    if x.shape[0] == 0:
+        raise CLIError(f"the test split of {data_name} is empty: nothing to certify; pass "
+                       "--data with a data set that has test points")
     eps = sorted(set(args.eps))
     bound = certify.lipschitz_bound(model)
     res = certify.certified_accuracy(model, x, y, eps, lipschitz=bound)
@@ -110,39 +114,47 @@ def run(args: argparse.Namespace) -> int:
         n = min(args.attack_points, x.shape[0])
         att = certify.attack_l2(model, x[:n], y[:n], max_eps=max(eps) * 2 + 0.5,
                                 steps=args.attack_steps, restarts=2, bisection=8)
-        correct = res["radii"][:n] > 0
+        r = res["radii"][:n]  # the certificates of the attacked points
+        correct = r > 0
         result["attack"] = {
             "points": n,
+            "clean_same_points": float(correct.float().mean()),
             "robust": {str(e): att.robust_accuracy(e, correct) for e in eps},
-            "certified_same_points": {str(e): float(((res["radii"][:n] > e)).float().mean())
-                                      for e in eps},
+            "certified_same_points": {str(e): float((r > e).float().mean()) for e in eps},
         }
-        r = res["radii"][:n]
-        ratio = (att.min_norm[correct & torch.isfinite(att.min_norm)]
-                 / r[correct & torch.isfinite(att.min_norm)])
+        found = correct & torch.isfinite(att.min_norm)
+        ratio = att.min_norm[found] / r[found]
         if ratio.numel():
             result["attack"]["median_adv_over_radius"] = float(ratio.median())
             result["attack"]["violations"] = int((ratio < 1 - 1e-4).sum())
     key, settings = _settings(data_name, eps, args)
     result = {"settings": settings, **result}
 
-    table = Table(title=f"{args.run} on {data_name} test ({x.shape[0]} points), "
+    n_test = int(x.shape[0])
+    table = Table(title=f"{args.run} on {data_name} test ({n_test} points), "
                         f"L ≤ {bound:.4f}")
     table.add_column("ε")
-    binary = _outputs(model, x[:1]) == 1  # radius |f|/L; multiclass: margin/(√2 L)
-    table.add_column("certified (|f|/L)" if binary else "certified (margin/(√2 L))")
+    with torch.no_grad():  # radius |f|/L for one output; multiclass: margin/(√2 L)
+        binary = is_binary_output(model(x[:1]))
+    kind = "|f|/L" if binary else "margin/(√2 L)"
+    table.add_column(f"certified ({kind})\nall {n_test} pts")
     if "certified_last_layer" in result:
-        table.add_column("certified (last layer)")
-    if args.attack:
-        table.add_column(f"empirical robust ({result['attack']['points']} pts)")
+        table.add_column(f"certified (last layer)\nall {n_test} pts")
+    if args.attack:  # both on the attacked points, so that they compare
+        n = result["attack"]["points"]
+        table.add_column(f"certified ({kind})\nfirst {n} pts (attacked)")
+        table.add_column(f"empirical robust\nfirst {n} pts (attacked)")
+    attack_clean = (2 * [f"{result['attack']['clean_same_points']:.2%}"] if args.attack
+                    else [])
     table.add_row("0 (clean)", f"{res['clean']:.2%}",
                   *([f"{res['clean']:.2%}"] if "certified_last_layer" in result else []),
-                  *([""] if args.attack else []))
+                  *attack_clean)
     for e in eps:
         row = [f"{e:g}", f"{res['certified'][e]:.2%}"]
         if "certified_last_layer" in result:
             row.append(f"{result['certified_last_layer'][str(e)]:.2%}")
         if args.attack:
+            row.append(f"{result['attack']['certified_same_points'][str(e)]:.2%}")
             row.append(f"{result['attack']['robust'][str(e)]:.2%}")
         table.add_row(*row)
     console = Console(width=120)
@@ -154,14 +166,6 @@ def run(args: argparse.Namespace) -> int:
                       f"certificates violated: {att_res['violations']}")
     _write(target, key, result, explicit=args.out is not None)
     return 0
-
-
-def _outputs(model, x) -> int:
-    import torch
-
-    with torch.no_grad():
-        out = model(x)
-    return 1 if out.dim() == 1 else int(out.shape[1])
 
 
 def _write(target: Path, key: str, result: dict, *, explicit: bool) -> None:
