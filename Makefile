@@ -48,5 +48,18 @@ bench-layers: $(STAMP)
 bench-fashion-mnist: $(STAMP)
 	$(BIN)/python benchmarks/fashion_mnist.py $(PEERS_ARG)
 
+# CIFAR-10 (JPEG) side by side, ConvNet XS of onelip / orthogonium / deel-torchlip, 20 min of
+# training each on one thread, two at a time, after a loss sweep (~1 h on 2 cores):
+# `make bench-cifar10 DATA=/path/to/cifar` (DATA/train/<class>/*.jpg; the test split is never
+# read) writes benchmarks/results/cifar10.{json,md} and benchmarks/models/cifar10-*.
+.PHONY: bench-cifar10
+ifneq ($(filter bench-cifar10,$(MAKECMDGOALS)),)
+ifeq ($(DATA),)
+$(error usage: make bench-cifar10 DATA=/path/to/cifar (DATA/train/<class>/*.jpg))
+endif
+endif
+bench-cifar10: $(STAMP)
+	$(BIN)/python benchmarks/cifar10.py --data $(DATA) --sweep --time-decode $(PEERS_ARG)
+
 clean:
 	rm -rf $(VENV) runs

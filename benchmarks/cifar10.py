@@ -1,0 +1,1300 @@
+# SPDX-License-Identifier: MIT
+"""CIFAR-10 (JPEG) side by side: ConvNet XS (Prach et al., CVPR 2024) built from onelip's,
+orthogonium's and deel-torchlip's layers, the same wall-clock budget each, certified the same
+valid way for the whole network (issue 11).
+
+    .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --sweep          # the benchmark
+    .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --budget 20s --sweep \\
+        --sweep-budget 10s --train-limit 2000 --jobs 1 --out /tmp/c10-smoke   # a smoke run
+    .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --device cuda    # GPU protocol
+    .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --gpu-checks --device cpu \\
+        --budget 30s --out /tmp/c10-gpu-smoke                                  # it, on a CPU
+
+**Data.** ``--data DIR``: an image folder, ``DIR/train/<class>/*.jpg`` (or ``DIR/<class>/``),
+decoded once by :func:`onelip.data.images.read_image_folder` into a uint8 cache. Only the
+training images are read — a ``DIR/test`` split is never opened. A fixed-seed validation split
+of ``--val-size`` (5,000 = 10 %) images is carved from them; every figure is measured on it.
+Training batches are augmented on the fly (:func:`onelip.data.augment.augment`, random crop
+with padding 4 + horizontal flip, uint8) and become float in [0, 1] per batch. Inputs stay in
+pixel space: each network starts with ``onelip.nn.normalize.Normalize(mean, std)`` (per-channel
+statistics of the training split), whose exact bound 1/min σ is part of the certified bound, so
+radii are in pixel units (ε = 36/255 …).
+
+**Networks** (``--only`` takes the short names), the same ConvNet XS structure (width 16):
+zero-channel padding 3 → 16, a 1×1 convolution + MaxMin, five blocks of five convolutions +
+activation (3×3, the last block 1×1), each ending in first-channels (halving) + a 2×2
+invertible downsampling, flatten (512), a 512 → 10 dense head. The parameter-free parts
+(Normalize, ZeroChannelPad, FirstChannels, InvertibleDownsample) are onelip's in all three, so
+only the learned layers differ:
+
+* ``onelip``: :func:`onelip.models.lipconvnet.lipconvnet` (``OrthoConv2d``, zero padding;
+  ``MaxMin``; ``OrthoLinear`` head), ``onelip.nn.retract_`` after each step;
+* ``orthogonium``: ``AdaptiveOrthoConv2d`` (AOC; its defaults: "same", circular padding),
+  its ``MaxMin``, its ``OrthoLinear`` head;
+* ``deel``: deel-torchlip ``SpectralConv2d`` (zero padding "same"), ``GroupSort2``,
+  ``SpectralLinear`` head (orthonormal rows, like the others'; deel's multiclass tutorials use
+  a classwise ``FrobeniusLinear``, whose certificate is the same last-layer radius below).
+
+**Recipe** (the same for all): Adam (``--lr``), onelip's one-cycle schedule over the wall-clock
+budget (30 % warm-up from lr/25, cosine decay), batch 256, gradient clipping at ``--clip``,
+``--budget`` of training per network (default 20 minutes), ``--threads`` (1) torch threads per
+network, ``--jobs`` (2) networks at a time in separate processes (this script re-run with
+``--worker``), results merged. The loss is chosen by ``--sweep`` (below) or given by ``--loss``.
+
+**Certificate** (every network, the same code: ``benchmarks/_certify.py``): the network is
+split into its body h and last linear layer (W, b); every layer of the body is bounded from
+the operator it applies in eval mode (checked against the layer's own output): convolutions by
+the certified norm of their symbol (zero padding:
+:func:`onelip.functional.conv2d_operator_norm_bound`; circular padding: exact), Normalize
+by max 1/σ, the parameter-free layers by 1; L_body is the product. Radius
+``min_j (f_y − f_j) / (L_body ‖w_y − w_j‖)`` (the last-layer radius, valid for
+any linear head; with orthonormal rows it equals margin/(√2 L_body)); the whole-network radius
+margin/(√2 · L_body ‖W‖₂) is reported beside it, and each library's own claim (onelip:
+``certified_accuracy(method="last_layer")``; orthogonium and deel-torchlip: margin/(√2 · bound
+of Normalize), their layers assumed 1-Lipschitz) with its validity. A minimal-norm attack on the
+first ``--attack`` validation points checks that no certificate is violated.
+
+**Sweep** (``--sweep``): the onelip network trained ``--sweep-budget`` (3 minutes) with each of
+``--sweep-losses`` (× ``--sweep-lrs``), ``--jobs`` at a time; the rule (``choose``) picks the
+loss then used for all three networks. Recorded in the result files.
+
+**GPU protocol** (``--device cuda``, or ``--gpu-checks`` on any device): the time of a training
+step at batch 256 of each network and of its plain twin (the same network with ``nn.Conv2d`` /
+``nn.Linear`` of the same shapes and padding), then onelip's network trained for
+``--gpu-train`` (5 minutes) on the device and certified; writes ``cifar10_gpu.{json,md}``.
+
+Writes ``<out>/cifar10.json`` and ``cifar10.md`` (``--out``, default ``benchmarks/results``)
+and the trained networks under ``--models`` (default ``benchmarks/models`` for the default
+``--out``, else ``<out>/models``): ``cifar10-<name>.safetensors`` (state dict, no pickle) +
+``cifar10-<name>.json`` (how to rebuild it, recipe, validation figures), to be certified later
+on data the benchmark never saw (``--evaluate-saved --data OTHER_FOLDER``).
+
+The peers live in ``benchmarks/.peers-venv`` (``--peers-venv``); the script re-executes itself
+there when they are needed (``benchmarks/_peers.py``); ``--only onelip`` needs no peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _certify import (  # noqa: E402
+    certified_body_bound,
+    claim_is_valid,
+    exact_body_bound,
+    split_head,
+)
+from _machine import machine_info as _machine_info  # noqa: E402
+from _peers import DEFAULT_PEERS_VENV, REPO, import_working_tree_onelip  # noqa: E402
+from fashion_mnist import lr_factor, make_loss  # noqa: E402
+
+ONELIP, ORTHO, DEEL = "onelip", "orthogonium", "deel"
+NETS = [ONELIP, ORTHO, DEEL]
+PEERS = (ORTHO, DEEL)
+TITLES = {ONELIP: "onelip (OrthoConv2d)", ORTHO: "orthogonium (AOC)",
+          DEEL: "deel-torchlip (SpectralConv2d)"}
+DATA_NAME = "CIFAR-10 (JPEG)"
+EPS255 = (36, 72, 108, 255)
+WIDTH = 16  # ConvNet XS
+NUM_CLASSES = 10
+AUGMENT = ("crop", "flip")
+# The loss grid of --sweep. In pixel space the network's bound is that of Normalize, about
+# 1/0.243 ≈ 4.1, so a certificate at ε needs a logit margin of about √2 · 4.1 · ε: 0.82 at
+# 36/255, 1.6 at 72/255. τ-CE pushes margins to about 5/τ (p_y ≈ 0.95 over 9 others):
+# τ = 4 → 1.3, τ = 8 → 0.6; the hinge with m = 1.0 stops at 1.0 (≈ 44/255).
+SWEEP_LOSSES = ["ce:tau=4", "ce:tau=8", "hinge:m=1.0"]
+DEFAULT_LOSS = "ce:tau=4"  # without --sweep (and without --loss)
+MATCHED_CLEAN_TOL = 0.01  # "matched clean accuracy": within 1 point
+TARGET_CERT_GAIN = 0.03  # CPU target: onelip cert@36/255 >= better peer's + 3 points
+TARGET_GPU_STEP_RATIO = 1.5  # GPU target: onelip step <= 1.5 x its plain twin
+PAPER_BEST = {"clean": 0.70, "cert@36": 0.44}  # the paper's best point (original CIFAR-10)
+SWEEP_CLEAN_TOL = 0.01
+
+
+# ==== small helpers =========================================================================
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """'20m' -> 1200.0, '30s' -> 30.0, '1h' -> 3600.0, '90' -> 90.0; None stays None."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration like 20m, 30s, 1h or 90, got "
+                                         f"{text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def fmt_s(s: float) -> str:
+    return f"{s / 60:g} min" if s >= 60 and s % 60 == 0 else f"{s:g} s"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def _f(v, fmt="{:.4f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+# ==== data ==================================================================================
+
+
+def train_root(data: Path) -> Path:
+    """``DIR/train`` if it exists, else ``DIR`` (a test split is never read)."""
+    return data / "train" if (data / "train").is_dir() else data
+
+
+def load_images(args):
+    """(x uint8 (N, 3, 32, 32), y int64 (N,), classes, seconds) of the training images."""
+    import torch
+
+    from onelip.data.images import read_image_folder
+
+    t0 = time.perf_counter()
+    arr = read_image_folder(train_root(Path(args.data)), cache_dir=args.cache_dir,
+                            progress=not args.worker)
+    x, y = torch.from_numpy(arr.x), torch.from_numpy(arr.y)
+    if tuple(x.shape[1:]) != (3, 32, 32):
+        raise SystemExit(f"[cifar10] expected 3×32×32 images, got {tuple(x.shape[1:])}")
+    return x, y, list(arr.classes), time.perf_counter() - t0
+
+
+def split(x, y, args):
+    """Fixed-seed validation split: (x_train, y_train, x_val, y_val), all uint8 / int64.
+    ``--train-limit N`` keeps the first N training images of the (fixed) permutation."""
+    import torch
+
+    n = x.shape[0]
+    if args.val_size >= n:
+        raise SystemExit(f"[cifar10] --val-size {args.val_size} >= {n} images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.split_seed))
+    val, tr = perm[:args.val_size], perm[args.val_size:]
+    if args.train_limit:
+        tr = tr[:args.train_limit]
+    return x[tr].contiguous(), y[tr].contiguous(), x[val].contiguous(), y[val].contiguous()
+
+
+def channel_stats(x) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (population) of uint8 images, in [0, 1] units (float64)."""
+    import torch
+
+    s = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, x.shape[0], 5000):
+        b = x[i:i + 5000].double().div_(255.0)
+        s += b.sum((0, 2, 3))
+        s2 += b.square().sum((0, 2, 3))
+    cnt = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / cnt
+    std = (s2 / cnt - mean.square()).clamp_min(0).sqrt()
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def to_float(xb):
+    return xb.float().div_(255.0)
+
+
+# ==== networks ==============================================================================
+
+
+def build_network(name: str, mean, std, *, width: int = WIDTH, seed: int = 0):
+    """ConvNet XS of Prach et al. from the layers of ``name``; input (N, 3, 32, 32) in [0, 1]."""
+    import torch
+    from torch import nn
+
+    from onelip import nn as onn
+    from onelip.nn.channels import FirstChannels, ZeroChannelPad
+    from onelip.nn.normalize import Normalize
+
+    torch.manual_seed(seed)
+    if name == ONELIP:
+        from onelip.models.lipconvnet import LipConvNetConfig, lipconvnet
+
+        return lipconvnet(LipConvNetConfig(width=width, mean=tuple(mean), std=tuple(std)))
+    if name == ORTHO:
+        from orthogonium.layers import MaxMin, OrthoLinear
+        from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
+
+        conv = lambda c, k: AdaptiveOrthoConv2d(c, c, kernel_size=k, stride=1)  # noqa: E731
+        act = lambda: MaxMin()  # noqa: E731
+        head = lambda i, o: OrthoLinear(i, o)  # noqa: E731
+    elif name == DEEL:
+        from deel import torchlip
+
+        conv = lambda c, k: torchlip.SpectralConv2d(  # noqa: E731
+            c, c, kernel_size=(k, k), padding="same" if k > 1 else 0)
+        act = lambda: torchlip.GroupSort2()  # noqa: E731
+        head = lambda i, o: torchlip.SpectralLinear(i, o)  # noqa: E731
+    else:
+        raise KeyError(name)
+    layers: list = [Normalize(mean, std), ZeroChannelPad(width), conv(width, 1), act()]
+    blocks, depth = 5, 5
+    for i in range(blocks):
+        w = width * 2 ** i
+        k = 1 if i == blocks - 1 else 3
+        for _ in range(depth):
+            layers += [conv(w, k), act()]
+        layers += [FirstChannels(w // 2), onn.InvertibleDownsample(2)]
+    layers += [nn.Flatten(), head(width * 2 ** blocks, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+def plain_twin(model):
+    """The same network with plain ``nn.Conv2d`` / ``nn.Linear`` of the same shapes, padding
+    and bias (freshly initialised), parameter-free layers kept: what the constrained layers
+    cost against unconstrained ones."""
+    import copy
+
+    from _certify import _leaves
+    from torch import nn
+
+    out = []
+    for m in _leaves(model):
+        if hasattr(m, "in_channels") and hasattr(m, "kernel_size"):
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
+            out.append(nn.Conv2d(m.in_channels, m.out_channels, k, stride=s,
+                                 padding=(k - 1) // 2, bias=getattr(m, "bias", None) is not None,
+                                 padding_mode=getattr(m, "padding_mode", "zeros")))
+        elif hasattr(m, "in_features") and hasattr(m, "out_features"):
+            out.append(nn.Linear(m.in_features, m.out_features,
+                                 bias=getattr(m, "bias", None) is not None))
+        else:
+            if any(True for _ in m.parameters()):
+                raise TypeError(f"plain_twin: {type(m).__name__} has parameters")
+            out.append(copy.deepcopy(m))
+    return nn.Sequential(*out)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ==== training ==============================================================================
+
+
+def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, clip: float,
+          retract: bool, device: str, seed: int, label: str, log_every_s: float = 60.0) -> dict:
+    """Adam, one-cycle over the wall-clock budget, augmented uint8 batches, gradient clipping,
+    ``retract_`` after each step (onelip). Stops when ``budget_s`` seconds of training have
+    passed. ``x`` uint8 on ``device``."""
+    import torch
+
+    from onelip.data.augment import augment
+    from onelip.nn import retract_
+
+    cuda = device.startswith("cuda")
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    n = x.shape[0]
+    gperm = torch.Generator().manual_seed(seed)
+    gaug = torch.Generator(device=device).manual_seed(seed + 1)
+    check_every = 20 if cuda else 1
+    step, images, clipped, aug_s = 0, 0, 0, 0.0
+    grad_norms: list[float] = []
+    history: list[dict] = []
+    epoch, stop = 0, False
+    t_start = time.perf_counter()
+    last_log = t_start
+    while not stop:
+        epoch += 1
+        perm = torch.randperm(n, generator=gperm).to(device)
+        tot_loss = torch.zeros((), device=device, dtype=torch.float64)
+        tot_ok = torch.zeros((), device=device, dtype=torch.int64)
+        count, t_epoch = 0, time.perf_counter()
+        for i in range(0, n, batch_size):
+            progress = (time.perf_counter() - t_start) / budget_s
+            if progress >= 1.0:
+                stop = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr * lr_factor(progress, "onecycle")
+            idx = perm[i:i + batch_size]
+            ta = time.perf_counter()
+            xb = to_float(augment(x[idx], AUGMENT, generator=gaug))
+            aug_s += time.perf_counter() - ta
+            yb = y[idx]
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            if retract:
+                retract_(model)
+            step += 1
+            images += idx.numel()
+            count += idx.numel()
+            tot_loss += loss.detach().double() * idx.numel()
+            tot_ok += (out.detach().argmax(1) == yb).sum()
+            if step % check_every == 0:
+                gnf = float(gn)
+                grad_norms.append(gnf)
+                clipped += int(gnf > clip)
+                if not math.isfinite(float(loss)):
+                    raise FloatingPointError(f"[{label}] loss became {float(loss)} at step "
+                                             f"{step}")
+            now = time.perf_counter()
+            if now - last_log >= log_every_s:
+                last_log = now
+                print(f"[{label}] {now - t_start:.0f}/{budget_s:.0f} s  step {step}  epoch "
+                      f"{images / n:.2f}  loss {float(tot_loss) / max(count, 1):.4f}  "
+                      f"train(running) {int(tot_ok) / max(count, 1):.4f}  "
+                      f"{images / (now - t_start):.0f} img/s", flush=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if count:
+            history.append({"epoch": epoch, "images": count,
+                            "seconds": time.perf_counter() - t_epoch,
+                            "loss": float(tot_loss) / count,
+                            "train_acc_running": int(tot_ok) / count})
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t_start
+    model.eval()
+    gsorted = sorted(grad_norms)
+    return {"train_seconds": seconds, "steps": step, "images_seen": images,
+            "epochs_done": images / n, "images_per_second": images / seconds,
+            "augment_seconds": aug_s,  # on a GPU: time to enqueue, not to run
+            "augment_fraction": None if cuda else aug_s / seconds,
+            "grad_norm_median": gsorted[len(gsorted) // 2] if gsorted else None,
+            "clipped_fraction": clipped / max(len(grad_norms), 1), "history": history}
+
+
+# ==== evaluation: the same certificate for every network ====================================
+
+
+def evaluate(name: str, model, x_u8, y, *, attack_n: int, batch: int = 500) -> dict:
+    """Clean and certified accuracy of ``model`` (eval mode, on the CPU) on uint8 images, the
+    certificate computed by ``benchmarks/_certify.py``; each library's own claim beside it."""
+    import torch
+    import torch.nn.utils.parametrize as P
+
+    from onelip import certify
+    from onelip.nn.normalize import Normalize
+
+    model.to("cpu").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x_u8, y = x_u8.cpu(), y.cpu()
+    t0 = time.perf_counter()
+    eps = [e / 255 for e in EPS255]
+    res: dict = {}
+    with P.cached():
+        body, w, b = split_head(model)
+        l_body, rows = certified_body_bound(body, to_float(x_u8[:2]))
+        w_norm = float(torch.linalg.matrix_norm(w.double(), ord=2))
+        logits, feats = [], []
+        with torch.no_grad():
+            for i in range(0, x_u8.shape[0], batch):
+                xb = to_float(x_u8[i:i + batch])
+                logits.append(model(xb).double())
+                feats.append(body(xb).double())
+        logits, feats = torch.cat(logits), torch.cat(feats)
+        recon = feats @ w.double().mT + (b.double() if b is not None else 0)
+        split_err = float((recon - logits).abs().max())
+        if split_err > 1e-3:
+            raise RuntimeError(f"[{name}] body/head split does not reproduce the model "
+                               f"({split_err:.2e})")
+        radius = certify.last_layer_radius(logits, w.double(), y, lipschitz=l_body)
+        margin = certify.certified_radius(logits, y, lipschitz=1.0) * math.sqrt(2)
+        global_r = margin / (math.sqrt(2) * l_body * w_norm)
+        norm_bound = math.prod(m.lipschitz_bound() for m in model.modules()
+                               if isinstance(m, Normalize))
+        if name == ONELIP:
+            own = certify.certified_accuracy(model, to_float(x_u8), y, eps, method="last_layer")
+            claim_r = own["radii"].double()
+            claim_l = float(certify.lipschitz_bound(body))
+            need = exact_body_bound(rows)
+            claim_text = ("onelip certified_accuracy(method='last_layer'), "
+                          "lipschitz_bound(body)")
+        else:  # the layers assumed 1-Lipschitz, the head orthonormal: margin/(√2 · Normalize)
+            claim_r = margin / (math.sqrt(2) * norm_bound)
+            claim_l = norm_bound
+            need = exact_body_bound(rows) * w_norm
+            claim_text = "margin/(√2 · bound of Normalize) (layers assumed 1-Lipschitz)"
+        res.update({
+            "clean": float((logits.argmax(1) == y).float().mean()),
+            "predicted_classes": int(logits.argmax(1).unique().numel()),
+            "certified": {str(e): float((radius > e / 255).float().mean()) for e in EPS255},
+            "certified_global": {str(e): float((global_r > e / 255).float().mean())
+                                 for e in EPS255},
+            "L_body": l_body, "last_layer_norm": w_norm, "lipschitz_upper": l_body * w_norm,
+            "normalize_bound": norm_bound, "layers": rows,
+            "median_radius_correct": float(radius[radius > 0].median())
+            if bool((radius > 0).any()) else 0.0,
+            "claim": {"certificate": claim_text, "assumed_bound": claim_l,
+                      "certified_bound_needed": need, "valid": claim_is_valid(claim_l, need),
+                      "certified": {str(e): float((claim_r > e / 255).float().mean())
+                                    for e in EPS255}},
+            "val_size": int(x_u8.shape[0]),
+        })
+        if attack_n:
+            t1 = time.perf_counter()
+            xa, ya = to_float(x_u8[:attack_n]), y[:attack_n]
+            ra = radius[:attack_n]
+            att = certify.attack_l2(model, xa, ya, max_eps=max(1.0, 1.5 * float(ra.max())),
+                                    steps=10, restarts=1, bisection=4, deepfool_steps=20)
+            mn = att.min_norm.double()
+            found = (ra > 0) & torch.isfinite(mn)
+            ratios = (mn[found] / ra[found])
+            res["attack"] = {
+                "points": int(xa.shape[0]), "correct": int((ra > 0).sum()),
+                "found": int(found.sum()),
+                "median_ratio": float(ratios.median()) if ratios.numel() else None,
+                "violations": int((found & (mn < ra * (1 - 1e-5))).sum()),
+                "violations_of_library_claim":
+                    int((found & (mn < claim_r[:attack_n] * (1 - 1e-5))).sum()),
+                "seconds": time.perf_counter() - t1,
+                "protocol": "onelip.certify.attack_l2(steps=10, restarts=1, bisection=4, "
+                            "deepfool_steps=20): an upper bound of the minimal adversarial norm",
+            }
+    res["eval_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def cert_line(r: dict) -> str:
+    cert = "  ".join(f"{e}/255:{r['certified'][str(e)]:.4f}" for e in EPS255)
+    return f"clean {r['clean']:.4f}  cert {cert}  L {r['lipschitz_upper']:.3f}"
+
+
+# ==== saving models =========================================================================
+
+
+def save_model(model, path: Path, meta: dict) -> None:
+    """``path``.safetensors (the state dict, no pickle) and ``path``.json (``meta``)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path.with_suffix(".safetensors")),
+              metadata={"format": "onelip-benchmark-cifar10/1", "network": meta["network"]})
+    meta = dict(meta, state_dict_keys=sorted(tensors),
+                rebuild="import sys; sys.path.insert(0, 'benchmarks'); from cifar10 import "
+                        "load_saved; model, meta = load_saved('" + str(path) + ".json')")
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_saved(json_path: str | Path):
+    """(model in eval mode, meta) of a network saved by this benchmark."""
+    from safetensors.torch import load_file
+
+    json_path = Path(json_path)
+    meta = json.loads(json_path.read_text())
+    model = build_network(meta["network"], meta["mean"], meta["std"], width=meta["width"])
+    model.load_state_dict(load_file(str(json_path.with_suffix(".safetensors"))))
+    return model.eval(), meta
+
+
+def models_dir(args) -> Path:
+    if args.models is not None:
+        return args.models
+    default_out = (REPO / "benchmarks" / "results").resolve()
+    return (REPO / "benchmarks" / "models") if args.out.resolve() == default_out \
+        else args.out / "models"
+
+
+# ==== one network, end to end (a worker process) ============================================
+
+
+def run_worker(args) -> int:
+    """Train and evaluate one job (``--worker JOB.json``) and write ``JOB.result.json``."""
+    import torch
+
+    job = json.loads(Path(args.worker).read_text())
+    torch.set_num_threads(args.threads)
+    x, y, classes, load_s = load_images(args)
+    xtr, ytr, xva, yva = split(x, y, args)
+    del x, y
+    mean, std = channel_stats(xtr)
+    rss_data = peak_rss_mb()
+    name, loss_spec, lr = job["network"], job["loss"], job["lr"]
+    model = build_network(name, mean, std, seed=args.seed)
+    label = job["label"]
+    print(f"[{label}] {TITLES[name]}: {count_params(model):,} parameters, loss {loss_spec}, "
+          f"lr {lr:g}, budget {job['budget_s']:.0f} s, {torch.get_num_threads()} thread(s), "
+          f"train {xtr.shape[0]} / val {xva.shape[0]} images", flush=True)
+    info = {"network": name, "title": TITLES[name], "loss": loss_spec, "lr": lr,
+            "budget_seconds": job["budget_s"], "role": job["role"],
+            "params": count_params(model), "batch_size": args.batch_size, "clip": args.clip,
+            "schedule": "one-cycle over the wall-clock budget (Adam)",
+            "retract_each_step": name == ONELIP, "train_size": int(xtr.shape[0]),
+            "val_size": int(xva.shape[0]), "mean": mean, "std": std,
+            "machine": machine_info(args), "data_load_seconds": load_s,
+            "load_average_start": os.getloadavg()[0]}
+    info.update(train(model, make_loss(loss_spec), xtr, ytr, budget_s=job["budget_s"],
+                      batch_size=args.batch_size, lr=lr, clip=args.clip,
+                      retract=name == ONELIP, device="cpu", seed=args.seed, label=label))
+    info["load_average_end"] = os.getloadavg()[0]
+    info["peak_rss_mb"] = peak_rss_mb()
+    info["peak_rss_after_data_mb"] = rss_data
+    info.update(evaluate(name, model, xva, yva, attack_n=job["attack"]))
+    print(f"[{label}] {info['epochs_done']:.2f} epochs, {info['images_per_second']:.0f} img/s, "
+          f"peak RSS {info['peak_rss_mb']:.0f} MB; val {cert_line(info)}", flush=True)
+    if job.get("save"):
+        meta = {"network": name, "width": WIDTH, "mean": mean, "std": std,
+                "classes": classes, "data": DATA_NAME,
+                "recipe": {k: info[k] for k in ("loss", "lr", "budget_seconds", "batch_size",
+                                                "clip", "schedule", "retract_each_step")},
+                "validation": {k: info[k] for k in ("clean", "certified", "lipschitz_upper",
+                                                    "val_size", "epochs_done")},
+                "split": {"val_size": args.val_size, "split_seed": args.split_seed,
+                          "train_limit": args.train_limit},
+                "written_by": "benchmarks/cifar10.py"}
+        save_model(model, Path(job["save"]), meta)
+        info["saved"] = job["save"]
+    Path(job["result"]).write_text(json.dumps(info, indent=1) + "\n")
+    return 0
+
+
+def worker_argv(args, job_path: Path) -> list[str]:
+    """This script's own arguments, minus the orchestration ones, plus ``--worker JOB``."""
+    return [sys.executable, str(Path(__file__).resolve()), *args.argv, "--worker",
+            str(job_path)]
+
+
+def run_jobs(args, jobs: list[dict], tmp: Path) -> list[dict]:
+    """Run each job in its own process, ``--jobs`` at a time; their result dicts, in order."""
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[k] = str(args.threads)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "src"), str(REPO / "benchmarks")]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    pending = list(enumerate(jobs))
+    running: list = []
+    results: list = [None] * len(jobs)
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            i, job = pending.pop(0)
+            jp = tmp / f"job{i}.json"
+            job["result"] = str(tmp / f"job{i}.result.json")
+            jp.write_text(json.dumps(job))
+            print(f"[cifar10] start {job['label']}", flush=True)
+            running.append((i, job, subprocess.Popen(worker_argv(args, jp), env=env,
+                                                     cwd=REPO)))
+        time.sleep(0.5)
+        for item in list(running):
+            i, job, proc = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode == 0 and Path(job["result"]).exists():
+                results[i] = json.loads(Path(job["result"]).read_text())
+            else:
+                print(f"[cifar10] {job['label']} failed (exit {proc.returncode})", flush=True)
+                results[i] = {"network": job["network"], "loss": job["loss"],
+                              "lr": job["lr"], "error": f"exit {proc.returncode}"}
+    return results
+
+
+# ==== the sweep and its rule ================================================================
+
+
+def choose(rows: list[dict]) -> dict:
+    """Among the settings whose validation clean accuracy is within 1 point of the best one,
+    the highest validation certified accuracy at 36/255 (ties: the higher clean accuracy)."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        raise SystemExit("[cifar10] every sweep run failed")
+    best = max(r["clean"] for r in ok)
+    near = [r for r in ok if r["clean"] >= best - SWEEP_CLEAN_TOL]
+    return max(near, key=lambda r: (r["certified"]["36"], r["clean"]))
+
+
+# ==== targets ===============================================================================
+
+
+def better_peer(cands: dict):
+    """The peer with the higher cert@36/255 (then clean accuracy), among the peers that predict
+    more than one class if any does (a constant classifier is certified at every radius)."""
+    peers = [p for p in PEERS if p in cands and "error" not in cands[p]]
+    informative = [p for p in peers if cands[p].get("predicted_classes", 2) > 1]
+    peers = informative or peers
+    if not peers:
+        return None
+    return max(peers, key=lambda p: (cands[p]["certified"]["36"], cands[p]["clean"]))
+
+
+def targets(cands: dict) -> list[dict]:
+    rows = []
+    o = cands.get(ONELIP)
+    p = better_peer(cands)
+    if o is None or "error" in o or p is None:
+        return [{"target": "CPU, same budget: onelip cert@36/255 >= the better peer's + 3 "
+                           "points at matched clean accuracy", "met": False,
+                 "text": "not measured (onelip or both peers missing from this run)"}]
+    r = cands[p]
+    gain = o["certified"]["36"] - r["certified"]["36"]
+    dclean = o["clean"] - r["clean"]
+    matched = dclean >= -MATCHED_CLEAN_TOL
+    met = matched and gain >= TARGET_CERT_GAIN
+    if met:
+        text = (f"met: onelip {_pct(o['certified']['36'])} vs {TITLES[p]} "
+                f"{_pct(r['certified']['36'])} certified at 36/255 ({gain * 100:+.1f} points), "
+                f"clean {_pct(o['clean'])} vs {_pct(r['clean'])}")
+    else:
+        why = []
+        if gain < TARGET_CERT_GAIN:
+            why.append(f"certified accuracy at 36/255 is {gain * 100:+.1f} points against "
+                       f"{TITLES[p]} ({_pct(o['certified']['36'])} vs "
+                       f"{_pct(r['certified']['36'])}), {(TARGET_CERT_GAIN - gain) * 100:.1f} "
+                       "points short of +3")
+        if not matched:
+            why.append(f"clean accuracy is not matched: onelip {_pct(o['clean'])} vs "
+                       f"{_pct(r['clean'])} ({dclean * 100:+.1f} points, more than 1 below)")
+        text = "not met: " + "; ".join(why)
+    rows.append({"target": "CPU, same budget: onelip cert@36/255 >= the better peer's + 3 "
+                           "points at matched clean accuracy (within 1 point)",
+                 "met": met, "text": text, "better_peer": p, "gain_points": gain * 100,
+                 "clean_diff_points": dclean * 100})
+    return rows
+
+
+def ratios(cands: dict) -> dict | None:
+    o, p = cands.get(ONELIP), better_peer(cands)
+    if o is None or p is None or "error" in o:
+        return None
+    r = cands[p]
+
+    def q(a, b):
+        return a / b if b else None
+
+    return {"peer": p, "clean_matched": o["clean"] - r["clean"] >= -MATCHED_CLEAN_TOL,
+            "certified@36": q(o["certified"]["36"], r["certified"]["36"]),
+            "certified@72": q(o["certified"]["72"], r["certified"]["72"]),
+            "clean": q(o["clean"], r["clean"]),
+            "images_per_second": q(o["images_per_second"], r["images_per_second"]),
+            "peak_rss": q(o["peak_rss_mb"], r["peak_rss_mb"]),
+            "epochs": q(o["epochs_done"], r["epochs_done"])}
+
+
+# ==== reports ===============================================================================
+
+
+def machine_info(args) -> dict:
+    import torch
+
+    gpu = None
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.device(args.device))
+    return _machine_info(device=args.device, gpu=gpu)
+
+
+def _machine_line(m: dict) -> str:
+    return (f"{m['cpu']} ({m['cpu_count']} CPUs), {m['threads']} torch thread(s) per network, "
+            f"device {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}, torch "
+            f"{m['torch']}, Python {m['python']}, deel-torchlip {m['deel-torchlip']}, "
+            f"orthogonium {m['orthogonium']}, onelip `{m['onelip_git']}`")
+
+
+def sweep_markdown(sweep: dict) -> list[str]:
+    L = ["## Loss chosen on the validation split (the sweep)", "",
+         f"The onelip network trained {fmt_s(sweep['budget_s'])} with each setting "
+         f"({sweep['jobs']} at a time, {sweep['threads']} thread each), evaluated on the "
+         f"{DATA_NAME} validation split:", "",
+         "| loss | lr | epochs | val clean | cert@36 | cert@72 | cert@108 | cert@255 |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sweep["rows"]:
+        if "error" in r:
+            L.append(f"| `{r['loss']}` | {r['lr']:g} | failed ({r['error']}) | | | | | |")
+            continue
+        mark = " **(chosen)**" if (r["loss"], r["lr"]) == (sweep["chosen"]["loss"],
+                                                          sweep["chosen"]["lr"]) else ""
+        c = r["certified"]
+        L.append(f"| `{r['loss']}`{mark} | {r['lr']:g} | {r['epochs_done']:.2f} | "
+                 f"{_pct(r['clean'])} | " + " | ".join(_pct(c[str(e)]) for e in EPS255) + " |")
+    L += ["", f"Rule: {sweep['rule']} The chosen loss and learning rate are then used for all "
+          "three networks (the same recipe for all).", "",
+          "Loss specs: `ce:tau=T` = onelip TauCrossEntropyLoss(T) (cross-entropy of T·logits); "
+          "`hinge:m=M` = onelip MulticlassHingeLoss(M, mode='top2'), max(0, M − (f_y − max_j "
+          "f_j)); `hkr:alpha=A,m=M` = MulticlassHKRLoss(A, M).", ""]
+    return L
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    cands, a = result["candidates"], result["args"]
+    ok = {n: r for n, r in cands.items() if "error" not in r}
+    L = [f"# {DATA_NAME}: certified accuracy, onelip vs orthogonium and deel-torchlip "
+         "(ConvNet XS, same CPU budget)", "",
+         f"Written by `{result['command']}` on {result['written']}, in "
+         f"{result['seconds'] / 60:.0f} min. Every figure is on the **{DATA_NAME} validation "
+         f"split** ({a['val_size']} of the 50,000 training images, fixed seed "
+         f"{a['split_seed']}; the test split is never read), in pixel space (ε = k/255).", ""]
+    if a.get("train_limit") or result["budget_s"] < 600:
+        L += [f"**Smoke run** (train limit {a.get('train_limit') or 'none'}, budget "
+              f"{fmt_s(result['budget_s'])}): a pipeline check, not the benchmark.", ""]
+    L += ["## Results", "",
+          f"Each network trained for {fmt_s(result['budget_s'])} of wall-clock time with "
+          f"{a['threads']} torch thread(s), {a['jobs']} network(s) at a time; loss "
+          f"`{result['loss']}`, Adam lr {result['lr']:g}, one-cycle over the budget, batch "
+          f"{a['batch_size']}, gradient clipping at {a['clip']:g}, augmentation crop (padding "
+          "4) + flip.", "",
+          f"| {DATA_NAME}, validation | params | epochs | images/s (training) | peak RSS MB | "
+          "clean | cert@36/255 | cert@72/255 | cert@108/255 | cert@255/255 | Lipschitz bound "
+          "(certified) | attack violations |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, r in cands.items():
+        if "error" in r:
+            L.append(f"| {TITLES[n]} | failed ({r['error']}) |" + " |" * 11)
+            continue
+        c = r["certified"]
+        att = r.get("attack")
+        L.append(f"| {r['title']} | {r['params']:,} | {r['epochs_done']:.2f} | "
+                 f"{r['images_per_second']:.0f} | {r['peak_rss_mb']:.0f} | {_pct(r['clean'])} | "
+                 + " | ".join(_pct(c[str(e)]) for e in EPS255)
+                 + f" | {r['lipschitz_upper']:.3f} | "
+                 + (f"{att['violations']} / {att['found']}" if att else "—") + " |")
+    const = [TITLES[n] for n, r in ok.items() if r.get("predicted_classes", 2) <= 1]
+    if const:
+        L += ["", f"**{', '.join(const)}: predicts a single class on the whole validation "
+              "split** (a constant classifier: its certified accuracy at every ε is that class's "
+              "share, not robustness learned)."]
+    L += ["", "Certificate (every row, the same code, `benchmarks/_certify.py`): radius = "
+          "min_j (f_y − f_j) / (L_body · ‖w_y − w_j‖), L_body the product of per-layer bounds "
+          "certified from the operator each layer applies in eval mode (convolutions: the "
+          "certified norm of their symbol, zero padding bounded, circular padding exact; "
+          "Normalize: max 1/σ; parameter-free layers: 1); valid for the whole network, in pixel "
+          "space. 'Lipschitz bound' = L_body · ‖W_last‖₂ (Normalize's 1/min σ included). "
+          "'images/s' = augmented training images per second of training wall time; 'peak "
+          "RSS' = `resource.getrusage` maxrss of the network's process (the 150 MB uint8 data "
+          "set included; after loading the data: "
+          + ", ".join(f"{TITLES[n]} {r['peak_rss_after_data_mb']:.0f} MB"
+                      for n, r in ok.items()) + "). 'attack violations' = points of the first "
+          f"{a['attack']} whose adversarial (found / of those attacked successfully) is closer "
+          "than their certificate: must be 0.", ""]
+    rt = result.get("ratios")
+    if rt:
+        L += ["## onelip against the better peer", "",
+              " ".join(better_peer.__doc__.split()) + f" Here: {TITLES[rt['peer']]}; clean "
+              "accuracy "
+              + ("matched (onelip within 1 point or above)." if rt["clean_matched"]
+                 else "**not matched** (onelip more than 1 point below)."),
+              "", "| ratio onelip / peer | cert@36 | cert@72 | clean | images/s | peak RSS | "
+              "epochs |", "|---|---:|---:|---:|---:|---:|---:|",
+              "| " + DATA_NAME + " | " + " | ".join(
+                  _f(rt[k], "{:.2f}") for k in ("certified@36", "certified@72", "clean",
+                                                  "images_per_second", "peak_rss", "epochs"))
+              + " |", ""]
+    L += ["## Targets (issue 11)", ""]
+    for t in result["targets"]:
+        L.append(f"- **{'MET' if t['met'] else 'NOT MET'}** — {t['target']}: {t['text']} "
+                 f"({DATA_NAME}, validation split).")
+    L += ["- GPU targets: see `cifar10_gpu.md` (the GPU protocol, `--device cuda`).", ""]
+    L += ["## Each library's own certificate", "",
+          "| network | certificate | assumes L | certified L it needs | valid | cert@36 | "
+          "cert@72 | attack violations of the claim |", "|---|---|---:|---:|---|---:|---:|---:|"]
+    for n, r in ok.items():
+        cl, att = r["claim"], r.get("attack")
+        L.append(f"| {r['title']} | {cl['certificate']} | {cl['assumed_bound']:.4f} | "
+                 f"{cl['certified_bound_needed']:.4f} | {'yes' if cl['valid'] else '**no**'} | "
+                 f"{_pct(cl['certified']['36'])} | {_pct(cl['certified']['72'])} | "
+                 f"{att['violations_of_library_claim'] if att else '—'} |")
+    L += ["", "Whole-network radius margin/(√2 · Lipschitz bound), for comparison: " + "; ".join(
+        f"{r['title']}: cert@36 {_pct(r['certified_global']['36'])}, cert@72 "
+        f"{_pct(r['certified_global']['72'])}" for r in ok.values()) + ".", ""]
+    if result.get("sweep"):
+        L += sweep_markdown(result["sweep"])
+    L += ["## Networks", "",
+          "ConvNet XS of Prach et al. (CVPR 2024), width 16: Normalize (per-channel mean/std of "
+          "the training split: mean " + ", ".join(f"{v:.4f}" for v in result["mean"])
+          + "; std " + ", ".join(f"{v:.4f}" for v in result["std"]) + f"; bound "
+          f"{1 / min(result['std']):.4f}), zero-channel padding 3 → 16, 1×1 convolution + "
+          "activation, 5 blocks × (5 convolutions + activation; 3×3, the last block 1×1) each "
+          "ending in first-channels (halving) + 2×2 invertible downsampling, flatten (512), "
+          "512 → 10 dense head. The parameter-free layers are onelip's in all three networks.",
+          "", "- onelip: `OrthoConv2d` (zero padding), `MaxMin`, `OrthoLinear`; "
+          "`retract_()` after each step.",
+          "- orthogonium: `AdaptiveOrthoConv2d` (AOC, circular padding, its default), its "
+          "`MaxMin`, its `OrthoLinear`.",
+          "- deel-torchlip: `SpectralConv2d` (zero padding), `GroupSort2`, `SpectralLinear`.",
+          ""]
+    L.append("Per-layer certified bounds (those ≠ 1 or of learned layers, product = L_body):")
+    L.append("")
+    for n, r in ok.items():
+        learned = [row for row in r["layers"] if abs(row["bound"] - 1) > 1e-5]
+        L.append(f"- **{r['title']}**: L_body = {r['L_body']:.4f}; layers with a bound "
+                 "≠ 1: " + (", ".join(f"{row['layer']} {row['bound']:.4f}" for row in learned)
+                            or "none") + f"; ‖W_last‖₂ = {r['last_layer_norm']:.4f}.")
+    L += ["", "## Time and machine", "",
+          "| network | budget s | train s | steps | augmentation share | grad norm (median) | "
+          "clipped | eval s | load avg start → end | saved |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for n, r in ok.items():
+        L.append(f"| {r['title']} | {r['budget_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                 f"{r['steps']} | {_pct(r.get('augment_fraction'))} | "
+                 f"{_f(r.get('grad_norm_median'), '{:.3g}')} | {_pct(r['clipped_fraction'])} | "
+                 f"{r['eval_seconds']:.0f} | {r['load_average_start']:.1f} → "
+                 f"{r['load_average_end']:.1f} | "
+                 + (f"`{Path(r['saved']).name}`.safetensors/.json" if r.get("saved") else "—")
+                 + " |")
+    d = result["data"]
+    L += ["", f"Data: {d['images']} training images of `{d['root']}` read in "
+          f"{d['load_seconds']:.1f} s ("
+          + ("decoded: no cache yet" if d["decoded"] else "from the cache") + ")"
+          + (f", {d['reload_seconds']:.2f} s from the cache" if d.get("reload_seconds") else "")
+          + (f"; cold decode into a fresh cache: {d['cold_decode_seconds']:.1f} s"
+             if d.get("cold_decode_seconds") else "")
+          + " (issue 11's targets: < 60 s decoding, < 2 s from the cache).", ""]
+    seen = set()
+    for r in ok.values():
+        line = _machine_line(r["machine"])
+        if line not in seen:
+            seen.add(line)
+            L.append(f"- Machine: {line}.")
+    L.append("")
+    path.write_text("\n".join(L))
+
+
+# ==== the CPU benchmark (orchestrator) ======================================================
+
+
+def data_summary(args) -> dict:
+    """Load once in the parent (builds the cache before the workers start), timed."""
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    from onelip.data.images import _default_cache_dir
+
+    cdir = cache or _default_cache_dir()
+    before = set(cdir.glob("*.npz")) if cdir.is_dir() else set()
+    x, y, classes, load_s = load_images(args)
+    after = set(cdir.glob("*.npz")) if cdir.is_dir() else set()
+    _, _, _, reload_s = load_images(args)
+    d = {"root": str(train_root(Path(args.data))), "images": int(x.shape[0]),
+         "classes": classes, "load_seconds": load_s, "decoded": after != before,
+         "reload_seconds": reload_s, "cache_dir": str(cdir)}
+    if args.time_decode:
+        from onelip.data.images import read_image_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            read_image_folder(train_root(Path(args.data)), cache_dir=tmp, progress=False)
+            d["cold_decode_seconds"] = time.perf_counter() - t0
+    xtr, _, xva, _ = split(x, y, args)
+    mean, std = channel_stats(xtr)
+    d.update(train=int(xtr.shape[0]), val=int(xva.shape[0]), mean=mean, std=std)
+    return d
+
+
+def run_benchmark(args) -> int:
+    import torch
+
+    t0 = time.perf_counter()
+    d = data_summary(args)
+    print(f"[cifar10] {DATA_NAME}: {d['images']} images in {d['load_seconds']:.1f} s "
+          f"(cache {'built' if d['decoded'] else 'hit'}; again {d['reload_seconds']:.2f} s); "
+          f"train {d['train']}, val {d['val']}; mean {[round(v, 4) for v in d['mean']]}, std "
+          f"{[round(v, 4) for v in d['std']]}; torch {torch.__version__}", flush=True)
+    budget = parse_duration(args.budget) or 1200.0
+    sweep = None
+    loss, lr = args.loss or DEFAULT_LOSS, args.lr
+    mdir = models_dir(args)
+    with tempfile.TemporaryDirectory(prefix="cifar10-jobs-") as tmp:
+        if args.sweep:
+            sb = parse_duration(args.sweep_budget)
+            specs = [s for s in args.sweep_losses.split(";") if s]
+            lrs = [float(v) for v in args.sweep_lrs.split(",")] if args.sweep_lrs else [args.lr]
+            jobs = [{"network": ONELIP, "loss": s, "lr": r, "budget_s": sb, "role": "sweep",
+                     "attack": 0, "label": f"sweep {s} lr {r:g}"} for s in specs for r in lrs]
+            rows = run_jobs(args, jobs, Path(tmp))
+            pick = choose(rows)
+            loss, lr = pick["loss"], pick["lr"]
+            sweep = {"budget_s": sb, "jobs": args.jobs, "threads": args.threads,
+                     "rows": [{k: v for k, v in r.items() if k not in ("layers", "history")}
+                              for r in rows],
+                     "chosen": {"loss": loss, "lr": lr}, "rule": " ".join(choose.__doc__.split())}
+            print(f"[cifar10] sweep: chose {loss} (lr {lr:g})", flush=True)
+        names = [n for n in NETS if n in args.only]
+        jobs = [{"network": n, "loss": loss, "lr": lr, "budget_s": budget, "role": "headline",
+                 "attack": args.attack, "label": n,
+                 "save": str(mdir / f"cifar10-{n}")} for n in names]
+        results = run_jobs(args, jobs, Path(tmp))
+    cands = {n: r for n, r in zip(names, results)}
+    result = {"command": " ".join(["benchmarks/cifar10.py", *args.argv]),
+              "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "data_name": DATA_NAME, "args": {k: (str(v) if isinstance(v, Path) else v)
+                                               for k, v in vars(args).items()},
+              "budget_s": budget, "loss": loss, "lr": lr, "eps_255": list(EPS255),
+              "mean": d["mean"], "std": d["std"], "data": d, "sweep": sweep,
+              "candidates": cands, "seconds": time.perf_counter() - t0}
+    result["targets"] = targets(cands)
+    result["ratios"] = ratios(cands)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cifar10.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_markdown(args.out / "cifar10.md", result)
+    for n, r in cands.items():
+        print(f"[cifar10] {n}: " + (r["error"] if "error" in r else cert_line(r)))
+    for t in result["targets"]:
+        print(f"[cifar10] {'MET' if t['met'] else 'NOT MET'}: {t['text']}")
+    print(f"[cifar10] wrote {args.out / 'cifar10.json'} and .md; models in {mdir}")
+    return 0 if all("error" not in r for r in cands.values()) else 1
+
+
+# ==== the GPU protocol ======================================================================
+
+
+def time_steps(model, loss_fn, x, y, *, device: str, steps: int, warmup: int, retract: bool,
+               batch_size: int, clip: float, seed: int) -> dict:
+    """Median / mean time of a full training step (augmentation, forward, backward, clipping,
+    Adam, retraction) at ``batch_size``, and of the augmentation alone."""
+    import torch
+
+    from onelip.data.augment import augment
+    from onelip.nn import retract_
+
+    cuda = device.startswith("cuda")
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4)
+    g = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.arange(batch_size, device=device) % x.shape[0]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def step():
+        xb = to_float(augment(x[idx], AUGMENT, generator=g))
+        loss = loss_fn(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        if retract:
+            retract_(model)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    aug = []
+    for _ in range(max(steps, 5)):
+        t = time.perf_counter()
+        to_float(augment(x[idx], AUGMENT, generator=g))
+        sync()
+        aug.append(time.perf_counter() - t)
+    ts = sorted(times)
+    return {"step_ms_median": 1e3 * ts[len(ts) // 2], "step_ms_mean": 1e3 * sum(ts) / len(ts),
+            "step_ms_min": 1e3 * ts[0], "steps": steps, "warmup": warmup,
+            "augment_ms_median": 1e3 * sorted(aug)[len(aug) // 2],
+            "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(device) / 2 ** 20
+                                   if cuda else None)}
+
+
+def run_gpu(args) -> int:
+    import torch
+
+    device = args.device
+    on_gpu = device.startswith("cuda")
+    if not on_gpu:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    x, y, classes, load_s = load_images(args)
+    xtr, ytr, xva, yva = split(x, y, args)
+    mean, std = channel_stats(xtr)
+    loss, loss_from = args.loss, "--loss"
+    if loss is None:  # the loss chosen by the CPU benchmark, if it has run
+        for prev in (args.out / "cifar10.json", REPO / "benchmarks" / "results" / "cifar10.json"):
+            if prev.exists():
+                loss, loss_from = json.loads(prev.read_text())["loss"], str(prev)
+                break
+        else:
+            loss, loss_from = DEFAULT_LOSS, "DEFAULT_LOSS (no cifar10.json yet)"
+    lr = args.lr
+    xd, yd = xtr.to(device), ytr.to(device)
+    steps = args.gpu_steps or (20 if on_gpu else 3)
+    warmup = 5 if on_gpu else 1
+    names = [n for n in NETS if n in args.only]
+    timing: dict = {}
+    for n in names:
+        for twin in (False, True):
+            model = build_network(n, mean, std, seed=args.seed)
+            if twin:
+                model = plain_twin(model)
+            key = f"{n}-plain" if twin else n
+            r = time_steps(model, make_loss(loss), xd, yd, device=device, steps=steps,
+                           warmup=warmup, retract=(n == ONELIP and not twin),
+                           batch_size=args.batch_size, clip=args.clip, seed=args.seed)
+            r["params"] = count_params(model)
+            timing[key] = r
+            print(f"[cifar10-gpu] {key}: step {r['step_ms_median']:.2f} ms (median of "
+                  f"{steps}), augmentation {r['augment_ms_median']:.3f} ms", flush=True)
+            del model
+    train_s = parse_duration(args.gpu_train) or parse_duration(args.budget) or 300.0
+    model = build_network(ONELIP, mean, std, seed=args.seed)
+    print(f"[cifar10-gpu] training onelip for {train_s:.0f} s on {device}, loss {loss}",
+          flush=True)
+    tr = train(model, make_loss(loss), xd, yd, budget_s=train_s, batch_size=args.batch_size,
+               lr=lr, clip=args.clip, retract=True, device=device, seed=args.seed,
+               label="gpu onelip")
+    ev = evaluate(ONELIP, model, xva, yva, attack_n=args.attack)
+    print(f"[cifar10-gpu] onelip after {tr['epochs_done']:.1f} epochs: {cert_line(ev)}",
+          flush=True)
+    mdir = models_dir(args)
+    save = mdir / ("cifar10-onelip-gpu" if on_gpu else "cifar10-onelip-gpu-protocol-on-cpu")
+    save_model(model, save, {
+        "network": ONELIP, "width": WIDTH, "mean": mean, "std": std, "classes": classes,
+        "data": DATA_NAME, "recipe": {"loss": loss, "lr": lr, "budget_seconds": train_s,
+                                      "batch_size": args.batch_size, "clip": args.clip,
+                                      "device": device},
+        "validation": {k: ev[k] for k in ("clean", "certified", "lipschitz_upper", "val_size")},
+        "split": {"val_size": args.val_size, "split_seed": args.split_seed,
+                  "train_limit": args.train_limit}, "written_by": "benchmarks/cifar10.py"})
+    result = {"command": " ".join(["benchmarks/cifar10.py", *args.argv]),
+              "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "data_name": DATA_NAME, "device": device, "on_gpu": on_gpu,
+              "machine": machine_info(args), "loss": loss, "loss_from": loss_from, "lr": lr,
+              "batch_size": args.batch_size, "timing": timing, "train_budget_s": train_s,
+              "train": {k: v for k, v in tr.items() if k != "history"},
+              "history": tr["history"], "eval": ev, "saved": str(save),
+              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "data_load_seconds": load_s, "seconds": time.perf_counter() - t0}
+    result["targets"] = gpu_targets(result)
+    if not on_gpu:  # the protocol ran, but these are not GPU figures: no verdict
+        for t in result["targets"]:
+            t["met_on_this_device"], t["met"] = t["met"], None
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cifar10_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_gpu_markdown(args.out / "cifar10_gpu.md", result)
+    for t in result["targets"]:
+        print(f"[cifar10-gpu] {verdict(t['met'])}: {t['target']}: {t['text']}")
+    print(f"[cifar10-gpu] wrote {args.out / 'cifar10_gpu.json'} and .md")
+    return 0
+
+
+def verdict(met) -> str:
+    return "NOT MEASURED (CPU only)" if met is None else ("MET" if met else "NOT MET")
+
+
+def gpu_targets(res: dict) -> list[dict]:
+    t, rows = res["timing"], []
+    where = "" if res["on_gpu"] else " (measured on the CPU only: not the GPU target)"
+    if ONELIP in t and f"{ONELIP}-plain" in t:
+        q = t[ONELIP]["step_ms_median"] / t[f"{ONELIP}-plain"]["step_ms_median"]
+        rows.append({"target": f"onelip's training step <= {TARGET_GPU_STEP_RATIO}x its "
+                               f"plain-conv twin{where}", "met": q <= TARGET_GPU_STEP_RATIO,
+                     "text": f"×{q:.2f} ({t[ONELIP]['step_ms_median']:.2f} vs "
+                             f"{t[ONELIP + '-plain']['step_ms_median']:.2f} ms)"})
+    if ONELIP in t and ORTHO in t:
+        a, b = t[ONELIP]["step_ms_median"], t[ORTHO]["step_ms_median"]
+        rows.append({"target": f"onelip's training step faster than orthogonium's{where}",
+                     "met": a < b, "text": f"{a:.2f} vs {b:.2f} ms (×{a / b:.2f})"})
+    ev = res["eval"]
+    met = ev["certified"]["36"] >= PAPER_BEST["cert@36"] and ev["clean"] >= PAPER_BEST["clean"]
+    rows.append({"target": f"the {fmt_s(res['train_budget_s'])} run reaches "
+                           "the paper's best point (44 % certified at 36/255 with 70 % clean, "
+                           f"original CIFAR-10){where}", "met": met,
+                 "text": f"{_pct(ev['certified']['36'])} certified at 36/255, "
+                         f"{_pct(ev['clean'])} clean ({DATA_NAME}, validation split)"})
+    if ONELIP in t:
+        share = t[ONELIP]["augment_ms_median"] / t[ONELIP]["step_ms_median"]
+        rows.append({"target": f"augmentation < 5 % of a training step{where}",
+                     "met": share < 0.05, "text": f"{share * 100:.2f} % "
+                     f"({t[ONELIP]['augment_ms_median']:.3f} of "
+                     f"{t[ONELIP]['step_ms_median']:.2f} ms)"})
+    return rows
+
+
+def write_gpu_markdown(path: Path, res: dict) -> None:
+    m = res["machine"]
+    L = [f"# {DATA_NAME}: the GPU protocol (ConvNet XS)", "",
+         f"Written by `{res['command']}` on {res['written']}."]
+    if not res["on_gpu"]:
+        L += ["", f"**Run on the CPU only** (device `{res['device']}`, no GPU at hand): this "
+              "checks that the protocol runs end to end; the figures are not GPU figures and "
+              "the GPU targets below are **not** measured."]
+    L += ["", f"Device: {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}; "
+          f"{_machine_line(m)}.", "",
+          f"## Training step at batch {res['batch_size']} (augmentation, forward, backward, "
+          "clipping, Adam, retraction for onelip)", "",
+          "| network | params | step ms (median) | min | ×plain twin | augmentation ms | peak "
+          "GPU MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    t = res["timing"]
+    for n in NETS:
+        for key, title in ((n, TITLES[n]), (f"{n}-plain", f"{TITLES[n]}: plain twin")):
+            if key not in t:
+                continue
+            r = t[key]
+            ratio = (r["step_ms_median"] / t[f"{n}-plain"]["step_ms_median"]
+                     if key == n and f"{n}-plain" in t else None)
+            L.append(f"| {title} | {r['params']:,} | {r['step_ms_median']:.2f} | "
+                     f"{r['step_ms_min']:.2f} | {_f(ratio, '×{:.2f}')} | "
+                     f"{r['augment_ms_median']:.3f} | {_f(r['peak_gpu_memory_mb'], '{:.0f}')} |")
+    ev, tr = res["eval"], res["train"]
+    L += ["", "Plain twin: the same network with `nn.Conv2d` / `nn.Linear` of the same shapes, "
+          "padding and bias (parameter-free layers kept), trained by the same step.", "",
+          f"## onelip trained for {tr['train_seconds']:.0f} s on `{res['device']}`", "",
+          f"Loss `{res['loss']}` (from {res['loss_from']}), Adam lr {res['lr']:g}, one-cycle "
+          f"over the budget, batch {res['batch_size']}: {tr['epochs_done']:.1f} epochs, "
+          f"{tr['images_per_second']:.0f} images/s.", "",
+          f"| {DATA_NAME}, validation ({ev['val_size']} images) | clean | cert@36/255 | "
+          "cert@72/255 | cert@108/255 | cert@255/255 | Lipschitz bound |",
+          "|---|---:|---:|---:|---:|---:|---:|",
+          f"| onelip | {_pct(ev['clean'])} | " + " | ".join(
+              _pct(ev["certified"][str(e)]) for e in EPS255)
+          + f" | {ev['lipschitz_upper']:.3f} |", "",
+          "Certified the same way as the CPU benchmark (`benchmarks/_certify.py`, "
+          f"`cifar10.md`). The paper's best point is on the original CIFAR-10; ours is "
+          f"{DATA_NAME}. Saved: `{Path(res['saved']).name}`.safetensors/.json.", "",
+          "## Targets (issue 11)", ""]
+    for tg in res["targets"]:
+        L.append(f"- **{verdict(tg['met'])}** — {tg['target']}: {tg['text']}.")
+    L.append("")
+    path.write_text("\n".join(L))
+
+
+# ==== certify saved networks on another folder ==============================================
+
+
+def run_evaluate_saved(args) -> int:
+    """Certify every ``cifar10-*.json`` network of ``--models`` on all images of ``--data``
+    (a folder of class sub-folders, e.g. a split the benchmark never saw)."""
+    import torch
+
+    from onelip.data.images import read_image_folder
+
+    torch.set_num_threads(args.threads)
+    mdir = models_dir(args)
+    out = {}
+    for jp in sorted(mdir.glob("cifar10-*.json")):
+        model, meta = load_saved(jp)
+        arr = read_image_folder(Path(args.data), classes=meta["classes"],
+                                cache_dir=args.cache_dir)
+        x, y = torch.from_numpy(arr.x), torch.from_numpy(arr.y)
+        r = evaluate(meta["network"], model, x, y, attack_n=args.attack)
+        out[jp.stem] = {k: v for k, v in r.items() if k != "layers"}
+        print(f"[cifar10] {jp.stem} on {args.data} ({x.shape[0]} images): {cert_line(r)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"cifar10_saved_{Path(args.data).name}.json"
+    path.write_text(json.dumps({"data": str(args.data), "data_name": DATA_NAME,
+                                "results": out}, indent=1) + "\n")
+    print(f"[cifar10] wrote {path}")
+    return 0
+
+
+# ==== main ==================================================================================
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path,
+                   help="image folder: DIR/train/<class>/*.jpg (or DIR/<class>/); only the "
+                        "training images are read")
+    p.add_argument("--cache-dir", default=None,
+                   help="uint8 cache of the decoded images (default: onelip's, "
+                        "$ONELIP_CACHE/images or ~/.cache/onelip/images)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--models", type=Path, default=None,
+                   help="where the trained networks go (default benchmarks/models with the "
+                        "default --out, else <out>/models)")
+    p.add_argument("--peers-venv", type=Path,
+                   default=Path(os.environ.get("ONELIP_PEERS_VENV", DEFAULT_PEERS_VENV)))
+    p.add_argument("--only", default=",".join(NETS),
+                   help=f"comma-separated networks among {','.join(NETS)}")
+    p.add_argument("--budget", default=None,
+                   help="training wall time per network (20m; 30s, 1h, 90 also read). In the "
+                        "GPU protocol: the training time when --gpu-train is not given")
+    p.add_argument("--sweep", action="store_true",
+                   help="choose the loss on the validation split first (see the docstring)")
+    p.add_argument("--sweep-budget", default="3m")
+    p.add_argument("--sweep-losses", default=";".join(SWEEP_LOSSES),
+                   help="';'-separated loss specs (ce:tau=T, hinge:m=M, hkr:alpha=A,m=M)")
+    p.add_argument("--sweep-lrs", default=None,
+                   help="comma-separated learning rates to sweep too (default: --lr only)")
+    p.add_argument("--loss", default=None,
+                   help=f"the loss without --sweep (default {DEFAULT_LOSS}; GPU protocol: the "
+                        "loss of <out>/cifar10.json or benchmarks/results/cifar10.json if any)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per network")
+    p.add_argument("--jobs", type=int, default=2, help="networks trained at a time")
+    p.add_argument("--train-limit", type=int, default=0,
+                   help="train on the first N training images (smoke tests); 0: all 45,000")
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attack", type=int, default=50,
+                   help="attack the first N validation points to check the certificates")
+    p.add_argument("--time-decode", action="store_true",
+                   help="also time decoding all images into a fresh (temporary) cache")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the CPU benchmark) or cuda[:i] (the GPU protocol)")
+    p.add_argument("--gpu-checks", action="store_true",
+                   help="run the GPU protocol on --device even if it is the CPU")
+    p.add_argument("--gpu-train", default=None,
+                   help="GPU protocol: onelip's training time (default 5m, or --budget)")
+    p.add_argument("--gpu-steps", type=int, default=None,
+                   help="GPU protocol: timed steps per network (default 20 on a GPU, 3 on CPU)")
+    p.add_argument("--evaluate-saved", action="store_true",
+                   help="certify the saved networks (--models) on every image of --data")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(raw)
+    args.argv = raw
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    bad = set(args.only) - set(NETS)
+    if bad:
+        p.error(f"unknown networks {sorted(bad)}; expected among {NETS}")
+    for k in ("budget", "sweep_budget", "gpu_train"):
+        try:
+            parse_duration(getattr(args, k))
+        except argparse.ArgumentTypeError as e:
+            p.error(f"--{k.replace('_', '-')}: {e}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
+    gpu_mode = args.gpu_checks or args.device.startswith("cuda")
+    peers_needed = bool(set(PEERS) & set(args.only))
+    if args.evaluate_saved:
+        mdir = models_dir(args)
+        peers_needed = any(json.loads(p.read_text()).get("network") in PEERS
+                           for p in mdir.glob("cifar10-*.json"))
+    import_working_tree_onelip(need_peers=peers_needed, script=__file__, venv=args.peers_venv)
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("[cifar10] --device cuda but torch sees no GPU (a peers' venv with a "
+                         "CPU-only torch? put deel-torchlip and orthogonium on PYTHONPATH of a "
+                         "CUDA torch, or use --only onelip)")
+    if args.worker:
+        return run_worker(args)
+    if args.evaluate_saved:
+        return run_evaluate_saved(args)
+    if gpu_mode:
+        return run_gpu(args)
+    return run_benchmark(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
