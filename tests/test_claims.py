@@ -32,6 +32,7 @@ def _examples() -> dict[str, LipschitzModule]:
         "Abs": onn.Abs(),
         "BatchCentering": onn.BatchCentering(3),
         "ConvexResidual": onn.ConvexResidual(onn.Abs(), 0.3),
+        "FirstChannels": onn.FirstChannels(2),
         "Flatten": onn.Flatten(),
         "FrobeniusLinear": onn.FrobeniusLinear(4, 2, per_row=True),
         "FullSort": onn.FullSort(),
@@ -41,6 +42,7 @@ def _examples() -> dict[str, LipschitzModule]:
         "L2NormPool2d": onn.L2NormPool2d(3, 2),
         "LayerCentering": onn.LayerCentering(),
         "MaxMin": onn.MaxMin(),
+        "Normalize": onn.Normalize([0.5, 0.4, 0.3], [0.25, 0.5, 1.0]),
         "OrthoConv2d": onn.OrthoConv2d(2, 4, 3, stride=2),
         "OrthoLinear": onn.OrthoLinear(3, 5),
         "SLLBlock": onn.SLLBlock(3, 4),
@@ -50,6 +52,7 @@ def _examples() -> dict[str, LipschitzModule]:
         "SpectralConv2d": onn.SpectralConv2d(2, 2, 3, input_size=(5, 5)),
         "SpectralLinear": onn.SpectralLinear(3, 2),
         "ToImage": onn.ToImage((1, 2, 2)),
+        "ZeroChannelPad": onn.ZeroChannelPad(4),
     }
 
 

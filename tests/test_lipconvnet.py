@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from checks import assert_lipschitz, exact_singular_values
+
 from onelip import certify
 from onelip.export import to_plain
 from onelip.models.lipconvnet import LIPCONVNET_PRESETS, LipConvNetConfig, lipconvnet
@@ -82,6 +82,25 @@ def test_normalised_network_certificates_hold_in_pixel_space():
     wrong = certify.certified_accuracy(net, x, y, [0.0], lipschitz=1.0)["radii"]
     assert bool((att.min_norm[found] < wrong[found]).any()), \
         "with bound 1 (ignoring 1/min σ) some certificates should be broken"
+
+
+def test_plain_export_certifies_as_the_onelip_model():
+    """Issue 10: ``lipschitz_bound(to_plain(net))`` raised for any plain ``nn.Conv2d``. The
+    exported network (Normalize → a depthwise 1×1 conv, OrthoConv2d → convs, channel pad and
+    selection kept) now certifies with the onelip model's bound 1/min σ (within 1e-5) and
+    the same certified accuracy."""
+    torch.manual_seed(0)
+    net = _tiny(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5)).eval()
+    plain = to_plain(net)
+    ours, theirs = certify.lipschitz_bound(net), certify.lipschitz_bound(plain)
+    assert ours * (1 - 1e-5) <= theirs <= ours * (1 + 1e-6), (ours, theirs)
+    x = torch.rand(32, 3 * 64)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    eps = [0.0, 0.02, 0.05]
+    a = certify.certified_accuracy(net, x, y, eps)
+    b = certify.certified_accuracy(plain, x, y, eps)
+    assert all(abs(a["certified"][e] - b["certified"][e]) <= 1e-4 for e in eps)
 
 
 @pytest.mark.parametrize("preset, width", sorted((k, v["width"])

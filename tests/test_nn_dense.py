@@ -270,6 +270,57 @@ def test_ortho_train_guard_catches_a_latent_hidden_from_power_iteration():
     assert_singular_values_in(layer, (n,), 0.0, 1 + TOL_SIGMA)
 
 
+def _write_through_data(layer: onn.OrthoLinear, how: str) -> None:
+    """Overwrite the latent through ``weight.data``: no version counter is bumped."""
+    if how == "normal_":  # the issue's case
+        layer.weight.data.normal_()
+    elif how == "scale":  # a latent the guard must retract (σ_max ≈ 10 > 2)
+        layer.weight.data.mul_(10.0)
+    else:  # "copy_": a far-from-orthogonal latent copied in
+        layer.weight.data.copy_(5 * torch.randn_like(layer.weight))
+
+
+@pytest.mark.parametrize("how", ["normal_", "scale", "copy_"])
+@pytest.mark.parametrize("before", ["retracted", "guarded"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_ortho_train_operator_at_most_1_after_a_write_through_data(shape, before, how):
+    """Issue 10: ``layer.weight.data.normal_()`` then a training forward applied a
+    326-Lipschitz operator at 16×16 (1.8e3 at 64×64): the fast path compared values, but the guard
+    behind it keyed on the version counter, which ``.data`` writes do not bump. Tested from
+    the two states the guard can skip from: a latent certified by ``retract_()`` and one
+    certified by the guard itself (an in-place write, then a forward)."""
+    torch.manual_seed(0)
+    i, o = shape
+    layer = onn.OrthoLinear(i, o).train()
+    if before == "guarded":
+        with torch.no_grad():  # a visible write, a latent the guard certifies without retracting
+            layer.weight.mul_(1.5)
+        layer(torch.randn(2, i))
+    _write_through_data(layer, how)
+    assert_singular_values_in(layer, (i,), 0.0, 1 + TOL_SIGMA)
+    # and on the next forwards too (the guard's own certified copy is the new latent)
+    assert_singular_values_in(layer, (i,), 0.0, 1 + TOL_SIGMA)
+    _write_through_data(layer, how)
+    assert_singular_values_in(layer, (i,), 0.0, 1 + TOL_SIGMA)
+
+
+def test_ortho_train_guard_skips_only_the_values_it_certified():
+    """The guard's shortcut must not outlive the values it certified: a ``.data`` write to a
+    latent between two training forwards, with no optimiser step and no retract, is checked."""
+    torch.manual_seed(0)
+    layer = onn.OrthoLinear(16, 16).train()
+    with torch.no_grad():
+        layer.weight.mul_(1.2)  # σ = 1.2: the one-step Björck map is applied, not retracted
+    x = torch.randn(4, 16)
+    layer(x)
+    certified = layer.weight.detach().clone()
+    layer(x)  # unchanged: skipped, the latent is kept as it is
+    assert torch.equal(layer.weight, certified)
+    layer.weight.data.mul_(3.0)  # σ = 3.6 > 2: must be retracted by the next forward
+    assert_singular_values_in(layer, (16,), 0.0, 1 + TOL_SIGMA)
+    assert float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)) <= 1 + 1e-6
+
+
 def test_ortho_retract_keeps_the_eval_function_and_approaches_orthogonal():
     """retract_() leaves polar(W) unchanged and moves W towards it."""
     layer = adam_steps(onn.OrthoLinear(32, 16), lr=0.05).eval()

@@ -6,7 +6,8 @@
   :func:`cholesky_orthonormalize`, :func:`spectral_norm_exact`, :func:`power_iteration`,
   :func:`float32_cast_margin`, :func:`rounding_margin`, :func:`unit_norm_cast`.
 * :mod:`.conv`: :func:`compose_kernels`, :func:`bcop_kernel`, :func:`circular_grid`,
-  :func:`conv2d_symbol`, :func:`conv2d_operator_norm_bound`, :func:`symbol_power_iteration`.
+  :func:`conv2d_symbol`, :func:`conv2d_operator_norm_bound`, :func:`conv2d_infinite_norm_bound`,
+  :func:`symbol_power_iteration`.
 * :mod:`.pooling`: :func:`scaled_avg_pool2d`, :func:`l2_norm_pool2d`,
   :func:`global_l2_norm_pool2d`, :func:`invertible_downsample`, :func:`avg_pool_norm`.
 * :mod:`.residual`: :func:`sll_linear`, :func:`sll_conv2d`, their scalings and the rounding
@@ -29,6 +30,7 @@ from onelip.functional.conv import (
     bcop_kernel,
     circular_grid,
     compose_kernels,
+    conv2d_infinite_norm_bound,
     conv2d_operator_norm_bound,
     conv2d_polyphase,
     conv2d_symbol,
@@ -80,6 +82,7 @@ __all__ = [
     "cholesky_orthonormalize",
     "circular_grid",
     "compose_kernels",
+    "conv2d_infinite_norm_bound",
     "conv2d_operator_norm_bound",
     "conv2d_polyphase",
     "conv2d_symbol",

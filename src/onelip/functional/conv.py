@@ -15,6 +15,7 @@ __all__ = [
     "bcop_kernel",
     "circular_grid",
     "compose_kernels",
+    "conv2d_infinite_norm_bound",
     "conv2d_operator_norm_bound",
     "conv2d_polyphase",
     "conv2d_symbol",
@@ -108,19 +109,19 @@ def circular_grid(kernel_size: tuple[int, int], input_size: tuple[int, int], *,
     return sizes[0], sizes[1]
 
 
-def conv2d_polyphase(kernel: Tensor, *, stride: int = 1) -> Tensor:
-    """The polyphase kernel :math:`K'[o, (c, r_1, r_2), a_1, a_2] = K[o, c, s a_1 + r_1,
-    s a_2 + r_2]`: the stride-s convolution as a stride-1 convolution of the
+def conv2d_polyphase(kernel: Tensor, *, stride: int | tuple[int, int] = 1) -> Tensor:
+    """The polyphase kernel :math:`K'[o, (c, r_1, r_2), a_1, a_2] = K[o, c, s_1 a_1 + r_1,
+    s_2 a_2 + r_2]`: the stride-s convolution as a stride-1 convolution of the
     pixel-unshuffled input. Differentiable.
 
-    Shape: (C_out, C_in, kh, kw) -> (C_out, C_in s², ⌈kh/s⌉, ⌈kw/s⌉).
+    Shape: (C_out, C_in, kh, kw) -> (C_out, C_in s_1 s_2, ⌈kh/s_1⌉, ⌈kw/s_2⌉).
     """
     c_out, c_in, kh, kw = kernel.shape
-    s = stride
-    qh, qw = -(-kh // s), -(-kw // s)
-    k = F.pad(kernel, (0, qw * s - kw, 0, qh * s - kh))  # (O, C, qh s, qw s)
-    k = k.reshape(c_out, c_in, qh, s, qw, s).permute(0, 1, 3, 5, 2, 4)
-    return k.reshape(c_out, c_in * s * s, qh, qw)  # (O, C s², qh, qw)
+    sh, sw = (stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[1]))
+    qh, qw = -(-kh // sh), -(-kw // sw)
+    k = F.pad(kernel, (0, qw * sw - kw, 0, qh * sh - kh))  # (O, C, qh sh, qw sw)
+    k = k.reshape(c_out, c_in, qh, sh, qw, sw).permute(0, 1, 3, 5, 2, 4)
+    return k.reshape(c_out, c_in * sh * sw, qh, qw)  # (O, C sh sw, qh, qw)
 
 
 def dft_phases(taps: tuple[int, int], grid: tuple[int, int], *,
@@ -188,6 +189,145 @@ def conv2d_operator_norm_bound(kernel: Tensor, input_size: tuple[int, int], *,
         bound = torch.linalg.matrix_norm(sym, ord=2).amax()
         best = bound if best is None else torch.minimum(best, bound)
     return best
+
+
+# conv2d_infinite_norm_bound: refine until the bound is within this (relative) of the largest
+# value found, or after this many symbol evaluations (the bound is then looser, still valid).
+_SUP_RTOL = 1e-5
+_SUP_MAX_EVALS = 200_000
+
+
+def _symbol_extremes(kp: Tensor, omega: Tensor, chunk: int = 2 ** 22) -> tuple[Tensor, Tensor]:
+    """Largest and smallest squared singular values of the symbol of ``kp`` at the
+    frequencies ``omega``, per group, in chunks of about ``chunk`` complex entries.
+
+    Shape: kp (G, O, C', qh, qw) float64, omega (P, 2) float64 -> (G, P), (G, P).
+    """
+    g, o, c, qh, qw = kp.shape
+    kc = kp.to(torch.complex128)
+    ah = torch.arange(qh, dtype=torch.float64, device=kp.device)
+    aw = torch.arange(qw, dtype=torch.float64, device=kp.device)
+    step = max(1, chunk // max(1, g * o * c))
+    big, small = [], []
+    for start in range(0, omega.shape[0], step):
+        w = omega[start:start + step]
+        angle = -(w[:, 0, None, None] * ah[None, :, None] + w[:, 1, None, None] * aw[None, None, :])
+        phases = torch.polar(torch.ones_like(angle), angle)  # (P', qh, qw)
+        sym = torch.einsum("gocab,pab->gpoc", kc, phases)  # (G, P', O, C')
+        sv = torch.linalg.svdvals(sym)  # (G, P', min(O, C')), descending
+        big.append(sv[..., 0] ** 2)
+        small.append(sv[..., -1] ** 2)
+    return torch.cat(big, 1), torch.cat(small, 1)
+
+
+@torch.no_grad()
+def conv2d_infinite_norm_bound(kernel: Tensor, *, stride: int | tuple[int, int] = 1,
+                               dilation: int | tuple[int, int] = 1, groups: int = 1,
+                               rtol: float = _SUP_RTOL,
+                               max_evals: int = _SUP_MAX_EVALS) -> float:
+    r"""A certified upper bound, valid for **every input size and every zero padding**, of the
+    operator norm of ``conv2d(·, kernel, stride, padding, dilation, groups)``.
+
+    The zero-padded convolution of a finite input is a compression of the convolution of
+    infinite signals (zero-embed the padded input, convolve, keep the output window), so its
+    norm is at most that of the infinite one, :math:`\sup_\omega \sigma_{\max}(\hat K'(\omega))`
+    over the *continuous* torus (:math:`K'` the polyphase kernel, :func:`conv2d_polyphase`;
+    grouped: the max over the groups). A DFT grid only samples that supremum
+    (:func:`conv2d_operator_norm_bound` is the maximum over one grid, which holds for one
+    input size); this bounds it from samples:
+
+    For a unit vector u, :math:`p_u(\omega) = \|\hat K'(\omega)^H u\|^2` is a real
+    trigonometric polynomial of degree :math:`d_i = q_i - 1` in :math:`\omega_i` (q_i the
+    polyphase taps) with values in :math:`[m, M]`, the infimum of the smallest and the supremum
+    of the largest eigenvalue of the small Gram matrix :math:`\hat K'\hat K'^H` (or
+    :math:`\hat K'^H\hat K'`). At a maximiser :math:`\omega^*` of :math:`p_u` the gradient
+    vanishes, and Bernstein's inequality (applied to :math:`p_u - c` in each variable) bounds
+    the Hessian by :math:`(d_1|\delta_1| + d_2|\delta_2|)^2 R`, :math:`R = \sup|p_u - c|`. So
+    if :math:`\omega^*` lies in a cell of half-widths :math:`h_i` around a sampled frequency
+    g, with :math:`\kappa = (d_1h_1 + d_2h_2)^2/2`,
+
+    .. math::
+        M \le \lambda_{\max}(g) + \kappa R, \qquad
+        R \le \frac{\Lambda - \lambda}{2(1 - \kappa_0)}
+
+    (Λ, λ the largest and smallest squared singular values on a first DFT grid with
+    :math:`\kappa_0 < 1`, :math:`c = (\Lambda + \lambda)/2`; the same argument at the
+    minimiser bounds m). The bound is the maximum over the cells tiling the half torus
+    (:math:`\hat K'(-\omega) = \overline{\hat K'(\omega)}`); the cells whose bound exceeds the
+    largest sampled value by more than ``rtol`` (relative, on σ) are split in four, until none
+    does or ``max_evals`` frequencies were evaluated.
+
+    For a symbol that is an isometry or a co-isometry at every frequency (an orthogonal
+    convolution) R = 0 and the bound is the grid value at once; for others the refinement
+    concentrates on the neighbourhood of the maximum (measured: 600–2,800 SVDs for random
+    3×3 kernels, 5 s at 128 channels on one CPU thread). Float64 (SVD per frequency) from
+    the kernel as stored, then rounded up: :math:`\times(1 + 10^{-9})` and
+    :math:`+\,10^{-12}\sum_a \|K'_a\|_F`.
+
+    Shape: kernel (C_out, C_in / groups, kh, kw) -> float.
+    """
+    with torch.autocast(kernel.device.type, enabled=False):  # float64 whatever the context
+        return _infinite_norm_bound(kernel, stride, dilation, groups, rtol, max_evals)
+
+
+def _infinite_norm_bound(kernel: Tensor, stride, dilation, groups: int, rtol: float,
+                         max_evals: int) -> float:
+    sh, sw = (stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[1]))
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else (int(dilation[0]),
+                                                                        int(dilation[1]))
+    k = kernel.detach().double()
+    c_out, c_group, kh, kw = k.shape
+    if groups < 1 or c_out % groups:
+        raise ValueError(f"Expected C_out divisible by groups, but got {c_out} and {groups}")
+    if k.numel() == 0:
+        return 0.0
+    if not bool(torch.isfinite(k).all()):
+        raise ValueError("Cannot bound a convolution whose kernel has NaN or infinite entries")
+    if (dh, dw) != (1, 1):  # the dilated kernel, zeros between the taps
+        dil = k.new_zeros(c_out, c_group, dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        dil[:, :, ::dh, ::dw] = k
+        k = dil
+    kp = conv2d_polyphase(k, stride=(sh, sw))  # (O, C', qh, qw)
+    kp = kp.reshape(groups, c_out // groups, *kp.shape[1:])  # (G, O/G, C', qh, qw)
+    deg = torch.tensor([kp.shape[-2] - 1, kp.shape[-1] - 1], dtype=torch.float64)
+    # First grid: N_i = 8 d_i frequencies on axis i (κ₀ = (π/4)²/2 ≈ 0.31), half of it on
+    # the last axis; each frequency is the centre of a cell of half-widths π/N_i.
+    n = [max(1, 8 * int(d)) for d in deg]
+    f1 = torch.arange(n[0], dtype=torch.float64) * (2 * math.pi / n[0])
+    f2 = torch.arange(n[1] // 2 + 1, dtype=torch.float64) * (2 * math.pi / n[1])
+    centers = torch.cartesian_prod(f1, f2).reshape(-1, 2)  # (P, 2)
+    half = torch.tensor([math.pi / n[0], math.pi / n[1]], dtype=torch.float64)
+    halves = half.expand(centers.shape[0], 2).clone()  # (P, 2) per cell
+    big, small = _symbol_extremes(kp, centers.to(k.device))  # (G, P)
+    big, small = big.cpu(), small.cpu()
+
+    def kappa(h: Tensor) -> Tensor:  # (P, 2) -> (P,)
+        return (h * deg).sum(1) ** 2 / 2
+
+    k0 = float(kappa(half[None])[0])
+    radius = (big.amax(1) - small.amin(1)).clamp_min(0) / (2 * (1 - k0))  # R per group, (G,)
+    best = float(big.amax())  # the largest value sampled: a lower bound of M
+    settled = 0.0  # the largest bound of the cells dropped (each below the target then)
+    evals = centers.shape[0]
+    split = deg > 0  # split the cells along the axes with a non-constant symbol
+    while True:
+        ub = (big + kappa(halves)[None, :] * radius[:, None]).amax(0)  # (P,)
+        target = best * (1 + rtol) ** 2
+        open_ = ub > target
+        if not bool(open_.any()) or evals >= max_evals:
+            bound = max(settled, float(ub.max()) if ub.numel() else 0.0)
+            break
+        settled = max(settled, float(ub[~open_].max()) if bool((~open_).any()) else 0.0)
+        c, h = centers[open_], halves[open_] / torch.where(split, 2.0, 1.0)
+        signs = [(-1, 1) if bool(split[i]) else (0,) for i in (0, 1)]
+        offsets = [torch.tensor([a, b], dtype=torch.float64) for a in signs[0] for b in signs[1]]
+        centers = torch.cat([c + o * h for o in offsets])  # children: quarters of the cells
+        halves = torch.cat([h for _ in offsets])
+        big = _symbol_extremes(kp, centers.to(k.device))[0].cpu()
+        best = max(best, float(big.amax()))
+        evals += centers.shape[0]
+    slack = 1e-12 * float(torch.linalg.matrix_norm(kp.permute(3, 4, 0, 1, 2)).sum())
+    return math.sqrt(bound) * (1 + 1e-9) + slack
 
 
 @torch.no_grad()

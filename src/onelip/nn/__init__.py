@@ -12,9 +12,11 @@ from torch import nn
 
 from onelip.nn._base import LipschitzModule, check_bound_applies, eval_mode
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
+from onelip.nn.channels import FirstChannels, ZeroChannelPad
 from onelip.nn.conv import OrthoConv2d, SpectralConv2d, serial_kernel_build
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn.normalization import BatchCentering, LayerCentering
+from onelip.nn.normalize import Normalize
 from onelip.nn.plain import ChannelShift, Residual, export_tree
 from onelip.nn.pooling import (
     Flatten,
@@ -32,6 +34,7 @@ __all__ = [
     "BatchCentering",
     "ChannelShift",
     "ConvexResidual",
+    "FirstChannels",
     "Flatten",
     "FrobeniusLinear",
     "FullSort",
@@ -42,6 +45,7 @@ __all__ = [
     "LayerCentering",
     "LipschitzModule",
     "MaxMin",
+    "Normalize",
     "OrthoConv2d",
     "OrthoLinear",
     "Residual",
@@ -52,6 +56,7 @@ __all__ = [
     "SpectralConv2d",
     "SpectralLinear",
     "ToImage",
+    "ZeroChannelPad",
     "check_bound_applies",
     "eval_mode",
     "export_tree",

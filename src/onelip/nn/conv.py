@@ -176,7 +176,10 @@ class OrthoConv2d(LipschitzModule):
 
     Args:
         in_channels: C_in.
-        out_channels: C_out.
+        out_channels: C_out. With stride 1 and k > 1, :math:`\max(C_{in}, C_{out}) \ge 2`
+            (the only orthogonal convolutions of one channel are shifts). With stride s > 1
+            one channel is allowed (e.g. 1 → 2): the 2×2 blocks of the one-channel stride-1
+            part are then shifts and D mixes the :math:`s^2` phases.
         kernel_size: k, odd when ``stride == 1``; ``k >= stride``. Default: 3.
         stride: s. Default: 1.
         bias: learn an additive bias. Default: ``True``.
@@ -230,16 +233,18 @@ class OrthoConv2d(LipschitzModule):
         self.mid_channels = out_channels if s == 1 else max(in_channels, out_channels // (s * s))
         n = max(in_channels, self.mid_channels)  # channels of the 2×2 blocks
         kb = k - s + 1
-        if kb > 1 and n < 2:
+        if kb > 1 and n < 2 and s == 1:
+            # One channel: the only orthogonal k×k convolutions are ±shifts.
             raise ValueError(
-                f"A {k}x{k} orthogonal convolution needs at least 2 channels, but got "
-                f"in_channels={in_channels}, out_channels={out_channels}"
+                f"A {k}x{k} stride-1 orthogonal convolution needs at least 2 channels (with "
+                f"one it can only be a shift), but got in_channels={in_channels}, "
+                f"out_channels={out_channels}"
             )
         small = min(in_channels, self.mid_channels)
         self.mix = nn.Parameter(torch.empty(n, small, **factory))  # (n, min)
-        if kb > 1:  # 2(kb-1) projectors of rank n/2: (2(kb-1), n, n/2)
+        if kb > 1 and n >= 2:  # 2(kb-1) projectors of rank n/2: (2(kb-1), n, n/2)
             self.proj = nn.Parameter(torch.empty(2 * (kb - 1), n, n // 2, **factory))
-        else:
+        else:  # kb = 1, or one channel (stride > 1): rank-0 projectors, the blocks are shifts
             self.register_parameter("proj", None)
         if s > 1:
             self.down = nn.Parameter(
@@ -280,8 +285,9 @@ class OrthoConv2d(LipschitzModule):
         mix = F.cholesky_orthonormalize(lat["mix"].to(dtype), refine=exact)
         if lat.get("proj") is not None:
             proj = F.cholesky_orthonormalize(lat["proj"].to(dtype), refine=exact)
-        else:
-            proj = mix.new_zeros(0, mix.shape[0], 1)
+        else:  # rank-0 projectors: each 2×2 block is a one-tap shift (none for kb = 1)
+            kb = self.kernel_size[0] - self.stride[0] + 1
+            proj = mix.new_zeros(2 * (kb - 1), mix.shape[0], 0)
         kernel = F.bcop_kernel(mix, proj, in_channels=self.in_channels,
                                out_channels=self.mid_channels)  # (C_mid, C_in, kb, kb)
         if lat.get("down") is not None:

@@ -57,7 +57,9 @@ class _RetractedLinear(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, w: Tensor, b: Tensor | None):
         a = x @ w.mT
-        return (a if b is None else a + b), a
+        # y must be another tensor than a even without a bias: a is marked
+        # non-differentiable, and ``y = a`` would leave the output without a grad_fn.
+        return (a.clone() if b is None else a + b), a
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -130,7 +132,8 @@ class OrthoLinear(LipschitzModule):
       :math:`\sigma\le2`, equal to 1 with zero derivative at :math:`\sigma = 1`. A certified
       guard retracts the latent first if the Gram row-sum bound allows
       :math:`\sigma_{\max}(W) > 2`; it costs nothing when :meth:`retract_` certified the
-      current latent, one Gram matrix otherwise.
+      current latent, one comparison when it certified these values itself, one Gram matrix
+      otherwise.
 
     Both are 1-Lipschitz. What the retracted forward gives up: the training operator is
     1 − O(δ²) tight instead of 1 − O(δ⁴), and the weight gradient is the projected one rather
@@ -138,8 +141,32 @@ class OrthoLinear(LipschitzModule):
     Björck-1 matrix explicitly (two d×d×d products: more than the batch-side ones while
     batch < 2·width); keeping the Björck-1 forward with a projected backward (slower in
     forward+backward than the retracted forward); a version-counter check of the latent
-    instead of comparing values (misses writes through ``weight.data``). Timings against
+    instead of comparing values (misses writes through ``weight.data``, for the fast path
+    and for the guard alike). Timings against
     ``nn.Linear`` and the peers: ``benchmarks/results/dense.md``.
+
+    **What the training checks see.** Both the fast-path test and the guard compare the
+    latent *value for value* with the copy they last certified (not by version counter), at
+    the start of every training forward. So every write made before a forward is seen: an
+    optimiser step, ``load_state_dict``, ``with torch.no_grad(): weight.copy_(…)``, and
+    writes through ``weight.data``, which bump no version counter
+    (``layer.weight.data.normal_()`` then a training forward gave a 326-Lipschitz operator
+    at 16×16, 1.8e3 at 64×64, while the guard keyed on the counter; now ≤ 1). What they
+    cannot see:
+
+    * a write made *after* the check, i.e. while the forward runs (another thread) or
+      between a forward and its backward: the output was computed from the checked values,
+      but a ``.data`` write also escapes autograd's saved-tensor check, so that backward
+      uses the new values;
+    * a forward replayed without running Python: ``torch.jit.trace`` of a training-mode
+      layer records the branch taken when it was traced (measured: σ = 5.6 after a ``.data``
+      write to a traced 8×8 layer), as would any other capture that replays a recorded
+      graph of a training forward (a CUDA graph). ``torch.compile`` is not affected: the
+      checks are graph breaks, run at every call.
+
+    ``torch.func.vmap`` over the weight is refused (no batching rule for the comparison), not
+    left unchecked. Eval mode is unaffected: its cache may keep a stale Q after a ``.data``
+    write (still orthogonal; see :class:`~onelip.nn.LipschitzModule`).
 
     Args:
         in_features: size of each input sample.
@@ -203,20 +230,23 @@ class OrthoLinear(LipschitzModule):
             w.copy_(F.bjorck_step(w, gram))
         else:
             w.copy_(F.polar_bjorck(w)[0])
-        self._mark_certified()  # σ_max(W) ≤ 1 now (Björck step from σ² ≤ 2.5, or polar)
-        # The training forward applies this latent as it is while it stays equal to this
-        # certified copy (see _retracted).
+        # σ_max(W) ≤ 1 now (Björck step from σ² ≤ 2.5, or polar): the training forward
+        # applies this latent as it is while it stays equal to this certified copy.
         self.__dict__["_retracted_latent"] = w.detach().clone()
 
     @torch.compiler.disable
     def _retracted(self) -> bool:
-        """Does the latent equal, value for value, the output of the last :meth:`retract_`?
+        """Does the latent equal, value for value, the output of the last :meth:`retract_`?"""
+        return self._latent_equals("_retracted_latent")
+
+    def _latent_equals(self, key: str) -> bool:
+        """Does the latent equal, value for value, the copy stored under ``key``?
 
         A comparison of values, not of version counters: it also sees writes through
         ``weight.data`` (which bump no counter), and survives ``deepcopy`` and a
-        ``load_state_dict`` of the same values. One pass over W.
+        ``load_state_dict`` of the same values. One pass over W. A NaN never compares equal.
         """
-        snap = self.__dict__.get("_retracted_latent")
+        snap = self.__dict__.get(key)
         w = self.weight.detach()
         if snap is None or snap.shape != w.shape or snap.dtype != w.dtype or \
                 snap.device != w.device:
@@ -234,12 +264,9 @@ class OrthoLinear(LipschitzModule):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_retracted_latent", None)  # a copy of W: rebuilt by the next retract_()
+        for key in ("_retracted_latent", "_guarded_latent"):  # copies of W, rebuilt on use
+            state.pop(key, None)
         return state
-
-    def _mark_certified(self) -> None:
-        w = self.weight
-        self.__dict__["_certified_latent"] = (w._version, w.data_ptr(), w.dtype, w.device)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
@@ -260,14 +287,15 @@ class OrthoLinear(LipschitzModule):
         # Note: a certified bound, not a power-iteration estimate (a lower bound): one Adam
         # step can create a large singular direction that a warm power iteration misses
         # (σ_max(W) ≈ 4 unseen at lr 0.05; see tests/test_nn_dense.py).
-        w = self.weight
-        if self.__dict__.get("_certified_latent") == (w._version, w.data_ptr(), w.dtype,
-                                                      w.device):
+        # Skipped only for the very values it last certified (compared by value, as in
+        # _retracted: a version-counter key missed `weight.data` writes, issue 10).
+        if self._latent_equals("_guarded_latent"):
             return
+        w = self.weight
         bound = float(F.gram_row_sum_bound(F.small_gram(w)))
         if not math.isfinite(bound) or bound > _TRAIN_GUARD:
             w.copy_(F.polar_bjorck(w)[0])
-        self._mark_certified()
+        self.__dict__["_guarded_latent"] = w.detach().clone()
 
     @torch.no_grad()
     def export(self) -> nn.Linear:

@@ -1,0 +1,149 @@
+# SPDX-License-Identifier: MIT
+"""Gradients reach the input and every parameter of every onelip layer, in training mode.
+
+Regression (issue 10): ``OrthoLinear(d_in, d_out, bias=False)`` returned, on its fast
+training path, an output without ``grad_fn`` (the custom autograd function returned the same
+tensor as its differentiable output and as its non-differentiable side output), so as a last
+layer ``backward()`` raised, and as a middle layer every layer before it silently stopped
+learning. Each layer with parameters is tested here with and without bias, alone (input
+gradient) and behind another layer (that layer's gradients go through it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import onelip.nn as onn
+
+IMAGE = (4, 6, 6)  # (C, H, W) of the image layers' inputs
+DENSE = 6  # features of the dense layers' inputs
+
+
+def _dense_cases() -> dict[str, Callable[[bool], nn.Module]]:
+    return {
+        "OrthoLinear": lambda bias: onn.OrthoLinear(DENSE, 4, bias=bias),
+        "OrthoLinear_wide": lambda bias: onn.OrthoLinear(DENSE, 8, bias=bias),
+        "OrthoLinear_square": lambda bias: onn.OrthoLinear(DENSE, DENSE, bias=bias),
+        "SpectralLinear": lambda bias: onn.SpectralLinear(DENSE, 4, bias=bias),
+        "FrobeniusLinear": lambda bias: onn.FrobeniusLinear(DENSE, 3, bias=bias),
+        "FrobeniusLinear_per_row": lambda bias: onn.FrobeniusLinear(DENSE, 3, bias=bias,
+                                                                    per_row=True),
+        "BatchCentering": lambda bias: onn.BatchCentering(DENSE, bias=bias),
+        "SLLBlock": lambda bias: onn.SLLBlock(DENSE, 7),  # always has a bias
+        "ConvexResidual": lambda bias: onn.ConvexResidual(
+            onn.Sequential(onn.OrthoLinear(DENSE, DENSE, bias=bias), onn.MaxMin()), 0.3,
+            learnable=True),
+        "Sequential": lambda bias: onn.Sequential(onn.OrthoLinear(DENSE, 6, bias=bias),
+                                                  onn.GroupSort(2),
+                                                  onn.SpectralLinear(6, 2, bias=bias)),
+    }
+
+
+def _image_cases() -> dict[str, Callable[[bool], nn.Module]]:
+    c, h, w = IMAGE
+    return {
+        "OrthoConv2d": lambda bias: onn.OrthoConv2d(c, 4, 3, bias=bias),
+        "OrthoConv2d_stride2": lambda bias: onn.OrthoConv2d(c, 8, 3, stride=2, bias=bias),
+        "OrthoConv2d_circular": lambda bias: onn.OrthoConv2d(c, c, 3, bias=bias,
+                                                             padding_mode="circular"),
+        "OrthoConv2d_1x1": lambda bias: onn.OrthoConv2d(c, 5, 1, bias=bias),
+        "SpectralConv2d": lambda bias: onn.SpectralConv2d(c, 4, 3, input_size=(h, w),
+                                                          bias=bias),
+        "SpectralConv2d_stride2": lambda bias: onn.SpectralConv2d(
+            c, 4, 3, input_size=(h, w), stride=2, bias=bias),
+        "SLLConv2d": lambda bias: onn.SLLConv2d(c, 4),  # always has a bias
+        "BatchCentering2d": lambda bias: onn.BatchCentering(c, bias=bias),
+        "ConvexResidual2d": lambda bias: onn.ConvexResidual(
+            onn.OrthoConv2d(c, c, 3, bias=bias), 0.5, learnable=True),
+    }
+
+
+CASES = {**{k: (v, "dense") for k, v in _dense_cases().items()},
+         **{k: (v, "image") for k, v in _image_cases().items()}}
+
+
+def _input(kind: str, gen: torch.Generator) -> torch.Tensor:
+    shape = (8, DENSE) if kind == "dense" else (4, *IMAGE)
+    return torch.randn(*shape, generator=gen)
+
+
+def _front(kind: str, bias: bool) -> nn.Module:
+    """A layer in front of the one tested, whose gradients must go through it."""
+    if kind == "dense":
+        return onn.OrthoLinear(DENSE, DENSE, bias=bias)
+    return onn.OrthoConv2d(IMAGE[0], IMAGE[0], 3, bias=bias)
+
+
+def _objective(out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    # A random linear functional: a plain sum would have zero gradient through centering.
+    return (out * torch.randn(out.shape, generator=gen)).sum()
+
+
+def _check_grad(name: str, g: torch.Tensor | None) -> None:
+    assert g is not None, f"{name}: no gradient"
+    assert torch.isfinite(g).all(), f"{name}: non-finite gradient"
+    assert g.abs().max() > 0, f"{name}: gradient all zero"
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_reach_the_input_and_every_parameter(case, bias):
+    make, kind = CASES[case]
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    layer = make(bias).train()
+    x = _input(kind, gen).requires_grad_(True)
+    out = layer(x)
+    assert out.grad_fn is not None, "the training output has no grad_fn"
+    _objective(out, gen).backward()
+    _check_grad("input", x.grad)
+    params = dict(layer.named_parameters())
+    assert params or (case.startswith("BatchCentering") and not bias), "no parameters"
+    for name, p in params.items():
+        _check_grad(name, p.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_go_through_the_layer_to_the_layers_before_it(case, bias):
+    """The issue's case: a layer in the middle of a network must pass the gradient on."""
+    make, kind = CASES[case]
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(2)
+    front = _front(kind, bias)
+    net = onn.Sequential(front, onn.MaxMin(), make(bias)).train()
+    _objective(net(_input(kind, gen)), gen).backward()
+    for name, p in front.named_parameters():
+        _check_grad(f"front.{name}", p.grad)
+
+
+def test_issue_reproducer_bias_free_ortho_linear():
+    """The issue's reproducer, verbatim in substance."""
+    net = onn.Sequential(onn.OrthoLinear(4, 8, bias=False), onn.MaxMin(), onn.OrthoLinear(8, 2))
+    net(torch.randn(8, 4)).sum().backward()
+    _check_grad("net[0].weight", net[0].weight.grad)
+    last = onn.OrthoLinear(4, 2, bias=False).train()
+    last(torch.randn(3, 4)).sum().backward()  # raised: "does not require grad"
+    _check_grad("last.weight", last.weight.grad)
+
+
+def test_bias_free_ortho_linear_gradient_equals_the_biased_one():
+    """Without a bias the fast path must give the gradients of the biased layer (bias 0)."""
+    torch.manual_seed(0)
+    with_b = onn.OrthoLinear(6, 4).train()
+    without = onn.OrthoLinear(6, 4, bias=False).train()
+    with torch.no_grad():
+        without.weight.copy_(with_b.weight)
+    without.retract_()
+    with_b.retract_()
+    x = torch.randn(5, 6)
+    r = torch.randn(5, 4)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    (with_b(xa) * r).sum().backward()
+    (without(xb) * r).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-6)
+    assert torch.allclose(with_b.weight.grad, without.weight.grad, atol=1e-6)
