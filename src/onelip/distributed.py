@@ -36,13 +36,44 @@ from torch import Tensor, nn
 
 from onelip._validation import is_binary_output
 
-__all__ = ["Context", "in_worker", "is_main", "process_group"]
+__all__ = ["Context", "check_nproc", "in_worker", "is_main", "process_group"]
 
 
 def in_worker() -> bool:
     """True in a process started by ``onelip train --nproc`` or torchrun (``WORLD_SIZE`` and
     ``RANK`` set)."""
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_nproc(nproc: int, device: str = "cpu") -> None:
+    """Refuse, before anything starts, more local processes than this machine can run side
+    by side: on CPU more than its cores (each process would get less than one core, and the
+    gloo all-reduces of every step wait for the slowest), on CUDA more than its visible GPUs
+    (NCCL needs one each).
+
+    Raises:
+        ValueError: in one line, saying how many are possible.
+    """
+    if nproc < 1:
+        raise ValueError(f"Expected nproc >= 1, but got nproc={nproc}")
+    if torch.device(device).type == "cuda":
+        n_gpu = torch.cuda.device_count()
+        if nproc > n_gpu:
+            raise ValueError(f"--nproc {nproc} needs {nproc} GPUs, but {n_gpu} are visible: "
+                             f"pass --nproc {max(n_gpu, 1)} or less on CUDA (one GPU each)")
+        return
+    cores = _cores()
+    if nproc > cores:
+        raise ValueError(f"--nproc {nproc} is more processes than the {cores} CPU core"
+                         f"{'s' if cores != 1 else ''} this machine gives onelip: they would "
+                         f"share cores and run slower than fewer; pass --nproc {cores} or less")
 
 
 def _dist_ready() -> bool:
@@ -155,8 +186,9 @@ class Context:
         return self._takes_frequency[cls]
 
     def loss(self, loss: nn.Module, out: Tensor, target: Tensor,
-             n_global: int) -> tuple[Tensor, float]:
-        """(value to backpropagate, sum of this shard's per-sample losses).
+             n_global: int) -> tuple[Tensor, Tensor]:
+        """(value to backpropagate, sum of this shard's per-sample losses as a detached
+        float64 scalar tensor: no host synchronisation).
 
         One process: ``loss(out, target)`` unchanged. Distributed: the loss of the shard with
         the global class frequencies (if the loss takes ``frequency=``), weighted so that
@@ -165,16 +197,16 @@ class Context:
         n_local = target.shape[0]
         if not self.active:
             value = loss(out, target)
-            return value, float(value.detach()) * n_local
+            return value, value.detach().double() * n_local
         kw = {"frequency": self.frequency(out, target)} if self._frequency_kw(loss) else {}
         if n_local == 0:  # fewer samples than ranks: take part in the gradient all-reduce
-            return out.sum() * 0.0, 0.0
+            return out.sum() * 0.0, torch.zeros((), dtype=torch.float64, device=out.device)
         value = loss(out, target, **kw)
         if getattr(loss, "reduction", "mean") == "sum":
-            return value * self.world, float(value.detach())
+            return value * self.world, value.detach().double()
         scale = n_local * self.world / n_global
         weighted = value if scale == 1 else value * scale
-        return weighted, float(value.detach()) * n_local
+        return weighted, value.detach().double() * n_local
 
     def all_sum(self, *values: float) -> tuple[float, ...]:
         """Sum scalars over ranks."""

@@ -14,6 +14,9 @@ A run folder ``runs/NAME/`` holds:
   :mod:`onelip.arch`: types, constructor arguments, children; no pickle). ``integrity`` holds
   the SHA-256 of ``model.safetensors`` and of the model section (canonical JSON);
 * ``metrics.json`` — training history and final accuracies (``onelip train``);
+* ``checkpoint.safetensors`` — the training state after the last epoch (``onelip train``): model,
+  optimiser and schedule state, generators, epoch and history (:func:`write_checkpoint`), from
+  which ``onelip train --resume RUN --epochs N`` (or ``fit(..., resume_from=RUN)``) continues;
 * ``certify.json`` — certification results (``onelip certify``).
 
 A folder is recognised as a run folder by what it holds: ``config.json`` with an
@@ -21,6 +24,16 @@ A folder is recognised as a run folder by what it holds: ``config.json`` with an
 temporary folder beside its target and renamed into place when complete (:func:`new_run`);
 replacing a run (``overwrite=True``) moves the old one aside and deletes it only once the new
 one is in place, so a crash at any point leaves the old run or the new one, never a mix.
+
+A run that may be resumed (``onelip train``) is written into a fixed folder beside its target,
+``.NAME.partial`` (:func:`partial_path`, :func:`resumable_run`), holding a checkpoint after each
+epoch; a killed run leaves it behind for ``onelip train --resume NAME``.
+
+Checkpoints (:func:`write_checkpoint`, :func:`read_checkpoint`) are one safetensors file: every
+tensor of a nested state (model and optimiser state dicts, generator states) is a tensor of the
+file, everything else (numbers, strings, the history) is JSON in its metadata, with tags that
+keep tuples, integer keys and non-finite floats as they were, and a SHA-256 of the tensors. No
+pickle: a checkpoint cannot run code when it is read.
 
 :func:`load` verifies both digests and names the file that changed. The digests detect
 corruption and edits, not forgery (whoever can write the files can rewrite the digests). Runs
@@ -53,12 +66,16 @@ from onelip._io import (
     write_json,
 )
 
-__all__ = ["CONFIG", "CUSTOM", "CheckpointError", "OutputError", "WEIGHTS", "check_target",
-           "is_run_folder", "load", "load_config", "new_run", "save", "write_json",
-           "write_model"]
+__all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "WEIGHTS",
+           "check_target", "discard_partial", "is_run_folder", "load", "load_config", "new_run",
+           "partial_path", "read_checkpoint", "resumable_run", "save", "write_checkpoint",
+           "write_json", "write_model"]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+"""The training state of a run (after its last finished epoch)."""
+_STATE_FORMAT = "onelip-train-state/1"
 CUSTOM = "custom"
 """``model.name`` of a run whose network is described by its module tree."""
 _DIGEST_KEY = "model_sha256"  # in the safetensors metadata: the digest of the model section
@@ -176,6 +193,169 @@ def _commit(tmp: Path, target: Path) -> None:
         os.rename(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where the run ``path`` is written while it trains: ``.NAME.partial`` beside it."""
+    full = Path(os.path.abspath(path))
+    return full.with_name(f".{full.name}.partial")
+
+
+def discard_partial(path: str | Path) -> None:
+    """Delete the unfinished run of ``path`` (its :func:`partial_path`), if any."""
+    shutil.rmtree(partial_path(path), ignore_errors=True)
+
+
+@contextmanager
+def resumable_run(path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                  flag: str = "overwrite=True", option: str = "path") -> Iterator[Path]:
+    """:func:`new_run` for a run that may be killed and resumed: yield the fixed folder
+    :func:`partial_path` of ``path`` (created, or the existing one with ``resume``); when the
+    block succeeds it becomes ``path`` (an existing run replaced only with ``overwrite``).
+
+    If the block fails once the folder holds a :data:`CHECKPOINT`, the folder is kept, so the
+    run can be resumed (``onelip train --resume``; :func:`discard_partial` drops it); before
+    that it is removed and ``path`` is as it was. Without ``resume`` an existing unfinished run
+    of ``path`` (one with a checkpoint) is an error unless ``overwrite`` (then it is
+    discarded); one killed before its first checkpoint is replaced.
+    """
+    path = Path(path)
+    check_target(path, overwrite=overwrite, flag=flag, option=option)
+    tmp = partial_path(path)
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+        raise OutputError(f"{tmp} is in the way of the run {path} (not a folder); move it")
+    if tmp.is_dir() and not (tmp / CHECKPOINT).is_file():
+        shutil.rmtree(tmp)  # killed before its first checkpoint: nothing to resume
+    if tmp.exists() and not resume:
+        if not overwrite:
+            raise OutputError(f"an unfinished run of {path} is in {tmp}; resume it with "
+                              f"--resume {path} or pass {flag} to start over")
+        shutil.rmtree(tmp)
+    if not tmp.exists():
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        os.chmod(tmp, 0o777 & ~_umask())
+    committed = False
+    try:
+        yield tmp
+        try:
+            check_target(path, overwrite=overwrite, flag=flag, option=option)
+        except OutputError as e:
+            committed = True  # keep the finished run where it is
+            raise OutputError(f"{e}; the new run is kept in {tmp}") from None
+        _commit(tmp, Path(os.path.abspath(path)))
+        committed = True
+    finally:
+        if not committed and not (tmp / CHECKPOINT).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ==== training checkpoints ==================================================================
+
+
+def _pack(obj: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able copy of ``obj`` with every tensor moved to ``tensors`` (named by its
+    path); tuples, dicts with keys other than strings and non-finite floats are tagged."""
+    if isinstance(obj, torch.Tensor):
+        tensors[where] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": where}
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else {"__float__": repr(obj)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_pack(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_pack(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _pack(v, f"{where}/{k}", tensors) for k, v in obj.items()}
+        return {"__dict__": [[_pack(k, f"{where}/k{i}", tensors),
+                              _pack(v, f"{where}/{k}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    raise TypeError(f"cannot store {type(obj).__name__} at {where} in a checkpoint (tensors, "
+                    "numbers, strings, lists, tuples and dicts only)")
+
+
+def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        (tag, value), = obj.items()
+        if tag == "__tensor__":
+            return tensors[value]
+        if tag == "__float__":
+            return float(value)
+        if tag == "__tuple__":
+            return tuple(_unpack(v, tensors) for v in value)
+        if tag == "__dict__":
+            return {_unpack(k, tensors): _unpack(v, tensors) for k, v in value}
+    return {k: _unpack(v, tensors) for k, v in obj.items()}
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_checkpoint(folder: str | Path, state: dict) -> Path:
+    """Write the nested ``state`` (tensors, numbers, strings, lists, tuples, dicts) as
+    ``folder/checkpoint.safetensors``, atomically (one file: a kill at any point leaves the
+    previous checkpoint or this one); returns its path."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    packed = _pack(state, "state", tensors)
+    meta = {"format": _STATE_FORMAT, "onelip_version": __version__,
+            "state": json.dumps(packed, allow_nan=False),
+            "tensors_sha256": _tensors_sha256(tensors)}
+    target = Path(folder) / CHECKPOINT
+    with atomic_path(target, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return target
+
+
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """The state written by :func:`write_checkpoint`; ``path`` is the file or a folder holding
+    one (a run folder or an unfinished run).
+
+    Raises:
+        CheckpointError: no checkpoint there, an unreadable or foreign file, or tensors that
+            changed since they were written (SHA-256).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    file = path / CHECKPOINT if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"no training checkpoint at {path} (expected {file}); runs "
+                              "written by `onelip train` hold one")
+    try:
+        with safe_open(str(file), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({e}); the "
+                              "checkpoint is corrupt") from None
+    if meta.get("format") != _STATE_FORMAT:
+        raise CheckpointError(f"{file} is not a onelip training checkpoint (format "
+                              f"{meta.get('format')!r}, expected {_STATE_FORMAT!r})")
+    if meta.get("tensors_sha256") != _tensors_sha256(
+            {k: v.cpu() for k, v in tensors.items()}):
+        raise CheckpointError(f"{file} changed since it was written: its tensors no longer "
+                              "match their SHA-256 digest; restore it or retrain")
+    try:
+        return _unpack(json.loads(meta["state"]), tensors)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{file}: its training state is unreadable ({e})") from None
 
 
 # ==== writing ===============================================================================

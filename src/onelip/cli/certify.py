@@ -27,6 +27,10 @@ RESULTS = "certify.json"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by `onelip train`")
     p.add_argument("--data", default=None, help="data set (default: the one trained on)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="which part of the data: test; val, the run's validation split "
+                        "(--val-fraction); train, the rest of its training data. Another "
+                        "--data without a test split (an image folder) is certified whole")
     p.add_argument("--eps", type=eps_float, nargs="+", default=[0.5, 1.0, 1.58],
                    help="L2 radii to certify")
     p.add_argument("--attack", action="store_true", help="also run the L2 PGD attack")
@@ -45,6 +49,8 @@ def _settings(data_name: str, eps: list[float], args: argparse.Namespace) -> tup
     key = f"data={data_name} eps={','.join(f'{e:g}' for e in eps)}"
     if args.attack:
         key += f" attack={args.attack_points}x{args.attack_steps}"
+    if getattr(args, "split", "test") != "test":
+        key, settings["split"] = f"{key} split={args.split}", args.split
     return key, settings
 
 
@@ -89,9 +95,12 @@ def run(args: argparse.Namespace) -> int:
     data_name = args.data or cfg.get("data", {}).get("name")
     if data_name is None:
         raise CLIError("the run does not say which data it was trained on; pass --data")
-    extra = {k: v for k, v in cfg.get("data", {}).items() if k != "name"} if not args.data else {}
+    own = not args.data or args.data == cfg.get("data", {}).get("name")  # the run's own data
+    extra = {k: v for k, v in cfg.get("data", {}).items() if k != "name"} if own else {}
     data = datasets.load(data_name, **extra)
-    x, y = data.x_test, data.y_test
+    from onelip.cli.train import run_data
+
+    x, y = run_data(cfg, data, args.split, own_data=own)  # CLIError: other classes or shape
     if x.shape[0] == 0:
         raise CLIError(f"the test split of {data_name} is empty: nothing to certify; pass "
                        "--data with a data set that has test points")
@@ -131,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"settings": settings, **result}
 
     n_test = int(x.shape[0])
-    table = Table(title=f"{args.run} on {data_name} test ({n_test} points), "
+    table = Table(title=f"{args.run} on {data_name} {args.split} ({n_test} points), "
                         f"L ≤ {bound:.4f}")
     table.add_column("ε")
     with torch.no_grad():  # radius |f|/L for one output; multiclass: margin/(√2 L)

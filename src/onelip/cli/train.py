@@ -1,18 +1,47 @@
 # SPDX-License-Identifier: MIT
-"""``onelip train``: train a model on a data set and write a run folder."""
+"""``onelip train``: train a model on a data set and write a run folder.
+
+The run is written into ``.NAME.partial`` beside ``--out`` with a checkpoint after every epoch
+(:func:`onelip.runs.resumable_run`) and renamed into place when complete; ``onelip train
+--resume NAME`` continues a killed run (same final weights, bit for bit on CPU), and ``onelip
+train --resume NAME --epochs N`` continues a finished one from its saved optimiser and schedule
+state (``--force`` to replace it, or ``--out NEW``). Per-epoch metrics are measured on a
+validation split (``--val-fraction``), never on the test split (``--eval-test`` measures it once
+at the end).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-from onelip.cli._common import CLIError, device, nonneg_float, positive_float, positive_int
+from onelip.cli._common import (
+    CLIError,
+    Parser,
+    device,
+    nonneg_float,
+    positive_float,
+    positive_int,
+)
 from onelip.cli.launch import launch, without_nproc
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "run_data"]
+
+# Options a resumed run may change; every other one must be the original's.
+_MAY_DIFFER = frozenset({"out", "resume", "force", "quiet", "nproc", "device", "epochs",
+                         "eval_test", "compile"})
+
+
+def fraction(s: str) -> float:
+    v = nonneg_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s}")
+    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +76,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--n-samples", type=positive_int, default=None,
                    help="points for the 2-D toy sets")
-    p.add_argument("--out", required=True, type=Path,
-                   help="run folder to write (a new or empty folder)")
+    p.add_argument("--val-fraction", type=fraction, default=0.0,
+                   help="carve this fraction of the training data as a validation split "
+                        "(fixed seed, stratified) and measure every epoch on it")
+    p.add_argument("--augment", default=None, metavar="LIST",
+                   help="per-batch augmentation of images on the device: crop (pad 4, random "
+                        "crop), flip (horizontal), comma-separated, e.g. crop,flip")
+    p.add_argument("--resize", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                   help="resize the images of folder:DIR to H x W")
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=0.0,
+                   help="learning-rate warm-up in epochs (onecycle: its rising phase, 0 = 30 "
+                        "%% of the run; cosine/constant: a linear ramp)")
+    p.add_argument("--grad-clip", type=nonneg_float, default=0.0,
+                   help="clip the gradient norm to this value (0: off)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast on CUDA (refused on CPU); certificates stay float32")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--eval-test", action="store_true",
+                   help="measure the test split once, after training (never per epoch)")
+    p.add_argument("--out", default=None, type=Path,
+                   help="run folder to write (a new or empty folder); required unless "
+                        "--resume")
+    p.add_argument("--resume", default=None, type=Path, metavar="RUN",
+                   help="continue the killed run RUN from its last checkpoint (the other "
+                        "options may be left out; those given must be the original's), or "
+                        "continue a finished run RUN for more --epochs (into --out NEW, or "
+                        "RUN itself with --force)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing run folder (only a run folder: never another "
                         "folder); the old run is deleted once the new one is complete")
@@ -133,43 +186,270 @@ def _typed(key: str, value: str, default):
     return value
 
 
+def _given(argv: list[str]) -> set[str]:
+    """The destinations of the options given explicitly on the command line ``argv``
+    (``["train", ...]``)."""
+    p = Parser(prog="onelip train")
+    add_arguments(p)
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    rest = list(argv)
+    if "train" in rest:
+        rest = rest[rest.index("train") + 1:]
+    try:
+        ns, _ = p.parse_known_args(rest)
+    except CLIError:
+        return set()
+    return set(vars(ns))
+
+
+def _jsonable(v):
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def _recorded_args(args: argparse.Namespace) -> dict:
+    return {k: _jsonable(v) for k, v in vars(args).items() if k not in ("argv", "command")}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _resume_args(args: argparse.Namespace, out: Path):
+    """(args merged with the original run's, its training state, "partial" or "finished")."""
+    from onelip import runs
+    from onelip.train import load_state
+
+    part = runs.partial_path(out)
+    if (part / runs.CHECKPOINT).is_file():
+        source, kind = part, "partial"
+    elif args.resume is not None and (Path(args.resume) / runs.CHECKPOINT).is_file() \
+            and runs.is_run_folder(args.resume):
+        source, kind = Path(args.resume), "finished"
+    elif args.resume is not None and runs.is_run_folder(args.resume):
+        raise CLIError(f"{args.resume} holds no training state ({runs.CHECKPOINT}: it was "
+                       "written before runs kept one); train it again")
+    else:
+        raise CLIError(f"nothing to resume at {args.resume}: no unfinished run ({part}) and no "
+                       "finished run there")
+    state = load_state(source)
+    saved = state.get("extra", {}).get("args")
+    if not isinstance(saved, dict):
+        raise CLIError(f"{source} was not written by `onelip train` (no arguments recorded); "
+                       "resume it from Python with fit(..., resume_from=...)")
+    given = _given(args.argv)
+    diffs = []
+    for dest in sorted(given - _MAY_DIFFER):
+        now, was = _jsonable(getattr(args, dest)), saved.get(dest)
+        if now != was:
+            diffs.append(f"{_flag(dest)} {now} (was {was})")
+    if diffs:
+        raise CLIError(f"--resume {args.resume}: arguments differ from the original run's: "
+                       f"{', '.join(diffs)}; leave them out or start a new run")
+    for dest, value in saved.items():
+        if dest in given and dest in _MAY_DIFFER:
+            continue
+        if dest in ("out", "resume"):
+            continue
+        setattr(args, dest, value)
+    if args.resize is not None:
+        args.resize = list(args.resize)
+    done = int(state["epoch"])
+    if kind == "finished":
+        if args.epochs <= done:
+            raise CLIError(f"{source} is a finished run of {done} epochs: nothing to resume; "
+                           f"pass --epochs N > {done} to continue training it (with --force "
+                           "to replace it, or --out NEW)")
+        args.force = "force" in given and args.force
+    else:
+        if args.epochs < done:
+            raise CLIError(f"--epochs {args.epochs}: the unfinished run has already trained "
+                           f"{done} epochs")
+        args.force = bool(args.force or saved.get("force"))
+    return args, state, kind
+
+
+def _folder_classes(name: str) -> list[str] | None:
+    """The class names of ``folder:DIR`` (sorted sub-folder names, as the loader reads them)."""
+    prefix, sep, arg = name.partition(":")
+    if prefix != "folder" or not sep:
+        return None
+    root = Path(arg)
+    root = root / "train" if (root / "train").is_dir() else root
+    if not root.is_dir():
+        return None
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _data_kwargs(args: argparse.Namespace) -> dict:
+    extra: dict = {}
+    if args.n_samples:
+        extra["n_samples"] = args.n_samples
+    if args.resize is not None:
+        if not args.data.startswith("folder:"):
+            raise CLIError(f"--resize is for image folders (folder:DIR), not {args.data}")
+        extra["resize"] = [int(v) for v in args.resize]
+    return extra
+
+
+def run_data(cfg: dict, data, split: str, *, own_data: bool):
+    """(x, y) of ``split`` ('test', 'val' or 'train') of ``data`` for certifying the run of
+    config ``cfg``; CLIError (one line) for a split the data lacks, or data of other classes
+    or another sample shape than the run was trained on.
+
+    ``own_data``: ``data`` is the data the run was trained on: 'val' is its validation split
+    (carved again from the recorded fraction and seed), 'train' the rest of its training part.
+    Another set (``onelip certify --data``): 'test' is its test split, or all of it when it has
+    none (an image folder of one split), 'train' its training part."""
+    from onelip import data as datasets
+
+    where = data.name
+    model_cfg = cfg.get("model", {}).get("config", {})
+    outputs = model_cfg.get("num_outputs")
+    if outputs is not None and outputs != (1 if data.num_classes == 2 else data.num_classes):
+        trained = 2 if outputs == 1 else outputs
+        raise CLIError(f"{where} has {data.num_classes} classes, but the run was trained on "
+                       f"{trained}: certify it on data of the same classes")
+    shape = model_cfg.get("input_shape")
+    dim = math.prod(shape) if shape else model_cfg.get("in_features")
+    if dim is not None and math.prod(data.input_shape) != dim:
+        raise CLIError(f"{where} has samples of shape {tuple(data.input_shape)}, but the run "
+                       f"takes {tuple(shape) if shape else (dim,)}: certify it on data of the "
+                       "same shape (--resize H W when training on an image folder)")
+    classes = cfg.get("splits", {}).get("classes")
+    theirs = _folder_classes(where)
+    if classes and theirs is not None and list(classes) != theirs:
+        raise CLIError(f"{where} has classes {', '.join(theirs)}, but the run was trained on "
+                       f"{', '.join(classes)}: labels would mean other classes")
+    fraction = float(cfg.get("train", {}).get("val_fraction") or 0.0)
+    if split == "test":
+        if len(data.x_test):
+            return data.x_test, data.y_test
+        if not own_data:  # another folder of one split: all of it is new to the run
+            return data.x_train, data.y_train
+        raise CLIError(f"the test split of {where} is empty: nothing to certify; pass "
+                       "--split val (the run's validation split) or --data another set of the "
+                       "same classes")
+    if not own_data:
+        if split == "val":
+            raise CLIError("--split val is the run's validation split, carved from the data it "
+                           "was trained on; with --data another set use --split test")
+        return data.x_train, data.y_train
+    if fraction <= 0:
+        if split == "val":
+            raise CLIError("the run has no validation split (trained without --val-fraction); "
+                           "use --split test or --split train")
+        return data.x_train, data.y_train
+    seed = int(cfg.get("splits", {}).get("val_seed", datasets.VAL_SEED))
+    parts = datasets.validation_split(data, fraction, seed=seed)
+    return (parts.x_val, parts.y_val) if split == "val" else (parts.x_train, parts.y_train)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train a 1-Lipschitz network and write a run folder."""
     import torch
 
     from onelip import data as datasets
     from onelip import distributed, losses, models, runs
-    from onelip.train import TrainConfig, fit
+    from onelip.nn import serial_kernel_build
+    from onelip.train import TrainConfig, TrainingDiverged, fit
 
-    out: Path = args.out
+    if args.out is None and args.resume is None:
+        raise CLIError("the following arguments are required: --out (or --resume RUN)")
+    out: Path = args.out if args.out is not None else args.resume
+    state, kind = None, None
+    if args.resume is not None:
+        args, state, kind = _resume_args(args, out)
+    worker = distributed.in_worker()
+    if args.nproc > 1 and not worker:
+        try:
+            distributed.check_nproc(args.nproc, args.device)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     # before any training step: a place a run may not go, or cannot be written
     runs.check_target(out, overwrite=args.force, flag="--force", option="--out")
-    if args.nproc > 1 and not distributed.in_worker():  # re-run in N processes (torchrun-like)
+    part = runs.partial_path(out)
+    if kind != "partial" and (part / runs.CHECKPOINT).is_file() and not args.force:
+        raise CLIError(f"an unfinished run of {out} is in {part}; continue it with `onelip "
+                       f"train --resume {out}` or pass --force to start over")
+    augment = tuple(a.strip() for a in (args.augment or "").split(",") if a.strip())
+    if args.nproc > 1 and not worker:  # re-run in N processes (torchrun-like)
         return launch(without_nproc(args.argv), args.nproc)
-    extra = {"n_samples": args.n_samples} if args.n_samples else {}
+    extra = _data_kwargs(args)
     data = datasets.load(args.data, **extra)
+    if len(data.x_test) == 0 and args.val_fraction <= 0:
+        raise CLIError(f"{args.data} has no test split: pass --val-fraction F (e.g. 0.1) to "
+                       "measure every epoch on a validation split carved from the training "
+                       "data, and certify afterwards on another set (onelip certify --data)")
+    if args.eval_test and len(data.x_test) == 0:
+        raise CLIError(f"--eval-test: {args.data} has no test split")
     model_kw = _model_fields(args.model, args, data)
     torch.manual_seed(args.seed)  # same seed, same initial weights (and on every rank)
     model, model_cfg = models.build(args.model, **model_kw)
     loss = losses.build_loss(args.loss, num_classes=model_kw["num_outputs"], alpha=args.alpha,
                              margin=args.margin, tau=args.tau, hinge_mode=args.hinge_mode)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
-                      device=args.device)
+    try:
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
+                          device=args.device, val_fraction=args.val_fraction, augment=augment,
+                          warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
+                          amp=args.amp, compile=args.compile)
+    except ValueError as e:
+        raise CLIError(str(e).replace("amp (bf16 autocast)", "--amp (bf16 autocast)")) from None
+    if augment and len(data.input_shape) != 3:
+        raise CLIError(f"--augment is for images, but {args.data} has samples of shape "
+                       f"{tuple(data.input_shape)}; drop --augment for this data")
     main = distributed.is_main()  # only rank 0 writes files and prints
-    # The run is written into a temporary folder beside --out (created now, so that an
-    # unwritable place fails before training) and renamed into place when complete.
-    with (runs.new_run(out, overwrite=args.force, flag="--force", option="--out") if main
+    saved_args = _recorded_args(args)
+    if not args.quiet and main:
+        print(f"onelip: a checkpoint after every epoch in {part} (continue a killed run with "
+              f"`onelip train --resume {out}`)", file=sys.stderr)
+    # The run is written into .NAME.partial beside --out (created now, so that an unwritable
+    # place fails before training), checkpointed after every epoch, renamed into place when
+    # complete; a killed run leaves it for --resume.
+    with (runs.resumable_run(out, overwrite=args.force, resume=kind == "partial",
+                             flag="--force", option="--out") if main
           else nullcontext()) as folder:
         t0 = time.perf_counter()
-        with distributed.process_group(cfg.device):
-            history = fit(model, data, loss, cfg, progress=not args.quiet)
+        serial = serial_kernel_build() if torch.device(cfg.device).type == "cpu" \
+            else nullcontext()
+        try:
+            with distributed.process_group(cfg.device), serial:
+                history = fit(model, data, loss, cfg, progress=not args.quiet,
+                              final_test=args.eval_test, checkpoint_dir=folder,
+                              checkpoint_extra={"args": saved_args}, resume_from=state)
+        except TrainingDiverged as e:
+            if main:
+                runs.discard_partial(out)  # nothing worth resuming
+            raise CLIError(str(e)) from None
+        except KeyboardInterrupt:
+            if main and folder is not None and (folder / runs.CHECKPOINT).is_file():
+                print(f"onelip: continue with `onelip train --resume {out}`", file=sys.stderr)
+            raise
         seconds = time.perf_counter() - t0
         if not main:
             return 0
+        if state is not None and state.get("history"):
+            seconds += sum(r.get("seconds", 0.0) for r in state["history"])
+        n_val = 0
+        if args.val_fraction > 0:
+            n_val = len(datasets.validation_indices(data.y_train, args.val_fraction)[1])
         runs.write_model(folder, model.cpu(), model_name=args.model, model_config=model_cfg,
                          extra={
                              "data": {"name": args.data, **extra},
+                             "splits": {"val_fraction": args.val_fraction,
+                                        "val_seed": datasets.VAL_SEED,
+                                        "n_train": int(len(data.x_train)) - n_val,
+                                        "n_val": n_val, "n_test": int(len(data.x_test)),
+                                        "num_classes": data.num_classes,
+                                        "input_shape": list(data.input_shape),
+                                        **({"classes": c} if (c := _folder_classes(args.data))
+                                           else {})},
                              "loss": {"name": args.loss, "alpha": args.alpha,
                                       "margin": args.margin, "tau": args.tau,
                                       "hinge_mode": args.hinge_mode},
@@ -179,6 +459,11 @@ def run(args: argparse.Namespace) -> int:
                    "final": history[-1] if history else {}}
         runs.write_json(folder / "metrics.json", metrics)
     last = history[-1]
-    print(f"trained {args.model} on {args.data} in {seconds:.1f}s: train acc "
-          f"{last['train_acc']:.4f}, test acc {last['test_acc']:.4f} -> {out}")
+    line = f"trained {args.model} on {args.data} in {seconds:.1f}s: train acc " \
+           f"{last['train_acc']:.4f} (running)"
+    if "val_acc" in last:
+        line += f", val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}"
+    if "test_acc" in last:
+        line += f", test acc {last['test_acc']:.4f}"
+    print(f"{line} -> {out}")
     return 0

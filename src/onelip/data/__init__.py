@@ -21,8 +21,10 @@ Image sets are flat (N, H·W·C); :attr:`DataSplit.input_shape` gives (C, H, W) 
 convolutional models. :func:`load` passes every split through :func:`check_split` (finite
 values, non-empty train and test parts, labels in [0, K), consistent shapes) before it is
 returned, so bad data is refused before the first training step. Splits are fixed by
-``seed``. The tables :data:`LOADERS` and :data:`PREFIX_LOADERS` are static: :mod:`.synthetic`,
-:mod:`.packaged`, :mod:`.files` and :mod:`.images` define the loaders, this module lists them.
+``seed``; :func:`validation_split` carves a fixed-seed stratified validation part from the
+training data (``onelip train --val-fraction F``). The tables :data:`LOADERS` and
+:data:`PREFIX_LOADERS` are static: :mod:`.synthetic`, :mod:`.packaged`, :mod:`.files` and
+:mod:`.images` define the loaders, this module lists them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Callable
 
-from onelip.data._split import DataSplit, check_split
+from onelip.data._split import (
+    VAL_SEED,
+    DataSplit,
+    check_split,
+    validation_indices,
+    validation_split,
+)
 from onelip.data.files import load_cifar10_binary, load_idx_dir, read_idx
 from onelip.data.images import load_folder, load_npz
 from onelip.data.packaged import FASHION_DIR, digits, fashion_mnist, mnist_5k
@@ -47,6 +55,7 @@ __all__ = [
     "FASHION_DIR",
     "LOADERS",
     "PREFIX_LOADERS",
+    "VAL_SEED",
     "DataSplit",
     "available",
     "check_split",
@@ -65,6 +74,8 @@ __all__ = [
     "spiral",
     "spiral_points",
     "two_moons",
+    "validation_indices",
+    "validation_split",
 ]
 
 LOADERS: MappingProxyType[str, Callable[..., DataSplit]] = MappingProxyType({
@@ -91,7 +102,8 @@ _MAY_LACK_TEST = frozenset({"folder", "npz"})
 
 def available() -> list[str]:
     """The known data set names (prefix forms end in ``:DIR``)."""
-    return sorted(LOADERS) + sorted(f"{p}:{'FILE' if p == 'npz' else 'DIR'}" for p in PREFIX_LOADERS)
+    return sorted(LOADERS) + sorted(f"{p}:{'FILE' if p == 'npz' else 'DIR'}"
+                                    for p in PREFIX_LOADERS)
 
 
 def load(name: str, **kwargs) -> DataSplit:

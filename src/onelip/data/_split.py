@@ -1,18 +1,24 @@
 # SPDX-License-Identifier: MIT
-"""The train/test split every loader returns (:class:`DataSplit`), a seeded split helper, and
-:func:`check_split`, the check every split passes before training (:func:`onelip.data.load`
-runs it)."""
+"""The train/test split every loader returns (:class:`DataSplit`), a seeded split helper,
+:func:`validation_split` (a fixed-seed stratified validation part carved from the training
+data), and :func:`check_split`, the check every split passes before training
+(:func:`onelip.data.load` runs it)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DataSplit", "check_split", "split"]
+__all__ = ["VAL_SEED", "DataSplit", "check_split", "split", "validation_indices",
+           "validation_split"]
+
+VAL_SEED = 0
+"""The seed of :func:`validation_split` unless told otherwise: the same validation part
+whatever the training seed, so that runs of several seeds are measured on the same points."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,9 @@ class DataSplit:
 
     ``x_*``: float32 (N, D); ``y_*``: int64 (N,) class indices; ``num_classes`` K;
     ``input_shape`` the shape of one sample as a model sees it, e.g. (1, 28, 28).
+    ``x_val``, ``y_val``: an optional validation part carved from the training data
+    (:func:`validation_split`; ``None`` when there is none): :func:`onelip.train.fit` measures
+    every epoch on it, never on the test part.
     """
 
     name: str
@@ -30,9 +39,12 @@ class DataSplit:
     y_test: Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     def __repr__(self) -> str:
-        return (f"DataSplit({self.name!r}, train={tuple(self.x_train.shape)}, "
+        val = f", val={tuple(self.x_val.shape)}" if self.x_val is not None else ""
+        return (f"DataSplit({self.name!r}, train={tuple(self.x_train.shape)}{val}, "
                 f"test={tuple(self.x_test.shape)}, classes={self.num_classes}, "
                 f"input_shape={self.input_shape})")
 
@@ -71,6 +83,58 @@ def split(name: str, x: np.ndarray, y: np.ndarray, n_test: int, seed: int, k: in
     return DataSplit(name, xt[tr], yt[tr], xt[te], yt[te], k, shape)
 
 
+def validation_indices(y: Tensor, fraction: float, *, seed: int = VAL_SEED
+                       ) -> tuple[Tensor, Tensor]:
+    """(train indices, validation indices) of labels ``y``: a stratified split with a fixed
+    seed, each class contributing ``round(fraction · n_c)`` samples (at least one when it has
+    two or more, never all of them). Both index tensors are sorted, so the remaining training
+    data keeps its order."""
+    if not (0.0 < fraction < 1.0):
+        raise ValueError(f"Expected a validation fraction in (0, 1), but got {fraction}")
+    y = torch.as_tensor(y).reshape(-1)
+    rng = np.random.default_rng(seed)
+    labels = y.numpy() if y.device.type == "cpu" else y.cpu().numpy()
+    val: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            continue  # a class of one sample stays in training
+        k = min(max(int(round(fraction * len(idx))), 1), len(idx) - 1)
+        val.append(rng.permutation(idx)[:k])
+    v = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    keep = np.ones(len(labels), dtype=bool)
+    keep[v] = False
+    return torch.from_numpy(np.flatnonzero(keep)), torch.from_numpy(v.astype(np.int64))
+
+
+def validation_split(d: DataSplit, fraction: float, *, seed: int = VAL_SEED) -> DataSplit:
+    """``d`` with a validation part carved from its training part: a fixed-seed stratified
+    split (:func:`validation_indices`); the test part is left as it is.
+
+    Same data, fraction and seed, same split: ``onelip certify --split val`` carves it again
+    from the recorded fraction. ``fit(..., TrainConfig(val_fraction=F))`` calls this.
+
+    Example:
+        >>> from onelip.data import digits
+        >>> d = validation_split(digits(), 0.1)
+        >>> len(d.x_val), len(d.x_train)
+        (143, 1294)
+
+    Raises:
+        ValueError: a fraction outside (0, 1), a split that already has a validation part, or
+            too few samples to carve one.
+    """
+    if d.x_val is not None:
+        raise ValueError(f"data set {d.name!r} already has a validation part "
+                         f"({len(d.x_val)} samples)")
+    tr, va = validation_indices(d.y_train, fraction, seed=seed)
+    if len(va) == 0:
+        raise ValueError(f"data set {d.name!r}: {len(d.y_train)} training samples are too few "
+                         f"to carve a validation split (fraction {fraction:g}); give more data")
+    return replace(d, x_train=d.x_train[tr], y_train=d.y_train[tr], x_val=d.x_train[va],
+                   y_val=d.y_train[va])
+
+
 def _counted(values, counts, limit: int = 5, unit: str = "sample") -> str:
     """``"200 (1 sample), 201 (3 samples)"`` for arrays or tensors of values and counts."""
     items = [f"{v} ({n} {unit}{'s' if n != 1 else ''})"
@@ -103,7 +167,10 @@ def check_split(d: DataSplit, *, allow_empty_test: bool = False) -> DataSplit:
         raise ValueError(f"{where}: input_shape {d.input_shape!r} is not a shape of positive "
                          "sizes such as (2,) or (1, 28, 28)")
     dim = math.prod(shape)
-    for part, x, y in (("train", d.x_train, d.y_train), ("test", d.x_test, d.y_test)):
+    parts = [("train", d.x_train, d.y_train), ("test", d.x_test, d.y_test)]
+    if d.x_val is not None or d.y_val is not None:
+        parts.append(("validation", d.x_val, d.y_val))
+    for part, x, y in parts:
         if not isinstance(x, Tensor) or not isinstance(y, Tensor):
             raise ValueError(f"{where}: the {part} features and labels must be torch tensors, "
                              f"got {type(x).__name__} and {type(y).__name__}")
@@ -136,7 +203,9 @@ def check_split(d: DataSplit, *, allow_empty_test: bool = False) -> DataSplit:
             vals, counts = torch.unique(y[out], return_counts=True)
             raise ValueError(f"{where}: {part} labels must be in 0..{k - 1} (num_classes={k}), "
                              f"but hold {_counted(vals, counts)}; relabel or drop those samples")
-    if d.x_train.shape[1:] != d.x_test.shape[1:]:
-        raise ValueError(f"{where}: train samples have shape {tuple(d.x_train.shape[1:])} but "
-                         f"test samples {tuple(d.x_test.shape[1:])}; both need the same shape")
+    for part, x in (("test", d.x_test), ("validation", d.x_val)):
+        if x is not None and d.x_train.shape[1:] != x.shape[1:]:
+            raise ValueError(f"{where}: train samples have shape {tuple(d.x_train.shape[1:])} "
+                             f"but {part} samples {tuple(x.shape[1:])}; both need the same "
+                             "shape")
     return d
