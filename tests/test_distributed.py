@@ -29,7 +29,7 @@ from onelip.cli.launch import without_nproc
 TOL_WEIGHTS = 1e-5
 TOL_LOSS = 1e-5  # relative, per-epoch mean loss
 
-RUN_FILES = {"config.json", "metrics.json", "model.safetensors"}
+RUN_FILES = {"checkpoint.safetensors", "config.json", "metrics.json", "model.safetensors"}
 
 
 def _env() -> dict:

@@ -168,7 +168,8 @@ def test_cli_fashion_mnist_convnet(tmp_path):
     """The real data set (needs `make data`): one epoch of a small convnet."""
     out = tmp_path / "fm"
     cmd = [sys.executable, "-m", "onelip.cli", "train", "--data", "fashion-mnist", "--model",
-           "convnet", "--width", "8", "--epochs", "1", "--quiet", "--out", str(out)]
+           "convnet", "--width", "8", "--epochs", "1", "--quiet", "--eval-test", "--out",
+           str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out / "metrics.json").read_text())

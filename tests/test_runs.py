@@ -101,8 +101,8 @@ def test_force_replaces_a_run_folder_whole(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run")
     (run / "certify.json").write_text("{}")  # a file of the old run: gone with it
     assert main(["train", *TINY, "--out", str(run), "--force"]) == 0
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json",
-                                                       "model.safetensors"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "config.json",
+                                                       "metrics.json", "model.safetensors"]
     assert _hidden(tmp_path) == [], "temporary or old folders left behind"
     runs.load(run)
 
@@ -217,8 +217,8 @@ def test_every_run_file_is_written_atomically_and_readable_by_others(tmp_path, m
         assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
         assert main(["certify", str(tmp_path / "run"), "--eps", "0.1"]) == 0
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
-        assert modes == dict.fromkeys(["config.json", "metrics.json", "model.safetensors",
-                                       "certify.json"], 0o644), modes
+        assert modes == dict.fromkeys(["checkpoint.safetensors", "config.json", "metrics.json",
+                                       "model.safetensors", "certify.json"], 0o644), modes
         assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
         os.umask(0o077)
         _tiny_run(tmp_path / "private")
@@ -226,8 +226,8 @@ def test_every_run_file_is_written_atomically_and_readable_by_others(tmp_path, m
                 for p in (tmp_path / "private").iterdir()} == {0o600}
     finally:
         os.umask(old)
-    assert sorted(set(seen)) == ["certify.json", "config.json", "metrics.json",
-                                 "model.safetensors"]
+    assert sorted(set(seen)) == ["certify.json", "checkpoint.safetensors", "config.json",
+                                 "metrics.json", "model.safetensors"]
 
 
 # ==== integrity =============================================================================
