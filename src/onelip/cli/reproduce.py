@@ -2,7 +2,7 @@
 """``onelip reproduce CLAIM [--quick] --out DIR``: the four claims of the paper.
 
     onelip reproduce expressivity --quick --out runs/claims
-    onelip reproduce all --out docs/claims          # full run, writes DIR/report.md
+    onelip reproduce all --data folder:DIR --out docs/claims  # full run, writes report.md
     onelip reproduce all --redraw --out docs/claims # figures + report from results.json only
 
 The work is done by :mod:`onelip.experiments.report`.
@@ -18,7 +18,8 @@ from onelip.cli._common import CLIError
 
 __all__ = ["add_arguments", "run"]
 
-_CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "all")
+_CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "memorization",
+            "snowflake", "all")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redraw", action="store_true",
                    help="only redraw figures and report.md from DIR/results.json")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="images for the claims that take them (memorization), e.g. "
+                        "folder:DIR for CIFAR-10 as image files; replaces the preset's data")
 
 
 def _print_verdicts(name: str, results: dict) -> None:
@@ -69,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"redrew figures and {path} from {args.out / report.RESULTS}")
         return 0
     names = list(report.CLAIMS) if args.claim == "all" else [args.claim]
+    if "memorization" in names and not args.quick and args.data is None:
+        raise CLIError("memorization's full protocol trains on images: pass --data folder:DIR "
+                       "(CIFAR-10 as image files), or use --quick")
     for name in names:
         results = report.run_claim(name, quick=args.quick, out=args.out,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, data=args.data)
         _print_verdicts(name, results)
     print(f"report: {args.out / report.REPORT}", file=sys.stdout)
     return 0

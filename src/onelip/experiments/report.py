@@ -22,6 +22,8 @@ CLAIMS = {
     "optimal-transport": ("optimal_transport", "OptimalTransportConfig"),
     "generalization": ("generalization", "GeneralizationConfig"),
     "tradeoff": ("tradeoff", "TradeoffConfig"),
+    "snowflake": ("snowflake", "SnowflakeConfig"),
+    "memorization": ("memorization", "MemorizationConfig"),
 }
 """Claim name -> (module in onelip.experiments, config class), in the paper's order."""
 
@@ -31,6 +33,10 @@ _TITLES = {
                          "discriminator",
     "generalization": "3. Generalization — 1-Lipschitz networks generalize",
     "tradeoff": "4. Trade-off — the loss's hyper-parameters set accuracy against robustness",
+    "snowflake": "5. Snowflake — a 1-Lipschitz network fits a fractal boundary (the paper's "
+                 "Fig. 1a)",
+    "memorization": "6. Memorization — a 1-Lipschitz MLP fits random labels (the paper's "
+                    "random-labels experiment)",
 }
 RESULTS = "results.json"
 REPORT = "report.md"
@@ -44,12 +50,18 @@ def claim_module(name: str) -> ModuleType:
 
 
 def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, data: str | None = None) -> dict:
     """Run claim ``name`` with its ``quick()`` or ``full()`` preset; with ``out``, cache its
-    sub-runs there, merge its results into ``out/results.json`` and rewrite the report."""
+    sub-runs there, merge its results into ``out/results.json`` and rewrite the report.
+    ``data`` (e.g. ``folder:DIR``) replaces the preset's data set, for the claims whose
+    config has a ``data`` field (the others ignore it)."""
+    import dataclasses
+
     mod = claim_module(name)
     cfg_cls = getattr(mod, CLAIMS[name][1])
     cfg = cfg_cls.quick() if quick else cfg_cls.full()
+    if data is not None and "data" in {f.name for f in dataclasses.fields(cfg)}:
+        cfg = dataclasses.replace(cfg, data=data)
     t0 = time.perf_counter()
     results = mod.run(cfg, out=out, progress=progress)
     results["mode"] = "quick" if quick else "full"

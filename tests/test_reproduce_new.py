@@ -1,0 +1,138 @@
+# SPDX-License-Identifier: MIT
+"""`onelip reproduce snowflake|memorization --quick`: results.json, figures, verdict rows; the
+exact snowflake geometry; random labels; `--data folder:DIR`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from onelip.cli import main
+from onelip.experiments import memorization, snowflake
+from onelip.experiments.report import CLAIMS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VERDICT_FIELDS = {"claim", "research", "measured", "agree"}
+
+
+def _claim(out, name):
+    return json.loads((out / "results.json").read_text())[name]
+
+
+def _check_verdicts(r):
+    assert r["verdicts"], "no verdict rows"
+    for v in r["verdicts"]:
+        assert set(v) == VERDICT_FIELDS, v
+        assert isinstance(v["agree"], bool)
+
+
+def test_both_claims_are_registered_and_in_all():
+    assert "snowflake" in CLAIMS and "memorization" in CLAIMS
+    from onelip.cli.reproduce import _CHOICES
+
+    assert {"snowflake", "memorization", "all"} <= set(_CHOICES)
+
+
+# ==== snowflake =============================================================================
+
+
+def test_koch_snowflake_has_768_segments_and_the_koch_area():
+    poly = snowflake.koch_snowflake(4)
+    assert poly.shape == (768, 2)
+    x, y = poly[:, 0], poly[:, 1]
+    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    triangle = 3 * np.sqrt(3) / 4  # circumradius 1
+    # area after n iterations: A0 (1 + 3/5 (1 − (4/9)^n)); bumps outwards
+    assert area == pytest.approx(triangle * (1 + 0.6 * (1 - (4 / 9) ** 4)), rel=1e-9)
+
+
+def test_signed_distance_is_exact_on_a_square():
+    square = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+    pts = np.array([[0.0, 0.0], [0.5, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, -0.9]])
+    sd = snowflake.signed_distance(pts, square)
+    np.testing.assert_allclose(sd, [1.0, 0.5, -1.0, -np.sqrt(2), 0.1], atol=1e-12)
+
+
+def test_snowflake_quick_writes_results_figure_and_verdicts(tmp_path):
+    out = tmp_path / "claims"
+    assert main(["reproduce", "snowflake", "--quick", "--out", str(out), "--quiet"]) == 0
+    r = _claim(out, "snowflake")
+    assert r["mode"] == "quick"
+    fit = r["fit"]
+    assert fit["pixels"] == 100 * 100 and r["config"]["grid"] == 100
+    assert 0.0 <= fit["pixel_acc"] <= 1.0 and -1.0 <= fit["corr"] <= 1.0
+    assert fit["errors"] == round((1 - fit["pixel_acc"]) * fit["pixels"])
+    assert fit["corr"] > 0.5, "even the quick fit follows the signed distance"
+    assert 0.3 < fit["inside_fraction"] < 0.4  # snowflake area 2.078 of the 5.76 square
+    assert len(fit["train_acc_curve"]) == r["config"]["epochs"]
+    _check_verdicts(r)
+    assert any("Fig. 1a" in v["claim"] for v in r["verdicts"])
+    assert any("100×100" in v["measured"] for v in r["verdicts"]), "protocol in the row"
+    assert (out / "snowflake.png").read_bytes()[:8] == PNG_MAGIC
+    report = (out / "report.md").read_text()
+    assert "![snowflake](snowflake.png)" in report and "Snowflake" in report
+    assert list((out / "snowflake" / "runs").glob("*.json"))
+
+
+# ==== memorization ==========================================================================
+
+
+def test_random_labels_keep_class_counts_and_break_the_labels():
+    y = torch.arange(1000) % 10
+    r = memorization.random_labels(y, seed=0)
+    assert torch.equal(torch.bincount(r, minlength=10), torch.bincount(y, minlength=10))
+    assert (r == y).float().mean() < 0.2
+    assert torch.equal(r, memorization.random_labels(y, seed=0))
+
+
+def test_memorization_quick_writes_results_figure_and_verdicts(tmp_path):
+    out = tmp_path / "claims"
+    assert main(["reproduce", "memorization", "--quick", "--out", str(out), "--quiet"]) == 0
+    r = _claim(out, "memorization")
+    assert r["mode"] == "quick"
+    cfg = r["config"]
+    for kind in ("lipschitz", "unconstrained"):
+        run = r["runs"][kind]
+        assert run["n_train"] == cfg["n_train"] == 300
+        assert len(run["curve"]) == cfg["epochs"]
+        assert 0.0 <= run["train_acc"] <= 1.0
+    assert r["runs"]["lipschitz"]["train_acc"] > 0.5, "the quick 1-Lip MLP fits most labels"
+    _check_verdicts(r)
+    rows = " ".join(v["measured"] for v in r["verdicts"])
+    assert "300 training images" in rows and "the paper: 500" in rows
+    assert "99.96" in " ".join(v["research"] for v in r["verdicts"])
+    assert (out / "memorization.png").read_bytes()[:8] == PNG_MAGIC
+    assert "![memorization](memorization.png)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("claim", ["memorization", "all"])
+def test_full_memorization_without_data_fails_before_training(claim, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["reproduce", claim, "--out", str(out), "--quiet"])
+    assert rc != 0
+    assert "--data folder:DIR" in capsys.readouterr().err
+    assert not (out / "results.json").exists(), "nothing may run before the refusal"
+
+
+def test_memorization_reads_an_image_folder_given_by_data(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("ONELIP_CACHE", str(tmp_path / "cache"))
+    gen = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            a = gen.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(a).save(tmp_path / "imgs" / c / f"{i}.png")
+    out = tmp_path / "claims"
+    assert main(["reproduce", "memorization", "--quick", "--out", str(out), "--quiet",
+                 "--data", f"folder:{tmp_path / 'imgs'}"]) == 0
+    r = _claim(out, "memorization")
+    assert r["config"]["data"].startswith("folder:")
+    assert r["runs"]["lipschitz"]["n_train"] == 24
+    assert r["runs"]["lipschitz"]["num_classes"] == 2
+    assert r["runs"]["lipschitz"]["input_features"] == 8 * 8 * 3
+    assert "CIFAR-10 JPEG" in r["verdicts"][0]["measured"]
