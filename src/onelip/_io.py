@@ -25,8 +25,8 @@ import torch
 
 from onelip._errors import CheckpointError
 
-__all__ = ["atomic_path", "check_state_dict", "file_sha256", "json_sha256", "unwritable_reason",
-           "write_json"]
+__all__ = ["atomic_path", "check_state_dict", "file_sha256", "json_sha256", "read_safetensors",
+           "unwritable_reason", "write_json"]
 
 
 @contextmanager
@@ -103,6 +103,20 @@ def json_sha256(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def read_safetensors(path: str | Path, *, map_location: str | torch.device = "cpu",
+                     hint: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, or a :class:`~onelip._errors.CheckpointError`
+    naming the file (``hint``, e.g. "retrain", ends the message)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})"
+                              + (f"; {hint}" if hint else "")) from None
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],

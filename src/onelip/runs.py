@@ -49,7 +49,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -62,6 +62,7 @@ from onelip._io import (
     check_state_dict,
     file_sha256,
     json_sha256,
+    read_safetensors,
     unwritable_reason,
     write_json,
 )
@@ -166,19 +167,34 @@ def new_run(path: str | Path, *, overwrite: bool = False, flag: str = "overwrite
     full.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
-    committed = False
-    try:
+    with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite, flag=flag,
+                        option=option):
         yield tmp
+
+
+@contextmanager
+def _finished_into(tmp: Path, path: Path, *, keep: Callable[[], bool], **target) -> Iterator[None]:
+    """Around the block that writes the run ``tmp``: on success re-check ``path``
+    (:func:`check_target` with ``target``: it may have appeared meanwhile) and move ``tmp``
+    onto it; on failure remove ``tmp`` unless ``keep()``. If ``path`` may no longer be
+    replaced, the finished run stays in ``tmp`` and the error names it."""
+    try:
+        yield
         try:
-            check_target(path, overwrite=overwrite, flag=flag, option=option)
+            check_target(path, **target)
         except OutputError as e:
-            committed = True  # keep the finished run where it is
-            raise OutputError(f"{e}; the new run is kept in {tmp}") from None
-        _commit(tmp, full)
-        committed = True
-    finally:
-        if not committed:
+            raise _Kept(f"{e}; the new run is kept in {tmp}") from None
+        _commit(tmp, Path(os.path.abspath(path)))
+    except _Kept:
+        raise
+    except BaseException:
+        if not keep():
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class _Kept(OutputError):
+    """The finished run could not be moved into place and was kept where it is."""
 
 
 def _commit(tmp: Path, target: Path) -> None:
@@ -235,19 +251,9 @@ def resumable_run(path: str | Path, *, overwrite: bool = False, resume: bool = F
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         os.chmod(tmp, 0o777 & ~_umask())
-    committed = False
-    try:
+    with _finished_into(tmp, path, keep=lambda: (tmp / CHECKPOINT).is_file(),
+                        overwrite=overwrite, flag=flag, option=option):
         yield tmp
-        try:
-            check_target(path, overwrite=overwrite, flag=flag, option=option)
-        except OutputError as e:
-            committed = True  # keep the finished run where it is
-            raise OutputError(f"{e}; the new run is kept in {tmp}") from None
-        _commit(tmp, Path(os.path.abspath(path)))
-        committed = True
-    finally:
-        if not committed and not (tmp / CHECKPOINT).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ==== training checkpoints ==================================================================
@@ -331,20 +337,13 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         CheckpointError: no checkpoint there, an unreadable or foreign file, or tensors that
             changed since they were written (SHA-256).
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     file = path / CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"no training checkpoint at {path} (expected {file}); runs "
                               "written by `onelip train` hold one")
-    try:
-        with safe_open(str(file), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({e}); the "
-                              "checkpoint is corrupt") from None
+    tensors, meta = read_safetensors(file, map_location=map_location,
+                                     hint="the checkpoint is corrupt")
     if meta.get("format") != _STATE_FORMAT:
         raise CheckpointError(f"{file} is not a onelip training checkpoint (format "
                               f"{meta.get('format')!r}, expected {_STATE_FORMAT!r})")
@@ -515,21 +514,14 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple
             version, missing/unexpected keys or other shapes, a file changed since it was
             written — with what to do about it.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     cfg = load_config(path)
     model = _build(path, cfg["model"])
     wpath = path / WEIGHTS
     if not wpath.exists():
         raise CheckpointError(f"{wpath} is missing; the run did not finish or was moved")
-    try:
-        with safe_open(str(wpath), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{wpath} is not a readable safetensors file ({e}); retrain or "
-                              "restore it from a backup")
+    state, meta = read_safetensors(wpath, map_location=map_location,
+                                   hint="retrain or restore it from a backup")
     check_state_dict(state, model.state_dict(), source=wpath,
                      architecture=f"the architecture in {CONFIG}")
     _verify(path, cfg, meta)

@@ -102,6 +102,13 @@ def environment() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def device_name(device: str) -> str:
+    """Where a sub-run trained, for the report: the GPU's name, or the CPU's thread count."""
+    if device == "cuda":
+        return f"GPU {torch.cuda.get_device_name()}"
+    return f"CPU, {torch.get_num_threads()} torch thread(s)"
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")

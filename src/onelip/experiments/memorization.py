@@ -148,14 +148,7 @@ def _run(cfg: MemorizationConfig, kind: str, runs: SubRuns) -> dict:
                     "loss_curve": [r["loss"] for r in hist],
                     "n_train": int(data.x_train.shape[0]), "num_classes": k,
                     "input_features": d, "data_name": data.name, "seconds": seconds,
-                    "device": _device_name(device)}, 5)
-
-
-def _device_name(device: str) -> str:
-    """Where a sub-run trained, for the report: the GPU's name, or the CPU's thread count."""
-    if device == "cuda":
-        return f"GPU {torch.cuda.get_device_name()}"
-    return f"CPU, {torch.get_num_threads()} torch thread(s)"
+                    "device": common.device_name(device)}, 5)
 
 
 # ==== the claim =============================================================================

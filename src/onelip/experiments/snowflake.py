@@ -195,16 +195,9 @@ def _fit(cfg: SnowflakeConfig, runs: SubRuns) -> dict:
         "train_acc_curve": [r["train_acc"] for r in hist],
         "loss_curve": [r["loss"] for r in hist],
         "wrong_rc": wrong_rc[:5000].tolist(),
-        "seconds": seconds, "device": _device_name(device),
+        "seconds": seconds, "device": common.device_name(device),
         "sd_seconds": sd_seconds,
     }, 5)}
-
-
-def _device_name(device: str) -> str:
-    """Where a sub-run trained, for the report: the GPU's name, or the CPU's thread count."""
-    if device == "cuda":
-        return f"GPU {torch.cuda.get_device_name()}"
-    return f"CPU, {torch.get_num_threads()} torch thread(s)"
 
 
 # ==== the claim =============================================================================

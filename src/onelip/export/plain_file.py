@@ -10,13 +10,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from onelip import __version__
 from onelip._errors import CheckpointError
-from onelip._io import atomic_path, check_state_dict
+from onelip._io import atomic_path, check_state_dict, read_safetensors
 from onelip.arch import build, describe
 from onelip.export.plain import to_plain
 
@@ -61,12 +60,7 @@ def load_plain(path: str | Path, *, map_location: str | torch.device = "cpu") ->
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No file at {path}")
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})")
+    state, meta = read_safetensors(path, map_location=map_location)
     if meta.get("format") != PLAIN_FORMAT:
         raise CheckpointError(f"{path} is not a plain onelip export (format "
                               f"{meta.get('format')!r}, expected {PLAIN_FORMAT!r})")
