@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
-"""``onelip reproduce CLAIM [--quick] --out DIR``: the four claims of the paper.
+"""``onelip reproduce CLAIM [--quick] --out DIR``: the paper's claims and experiments.
 
     onelip reproduce expressivity --quick --out runs/claims
+    onelip reproduce pareto --quick --data folder:cifar10/train --out runs/claims
     onelip reproduce all --data folder:DIR --out docs/claims  # full run, writes report.md
     onelip reproduce all --redraw --out docs/claims # figures + report from results.json only
 
@@ -18,8 +19,10 @@ from onelip.cli._common import CLIError
 
 __all__ = ["add_arguments", "run"]
 
-_CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "memorization",
-            "snowflake", "all")
+_CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "pareto",
+            "consistency", "memorization", "snowflake", "all")
+_NEEDS_DATA = ("pareto", "consistency", "memorization")
+"""Claims whose full protocol trains on a user's images (CIFAR-10): ``--data`` is required."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only redraw figures and report.md from DIR/results.json")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--data", default=None, metavar="NAME",
-                   help="images for the claims that take them (memorization), e.g. "
-                        "folder:DIR for CIFAR-10 as image files; replaces the preset's data")
+                   help="images for the claims that take them (pareto, consistency, "
+                        "memorization), e.g. folder:DIR for CIFAR-10 as image files; replaces "
+                        "the preset's data (with --quick too: the quick settings on your data)")
 
 
 def _print_verdicts(name: str, results: dict) -> None:
@@ -73,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"redrew figures and {path} from {args.out / report.RESULTS}")
         return 0
     names = list(report.CLAIMS) if args.claim == "all" else [args.claim]
-    if "memorization" in names and not args.quick and args.data is None:
-        raise CLIError("memorization's full protocol trains on images: pass --data folder:DIR "
-                       "(CIFAR-10 as image files), or use --quick")
+    need = [n for n in names if n in _NEEDS_DATA]
+    if need and not args.quick and args.data is None:
+        raise CLIError(f"{', '.join(need)}: the full protocol trains on CIFAR-10: pass --data "
+                       "folder:DIR (the training images as an image folder), or use --quick")
     for name in names:
         results = report.run_claim(name, quick=args.quick, out=args.out,
                                    progress=not args.quiet, data=args.data)

@@ -22,6 +22,8 @@ CLAIMS = {
     "optimal-transport": ("optimal_transport", "OptimalTransportConfig"),
     "generalization": ("generalization", "GeneralizationConfig"),
     "tradeoff": ("tradeoff", "TradeoffConfig"),
+    "pareto": ("pareto", "ParetoConfig"),
+    "consistency": ("consistency", "ConsistencyConfig"),
     "snowflake": ("snowflake", "SnowflakeConfig"),
     "memorization": ("memorization", "MemorizationConfig"),
 }
@@ -33,9 +35,11 @@ _TITLES = {
                          "discriminator",
     "generalization": "3. Generalization — 1-Lipschitz networks generalize",
     "tradeoff": "4. Trade-off — the loss's hyper-parameters set accuracy against robustness",
-    "snowflake": "5. Snowflake — a 1-Lipschitz network fits a fractal boundary (the paper's "
+    "pareto": "5. Pareto front on CIFAR-10 — the paper's Fig. 3",
+    "consistency": "6. Consistency on CIFAR-10 fractions — the paper's Fig. 4",
+    "snowflake": "7. Snowflake — a 1-Lipschitz network fits a fractal boundary (the paper's "
                  "Fig. 1a)",
-    "memorization": "6. Memorization — a 1-Lipschitz MLP fits random labels (the paper's "
+    "memorization": "8. Memorization — a 1-Lipschitz MLP fits random labels (the paper's "
                     "random-labels experiment)",
 }
 RESULTS = "results.json"

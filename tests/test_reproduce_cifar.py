@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: MIT
+"""`onelip reproduce pareto|consistency`: the paper's CIFAR-10 experiments (Fig. 3 and 4) on
+tiny image folders the tests make; the Pareto-front arithmetic; verdicts recomputed from the
+stored results; the unconstrained twin; nothing read from a test split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from onelip.cli import main
+from onelip.experiments import consistency, pareto, vision
+from onelip.experiments.common import config_dict
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _folder(root, *, classes=("cat", "dog", "frog"), n=16, size=8, test=False):
+    """``root/<class>/*.png``: class c's images are brighter by c (learnable), plus noise;
+    with ``test`` also ``root/test/...`` (which no claim may read)."""
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    parts = [root / "train", root / "test"] if test else [root]
+    for part in parts:
+        for k, c in enumerate(classes):
+            (part / c).mkdir(parents=True)
+            for i in range(n):
+                base = 40 + 80 * k
+                a = np.clip(base + gen.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(part / c / f"{i}.png")
+    return root
+
+
+def _tiny_pareto(data: str) -> pareto.ParetoConfig:
+    return replace(pareto.ParetoConfig.quick(), data=data, val_fraction=0.25, n_val=None,
+                   taus=(0.1, 3.0), margins=(36.0,), alphas=(10.0,), epochs=2, batch_size=16,
+                   paper_net=(("preset", "bethune-vgg"), ("width", 4), ("hidden", (8,))),
+                   onelip_net=(("width", 4), ("blocks", 2), ("depth", 1)))
+
+
+def _tiny_consistency(data: str) -> consistency.ConsistencyConfig:
+    return replace(consistency.ConsistencyConfig.quick(), data=data, val_fraction=0.25,
+                   n_val=None, fractions=(0.25, 1.0), taus=(0.5, 1000.0), width=4, hidden=8,
+                   epochs=2, min_steps=10, batch_size=8)
+
+
+# ==== the front arithmetic ==================================================================
+
+
+def test_front_keeps_only_non_dominated_points():
+    pts = [(0.5, 0.5), (0.6, 0.4), (0.55, 0.3), (0.6, 0.4), (0.4, 0.5)]
+    assert pareto.front(pts) == [(0.5, 0.5), (0.6, 0.4)]
+
+
+def test_paper_front_is_the_papers_envelope():
+    f = pareto.PAPER_FRONT
+    assert (0.70, 0.44) in f and (0.80, 0.21) in f and (0.865, 0.0) in f
+    assert (0.575, 0.44) not in f, "dominated by (0.70, 0.44)"
+    cs, rs = zip(*f)
+    assert list(cs) == sorted(cs) and list(rs) == sorted(rs, reverse=True)
+
+
+def test_domination_gap_is_zero_only_when_every_point_is_dominated():
+    theirs = pareto.PAPER_FRONT
+    assert pareto.domination_gap([(0.9, 0.5)], theirs) == 0.0
+    gap = pareto.domination_gap([(0.9, 0.40)], theirs)
+    assert gap == pytest.approx(0.04), "(0.70, 0.44) beats it by 4 points of certified"
+    assert pareto.domination_gap([(0.7, 0.44), (0.865, 0.0)], theirs) > 0, \
+        "(0.80, 0.21) is not dominated by either point"
+    assert pareto.domination_gap([], theirs) == 1.0
+
+
+def test_certified_at_clean_reads_the_best_point_above_a_clean_accuracy():
+    pts = [(0.65, 0.6), (0.71, 0.5), (0.8, 0.3)]
+    assert pareto.certified_at_clean(pts, 0.70) == 0.5
+    assert pareto.certified_at_clean(pts, 0.9) is None
+
+
+# ==== the networks ==========================================================================
+
+
+def test_plain_twin_has_the_same_widths_and_is_unconstrained():
+    d = vision.load("digits", val_fraction=0.2, seed=0).split
+    net = vision.build_network("convnet", consistency._fields(
+        consistency.ConsistencyConfig(width=8, hidden=16)), d, seed=0)
+    twin = vision.plain_twin(net, seed=0)
+    lip_convs = [m for m in net.modules() if hasattr(m, "in_channels") and
+                 any(True for _ in m.parameters())]
+    convs = [m for m in twin.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in lip_convs] == \
+        [(m.in_channels, m.out_channels, m.stride[0]) for m in convs]
+    assert any(isinstance(m, torch.nn.ReLU) for m in twin.modules())
+    x = torch.rand(4, 64)
+    assert twin(x).shape == net(x).shape == (4, 10)
+    # unconstrained: scaling its weights scales its output (no re-normalisation)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(3.0)
+    assert twin(x).abs().max() > 5 * net(x).abs().max()
+
+
+def test_train_and_certify_measures_validation_and_certifies(tmp_path):
+    d = vision.subset(vision.load("digits", val_fraction=0.2, n_val=80, seed=0), 200, seed=0)
+    assert d.x_val.shape[0] == 80 and d.x_train.shape[0] == 200
+    net = vision.build_network("lipconvnet", {"width": 4, "blocks": 2, "depth": 1}, d, seed=0,
+                               normalize=True)
+    from onelip.losses import TauCrossEntropyLoss
+
+    r = vision.train_and_certify(net, d, TauCrossEntropyLoss(2.0), epochs=2, lr=3e-3,
+                                 batch_size=32, augment=("crop", "flip"), seed=0,
+                                 train_eval=True)
+    assert r["augment"] == [], "8×8 digits are not augmented (needs ≥ 16×16)"
+    assert r["n_val"] == 80 and len(r["val_curve"]) == 2
+    assert 0 <= r["certified"]["108"] <= r["certified"]["72"] <= r["certified"]["36"] \
+        <= r["val_acc"] <= 1
+    assert 0 <= r["train_acc"] <= 1
+
+
+# ==== pareto ================================================================================
+
+
+def test_pareto_on_an_image_folder_writes_results_verdicts_and_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONELIP_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs", test=True)
+    cfg = _tiny_pareto(f"folder:{root}")
+    assert vision.load(cfg.data, val_fraction=0.25).split.x_test.shape[0] == 0, \
+        "the folder's test split is dropped: nothing is measured on it"
+    out = tmp_path / "claims"
+    r = pareto.run(cfg, out=out, progress=False)
+    nets = r["networks"]
+    assert set(nets) == {"paper", "onelip"} and set(nets["paper"]) == set(pareto.SWEEPS)
+    for rs in nets["paper"].values():
+        for x in rs:
+            assert x["n_train"] == 36 and x["n_val"] == 12, "25 % of 48 training images"
+            assert set(x["certified"]) == {"36", "72", "108"}
+            assert x["val_acc"] >= x["certified"]["36"]
+    assert r["subruns"]["ran"] == 8
+    claims = " ".join(v["claim"] for v in r["verdicts"])
+    assert "Fig. 3" in claims and "dominates" in claims
+    rows = " ".join(v["research"] + v["measured"] for v in r["verdicts"])
+    assert "44.0 % at 70.0 % clean" in rows and "domination gap" in rows
+    assert "batch 16 (the paper: 512)" in rows, "protocol differences in the row"
+    assert pareto.verdicts(json.loads(json.dumps(r))) == r["verdicts"]
+    assert pareto.plot(r, tmp_path) == ["pareto.png"]
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == PNG_MAGIC
+    # a second run is all cached, and the same
+    again = pareto.run(cfg, out=out, progress=False)
+    assert again["subruns"] == {**again["subruns"], "ran": 0, "cached": 8}
+    assert again["networks"] == r["networks"]
+
+
+def test_pareto_verdicts_follow_the_stored_points():
+    """The verdicts are computed from the stored results: move the points, they change."""
+    def sweeps(points):
+        return {"tau": [{"value": 0.1 + i, "val_acc": c, "certified": {"36": r, "72": 0,
+                                                                        "108": 0},
+                         "seconds": 1, "n_train": 10, "n_val": 5}
+                        for i, (c, r) in enumerate(points)], "margin": [], "alpha": []}
+
+    cfg = pareto.ParetoConfig(data="folder:x")
+    good = [(0.70, 0.56), (0.75, 0.5), (0.81, 0.40), (0.87, 0.1)]
+    res = {"config": config_dict(cfg),
+           "networks": {"onelip": sweeps(good), "paper": sweeps(good)}}
+    v = {x["claim"]: x["agree"] for x in pareto.verdicts(res)}
+    assert v["onelip's best network dominates the paper's front (Fig. 3)"]
+    res["networks"]["onelip"] = sweeps([(0.70, 0.50), (0.87, 0.1), (0.81, 0.4)])
+    v = {x["claim"]: x["agree"] for x in pareto.verdicts(res)}
+    assert not v["onelip's best network dominates the paper's front (Fig. 3)"], \
+        "50 % at 70 % clean misses the 55 % target"
+
+
+def test_pareto_full_needs_data_and_refuses_before_training(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["reproduce", "pareto", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--data folder:DIR" in err and err.count("\n") == 1
+    assert not (out / "results.json").exists()
+
+
+# ==== consistency ===========================================================================
+
+
+def test_consistency_on_an_image_folder_nests_fractions_and_has_the_twin(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("ONELIP_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    cfg = _tiny_consistency(f"folder:{root}")
+    r = consistency.run(cfg, out=tmp_path / "claims", progress=False)
+    grid = r["grid"]
+    assert set(grid) == {"0.5", "1000", "plain"}
+    for rs in grid.values():
+        assert [x["fraction"] for x in rs] == [0.25, 1.0]
+        assert [x["n_train"] for x in rs] == [9, 36], "25 % and 100 % of 36 images"
+        assert all(0 <= x["train_acc"] <= 1 and 0 <= x["val_acc"] <= 1 for x in rs)
+        assert all("certified" not in x for x in rs), "the experiment is about accuracy"
+    names = [v["claim"] for v in r["verdicts"]]
+    assert any("gap shrinks" in n for n in names) and any("τ = 1000" in n for n in names)
+    table = r["tables"][0]
+    assert table["columns"] == ["network", "25 %", "100 %"]
+    assert "(paper 39.5 / 40.5)" not in json.dumps(table), "τ = 0.25 was not run"
+    assert "paper 100.0 / 44.0" in table["rows"][1][2], "the paper's τ = 1000 at 100 %"
+    assert consistency.verdicts(json.loads(json.dumps(r))) == r["verdicts"]
+    assert consistency.plot(r, tmp_path) == ["consistency.png"]
+
+
+def test_consistency_fractions_are_nested(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONELIP_CACHE", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "imgs")
+    cfg = _tiny_consistency(f"folder:{root}")
+    data = consistency._data(cfg)
+    small, big = consistency._fraction(data, 0.25), consistency._fraction(data, 1.0)
+    assert torch.equal(small.x_train, big.x_train[:small.x_train.shape[0]])
+    assert torch.equal(small.x_val, big.x_val), "one validation split for every fraction"
+
+
+def test_consistency_epochs_reach_min_steps():
+    cfg = consistency.ConsistencyConfig(epochs=3, min_steps=100, batch_size=10)
+    assert cfg.epochs_for(50) == 20  # 5 steps an epoch
+    assert cfg.epochs_for(10_000) == 3
+
+
+def test_consistency_verdicts_flip_with_the_stored_numbers():
+    def rows(pairs):
+        return [{"fraction": f, "train_acc": t, "val_acc": v, "n_train": 10, "n_val": 5}
+                for f, (t, v) in zip((0.1, 1.0), pairs)]
+
+    cfg = consistency.ConsistencyConfig(data="folder:x", fractions=(0.1, 1.0),
+                                        taus=(0.5, 4.0, 1000.0))
+
+    grid = {"0.5": rows([(0.7, 0.4), (0.45, 0.44)]), "4": rows([(1.0, 0.45), (0.7, 0.6)]),
+            "1000": rows([(1.0, 0.3), (1.0, 0.45)]), "plain": rows([(1.0, 0.3), (1.0, 0.5)])}
+    res = {"config": config_dict(cfg), "grid": grid}
+    v = {x["claim"]: x["agree"] for x in consistency.verdicts(res)}
+    assert all(v.values()), v
+    grid["4"] = rows([(1.0, 0.45), (0.99, 0.4)])  # the gap grows: not consistent
+    v = {x["claim"]: x["agree"] for x in consistency.verdicts(res)}
+    assert not v["Fig. 4: for every τ the train/validation gap shrinks as the fraction grows"]
+    grid["1000"] = rows([(1.0, 0.3), (0.9, 0.45)])
+    v = {x["claim"]: x["agree"] for x in consistency.verdicts(res)}
+    assert not v["Fig. 4: at τ = 1000 the 1-Lipschitz network memorises at every fraction"]
+
+
+def test_both_claims_are_registered_in_the_cli():
+    from onelip.cli.reproduce import _CHOICES, _NEEDS_DATA
+    from onelip.experiments.report import CLAIMS
+
+    assert {"pareto", "consistency"} <= set(CLAIMS) & set(_CHOICES)
+    assert {"pareto", "consistency"} <= set(_NEEDS_DATA)
