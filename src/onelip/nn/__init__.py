@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from onelip.nn._base import LipschitzModule, check_bound_applies, eval_mode
+from onelip.nn._base import (
+    LipschitzModule,
+    check_bound_applies,
+    eval_mode,
+    float32_forward,
+    full_precision,
+)
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
 from onelip.nn.conv import OrthoConv2d, SpectralConv2d, serial_kernel_build
@@ -46,6 +52,8 @@ __all__ = [
     "LipschitzModule",
     "MaxMin",
     "Normalize",
+    "float32_forward",
+    "full_precision",
     "OrthoConv2d",
     "OrthoLinear",
     "Residual",

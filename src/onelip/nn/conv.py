@@ -14,7 +14,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import LipschitzModule
+from onelip.nn._base import LipschitzModule, full_precision
 from onelip.nn.plain import plain_conv
 
 __all__ = ["OrthoConv2d", "SpectralConv2d", "serial_kernel_build"]
@@ -278,7 +278,14 @@ class OrthoConv2d(LipschitzModule):
         :math:`\\sigma_{\\max} \\le 1`. Otherwise (training): built in the parameter dtype
         with one Cholesky QR pass and no host synchronisation — the same function up to
         rounding (~1e-6 in float32), about a third of the small operations.
+
+        Always in full precision: an ambient autocast (``--amp``) is switched off for the
+        build (:func:`~onelip.nn.full_precision`); the convolution itself runs under it.
         """
+        with full_precision(self.mix.device):
+            return self._build_kernel(exact, latents)
+
+    def _build_kernel(self, exact: bool, latents: dict[str, Tensor] | None) -> Tensor:
         lat = latents if latents is not None else {
             "mix": self.mix, "proj": self.proj, "down": self.down}
         dtype = torch.float64 if exact else self.mix.dtype
@@ -469,6 +476,10 @@ class SpectralConv2d(LipschitzModule):
                                                   padding=self.padding[0]))
 
     def _normalised(self, size: tuple[int, int]) -> Tensor:
+        with full_precision(self.weight.device):
+            return self._normalised_full(size)
+
+    def _normalised_full(self, size: tuple[int, int]) -> Tensor:
         w = self.weight.detach().double()
         w = w / F.conv2d_operator_norm_bound(w, size, stride=self.stride[0],
                                              padding=self.padding[0])
@@ -504,12 +515,14 @@ class SpectralConv2d(LipschitzModule):
         ctype = torch.complex128 if self.weight.dtype == torch.float64 else torch.complex64
 
         def normalised(weight: Tensor, v: Tensor, phases: Tensor) -> Tensor:
-            kp = F.conv2d_polyphase(weight, stride=stride)  # (O, C', qh, qw)
-            sym = torch.einsum("ocab,sab->soc", kp.to(ctype), phases)  # (S, O, C')
-            est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
-            return weight / est.amax()
+            with full_precision(weight.device):
+                kp = F.conv2d_polyphase(weight, stride=stride)  # (O, C', qh, qw)
+                sym = torch.einsum("ocab,sab->soc", kp.to(ctype), phases)  # (S, O, C')
+                est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
+                return weight / est.amax()
 
-        with torch.no_grad(), _build_threads(self.weight.device):
+        with torch.no_grad(), _build_threads(self.weight.device), \
+                full_precision(self.weight.device):
             sel = self._frequencies()  # (S,)
             taps = (-(-self.kernel_size[0] // stride), -(-self.kernel_size[1] // stride))
             phases = F.dft_phases(taps, self.grid, dtype=ctype,

@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import LipschitzModule
+from onelip.nn._base import LipschitzModule, float32_forward
 from onelip.nn.plain import plain_linear
 
 __all__ = ["FrobeniusLinear", "OrthoLinear", "SpectralLinear"]
@@ -268,6 +268,7 @@ class OrthoLinear(LipschitzModule):
             state.pop(key, None)
         return state
 
+    @float32_forward
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(
@@ -384,6 +385,7 @@ class SpectralLinear(LipschitzModule):
     def lipschitz_bound(self) -> float:
         return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
 
+    @float32_forward
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(
@@ -469,6 +471,7 @@ class FrobeniusLinear(LipschitzModule):
         # σ_max of the applied weight (float64 SVD of the stored values), rounded up.
         return float(F.spectral_norm_exact(self._eval_weight().double())) * (1 + 1e-9)
 
+    @float32_forward
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(

@@ -11,7 +11,12 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import LipschitzModule, check_bound_applies
+from onelip.nn._base import (
+    LipschitzModule,
+    check_bound_applies,
+    float32_forward,
+    full_precision,
+)
 from onelip.nn.plain import Residual, export_tree
 from onelip.nn.sequential import module_lipschitz_bound
 
@@ -53,6 +58,7 @@ class ConvexResidual(LipschitzModule):
     def lam(self) -> Tensor | float:
         return torch.sigmoid(self.logit) if self.logit is not None else self._lam
 
+    @float32_forward
     def forward(self, x: Tensor) -> Tensor:
         lam = self.lam
         return (1 - lam) * x + lam * self.body(x)
@@ -136,14 +142,16 @@ class SLLBlock(LipschitzModule):
     def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(w_in, b, w_out)`` with :math:`y = a\\,x - \\mathrm{ReLU}(x w_{in}^\\top + b)
         w_{out}^\\top` (a = :meth:`skip_factor`): w_in (m, d) = Wᵀ, w_out (d, m) = 2a W T⁻¹,
-        in eval mode rounded as the class says."""
-        if self.training:
-            return self.weight.mT, self.bias, 2 * self.weight * self._t_inv()
-        return self.weight.mT, self.bias, self._eval_terms()[1]
+        in eval mode rounded as the class says. Built in full precision under autocast."""
+        with full_precision(self.weight.device):
+            if self.training:
+                return self.weight.mT, self.bias, 2 * self.weight * self._t_inv()
+            return self.weight.mT, self.bias, self._eval_terms()[1]
 
     def lipschitz_bound(self) -> float:
         return 1.0  # Araujo et al. 2023, Thm 3; eval: rounding absorbed by a (sll_cast)
 
+    @float32_forward
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.features:
             raise ValueError(
@@ -246,16 +254,18 @@ class SLLConv2d(LipschitzModule):
         \\mathrm{conv}(x, w_{in}) + b), w_{out})` (a = :meth:`skip_factor`), both convs
         stride 1 with ``padding``: w_in (m, C, k, k) = K, w_out (C, m, k, k) = the adjoint
         kernel of :math:`2a\\,T_K^\\top\\,\\mathrm{diag}(t)` (transposed and flipped), in eval
-        mode rounded as the class says."""
-        if self.training:
-            out = 2 * self.weight * self._t_inv()[:, None, None, None]
-        else:
-            out = self._eval_terms()[1]
+        mode rounded as the class says. Built in full precision under autocast."""
+        with full_precision(self.weight.device):
+            if self.training:
+                out = 2 * self.weight * self._t_inv()[:, None, None, None]
+            else:
+                out = self._eval_terms()[1]
         return self.weight, self.bias, out.transpose(0, 1).flip(-2, -1)
 
     def lipschitz_bound(self) -> float:
         return 1.0  # Araujo et al. 2023, Thm 3; eval: rounding absorbed by a (sll_cast)
 
+    @float32_forward
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
