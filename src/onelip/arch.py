@@ -10,11 +10,14 @@ A description is ``{"type": "onelip.nn.OrthoLinear", "kwargs": {...}, "children"
 A module is describable when each of its constructor arguments (but ``device`` / ``dtype``,
 ``*args`` / ``**kwargs`` and arguments that are its child modules) is stored on it as an
 attribute of the same name holding a JSON value (``bias`` may be stored as the bias tensor or
-``None``). Two readings of an attribute are allowed: a tuple is written as a list, and an
+``None``). Three readings of an attribute are allowed: a tuple is written as a list, and an
 ``(n, n)`` pair stored for an argument annotated ``int`` (``kernel_size=3`` kept as ``(3, 3)``)
-is written as ``n``. For ``onelip.nn`` classes a missing or non-JSON attribute is an error
-(:func:`describe` names the argument); for ``torch.nn`` classes an argument left at a default
-that is not stored (e.g. ``nn.PReLU(init=...)``, which only initialises a parameter) is left out.
+is written as ``n``, and a 0-dim float tensor stored for an argument annotated ``float`` (a
+learnable scalar such as ``ConvexResidual(lam=..., learnable=True)``) as its current value (the
+parameter itself comes back from the weights). For ``onelip.nn`` classes a missing or
+non-JSON attribute is an error (:func:`describe` names the argument); for ``torch.nn``
+classes an argument left at a default that is not stored (e.g. ``nn.PReLU(init=...)``, which
+only initialises a parameter) is left out.
 Containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) are described by their
 children alone.
 """
@@ -42,6 +45,7 @@ _LEGACY = {"onelip.export.Residual": "onelip.nn.Residual",
 _SKIP_ARGS = {"self", "device", "dtype"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _INT_ANNOTATIONS = (int, "int", "int | None", "Optional[int]", "None | int")
+_FLOAT_ANNOTATIONS = (float, "float")
 _MISSING = object()
 
 
@@ -102,6 +106,9 @@ def describe(m: nn.Module) -> dict:
             if (p.annotation in _INT_ANNOTATIONS and isinstance(v, tuple) and len(v) == 2
                     and v[0] == v[1] and isinstance(v[0], int)):
                 v = v[0]  # kernel_size=3 stored as (3, 3)
+            if (p.annotation in _FLOAT_ANNOTATIONS and isinstance(v, Tensor) and v.ndim == 0
+                    and v.is_floating_point()):
+                v = float(v)  # a learnable scalar (ConvexResidual's lam): its current value
             if v is not _MISSING and _jsonable(v):
                 kwargs[name] = _json_value(v)
             elif strict or p.default is p.empty:

@@ -47,6 +47,7 @@ class ConvexResidual(LipschitzModule):
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"Expected lam in [0, 1], but got lam={lam}")
         self.body = body
+        self.learnable = bool(learnable)
         if learnable:
             lam_c = min(max(lam, 1e-6), 1 - 1e-6)
             self.logit = nn.Parameter(torch.tensor(math.log(lam_c / (1 - lam_c))))
