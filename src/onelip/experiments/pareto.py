@@ -329,7 +329,7 @@ def plot(results: dict, outdir: Path) -> list[str]:
     each network's sweeps and front."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    fig = Figure(figsize=(8.6, 4.6), layout="constrained")
     ax = fig.subplots()
     pc, pr = zip(*PAPER_POINTS)
     ax.scatter(pc, pr, marker="x", color="0.35", label="paper, Fig. 3 (CIFAR-10)")
@@ -349,7 +349,7 @@ def plot(results: dict, outdir: Path) -> list[str]:
     ax.set_ylabel("certified accuracy at ε = 36/255 (validation)")
     ax.set_title("Accuracy / robustness front (the paper's Fig. 3)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     common.save_png(fig, Path(outdir) / "pareto.png")
     return ["pareto.png"]
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The full protocol of the image claims (issue 12) on a GPU machine, as one prepared call of at
+# most ~9 minutes: `onelip reproduce` caches every finished sub-run under OUT/<claim>/runs/,
+# so a call that is cut off by its time limit loses only the sub-run in progress, and the next
+# call (or a CPU run with the same --out) continues from there. Run it again until every claim
+# reports all its sub-runs; `onelip reproduce all --redraw --out OUT` then rewrites the report.
+#
+#   benchmarks/gpu_claims.sh DATA OUT [SECONDS]   # DATA: CIFAR-10 as DATA/<class>/*.jpg
+#
+# Not yet run on a GPU (no device was lent while this was written); tested on CPU with --quick.
+set -euo pipefail
+data=${1:?usage: gpu_claims.sh DATA OUT [SECONDS]}
+out=${2:?usage: gpu_claims.sh DATA OUT [SECONDS]}
+budget=${3:-540}
+quick=${QUICK:+--quick}
+py=${PYTHON:-.venv/bin/python}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
+start=$SECONDS
+for claim in memorization consistency pareto; do
+  left=$((budget - (SECONDS - start)))
+  if [ "$left" -le 30 ]; then echo "$claim: not started (time is up)"; continue; fi
+  timeout --signal=INT "$left" "$py" -m onelip reproduce "$claim" $quick \
+    --data "folder:$data" --out "$out" --quiet || echo "$claim: stopped after ${left}s (cached sub-runs kept)"
+done
+"$py" -m onelip reproduce all --redraw --out "$out" 2>/dev/null || true
