@@ -35,6 +35,7 @@ __all__ = [
     "SubRuns",
     "Verdict",
     "config_dict",
+    "config_from",
     "config_key",
     "environment",
     "label_noise",
@@ -67,6 +68,11 @@ def config_dict(cfg: Any) -> dict:
         return v
 
     return {f.name: plain(getattr(cfg, f.name)) for f in fields(cfg)}
+
+
+def config_from(cls: type, d: dict) -> Any:
+    """The config dataclass ``cls`` rebuilt from its :func:`config_dict` (lists → tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def config_key(config: dict) -> str:

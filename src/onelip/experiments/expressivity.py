@@ -326,6 +326,15 @@ def _tables(toy: dict, images: dict, cfg: ExpressivityConfig) -> list[dict]:
     return [t1, t2]
 
 
+def verdicts(results: dict) -> list[dict]:
+    """The verdict rows, recomputed from the stored results alone."""
+    return _verdicts(results["toy"], results["images"], _config(results["config"]))
+
+
+def _config(d: dict) -> ExpressivityConfig:
+    return common.config_from(ExpressivityConfig, d)
+
+
 def _verdicts(toy: dict, images: dict, cfg: ExpressivityConfig) -> list[dict]:
     out = []
     if toy:
@@ -348,14 +357,23 @@ def _verdicts(toy: dict, images: dict, cfg: ExpressivityConfig) -> list[dict]:
             f"{min(dev):.2f}–{max(dev):.2f} (agree: corr near the data ≥ 0.9)",
             min(near.values()) >= 0.9).as_dict())
     for tau in cfg.taus:
-        gaps = {n: r["lipschitz"][f"{tau:g}"]["test_acc"] - r["unconstrained"]["test_acc"]
-                for n, r in images.items()}
-        if gaps:
+        rows = {n: (r["lipschitz"][f"{tau:g}"], r["unconstrained"]) for n, r in images.items()}
+        if rows:
+            train = {n: a["train_acc"] - b["train_acc"] for n, (a, b) in rows.items()}
+            test = {n: a["test_acc"] - b["test_acc"] for n, (a, b) in rows.items()}
             out.append(Verdict(
-                f"images, τ = {tau:g}: 1-Lip matches unconstrained",
-                "with a large τ, clean accuracy within 1 point of the unconstrained net",
-                ", ".join(f"{n} {100 * g:+.1f} pt" for n, g in gaps.items()),
-                all(g >= -0.01 for g in gaps.values())).as_dict())
+                f"images, τ = {tau:g}: 1-Lip fits the training set like unconstrained",
+                "any decision boundary can be fitted by a 1-Lipschitz classifier (the "
+                "expressivity result, Fig. 1; Fig. 4: at large τ train accuracy 1.00 like an "
+                "unconstrained net): training accuracy within 1 point of the unconstrained "
+                "net's. Restated: the earlier check 'test accuracy within 1 point at large τ' "
+                "is not the paper's claim",
+                "train " + ", ".join(f"{n} {100 * g:+.1f} pt" for n, g in train.items())
+                + "; test (not the claim) " + ", ".join(f"{n} {100 * g:+.1f} pt"
+                                                       for n, g in test.items())
+                + f". Protocol: {', '.join(rows)} MLP {list(cfg.image_hidden)}, "
+                f"{cfg.image_epochs} epochs (the paper: a CIFAR-10 VGG)",
+                all(g >= -0.01 for g in train.values())).as_dict())
     return out
 
 

@@ -169,9 +169,18 @@ def _tables(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
                   cols, rows)]
 
 
+def verdicts(results: dict) -> list[dict]:
+    """The verdict rows, recomputed from the stored results alone."""
+    d = results["config"]
+    cfg = common.config_from(GeneralizationConfig, d)
+    return _verdicts(results["curves"], cfg)
+
+
 def _verdicts(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
     out = []
     lips = [label for label, tau in _kinds(cfg) if tau is not None]
+    taus = {label: tau for label, tau in _kinds(cfg) if tau is not None}
+    base = min(taus, key=taus.get) if taus else None  # the smallest τ
     for label in lips:
         for noise in cfg.noise_rates:
             key = f"{noise:g}"
@@ -179,16 +188,35 @@ def _verdicts(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
             for name, by_noise in curves.items():
                 unc = [r["gap"] for r in by_noise[key]["unconstrained"]]
                 lip = [r["gap"] for r in by_noise[key][label]]
+                low = [r["gap"] for r in by_noise[key][base]]
                 smaller = sum(a < b for a, b in zip(lip, unc))
-                ok &= float(np.mean(lip)) < float(np.mean(unc))
+                if label == base:
+                    ok &= float(np.mean(lip)) < float(np.mean(unc))
+                else:
+                    ok &= float(np.mean(lip)) > float(np.mean(low))
                 parts.append(f"{name}: mean gap {100 * float(np.mean(lip)):.1f} vs "
-                             f"{100 * float(np.mean(unc)):.1f} pt, smaller at {smaller}/"
-                             f"{len(lip)} sizes")
+                             f"{100 * float(np.mean(unc)):.1f} pt unconstrained (smaller at "
+                             f"{smaller}/{len(lip)} sizes)"
+                             + ("" if label == base else
+                                f", vs {100 * float(np.mean(low)):.1f} pt at {base}"))
             what = "clean labels" if noise == 0 else f"{100 * noise:.0f}% label noise"
-            out.append(Verdict(
-                f"{label}: smaller train/test gap than unconstrained ({what})",
-                "1-Lipschitz nets generalize; unconstrained nets can memorise",
-                "; ".join(parts), ok).as_dict())
+            proto = (f"Protocol: MLP {list(cfg.hidden)} on {', '.join(curves)}, {cfg.steps} "
+                     "steps (the paper: a CIFAR-10 VGG, 300 epochs)")
+            if label == base:
+                out.append(Verdict(
+                    f"{label}: smaller train/test gap than unconstrained ({what})",
+                    "Fig. 4: with a small τ the 1-Lipschitz net's train/validation gap is "
+                    "small (τ = 0.5: 0.77/0.36 at 2 % → 0.46/0.45 at 100 %), where an "
+                    "unconstrained net memorises (the random-labels experiment)",
+                    "; ".join(parts) + f". {proto}", ok).as_dict())
+            else:
+                out.append(Verdict(
+                    f"{label}: larger τ overfits more than {base} ({what})",
+                    "Fig. 4: the larger τ, the larger the gap (τ = 1000: train 1.00, "
+                    "validation 0.23–0.44, like an unconstrained net). Restated: the earlier "
+                    f"check '{label} has a smaller gap than unconstrained' is not the paper's "
+                    "claim",
+                    "; ".join(parts) + f". {proto}", ok).as_dict())
     for label in lips:
         shrink = []
         for name, by_noise in curves.items():
@@ -200,9 +228,13 @@ def _verdicts(curves: dict, cfg: GeneralizationConfig) -> list[dict]:
         if shrink:
             out.append(Verdict(
                 f"{label}: train loss → test loss as n grows",
-                "consistency: the loss gap shrinks with more data",
+                "consistency (the paper's consistency result; Fig. 4: the train/validation gap "
+                "closes as the training fraction grows, for every τ): the loss gap shrinks "
+                "with more data",
                 "; ".join(f"{n} noise {100 * float(k):.0f}%: {a:.3f} (n={na}) → {b:.3f} "
-                          f"(n={nb})" for n, k, na, a, nb, b in shrink),
+                          f"(n={nb})" for n, k, na, a, nb, b in shrink)
+                + f". Protocol: MLP {list(cfg.hidden)}, {cfg.steps} steps (the paper: a "
+                "CIFAR-10 VGG, 300 epochs)",
                 all(b < a for _, _, _, a, _, b in shrink)).as_dict())
     return out
 

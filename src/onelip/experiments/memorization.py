@@ -219,6 +219,12 @@ def _tables(res: dict, cfg: MemorizationConfig) -> list[dict]:
                   rows)]
 
 
+def verdicts(results: dict) -> list[dict]:
+    """The verdict rows, recomputed from the stored results alone."""
+    cfg = common.config_from(MemorizationConfig, results["config"])
+    return _verdicts(results["runs"], cfg)
+
+
 def _verdicts(res: dict, cfg: MemorizationConfig) -> list[dict]:
     lip, unc = res["lipschitz"], res["unconstrained"]
     proto = _protocol(cfg, lip)

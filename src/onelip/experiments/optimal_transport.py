@@ -288,6 +288,12 @@ def _tables(results: dict, cfg: OptimalTransportConfig) -> list[dict]:
     return [t1, t2]
 
 
+def verdicts(results: dict) -> list[dict]:
+    """The verdict rows, recomputed from the stored results alone."""
+    cfg = common.config_from(OptimalTransportConfig, results["config"])
+    return _verdicts(results, cfg)
+
+
 def _verdicts(results: dict, cfg: OptimalTransportConfig) -> list[dict]:
     out = []
     pairs = results["pairs"]

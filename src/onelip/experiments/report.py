@@ -118,11 +118,17 @@ def _save(out: Path, results: dict) -> None:
 
 
 def redraw(out: Path) -> Path:
-    """Redraw every figure and rewrite ``report.md`` from ``out/results.json`` alone."""
+    """Redraw every figure, recompute every claim's verdicts (``<claim>.verdicts(results)``,
+    from the stored measurements alone) and rewrite ``report.md`` and ``results.json``."""
     out = Path(out)
     if not (out / RESULTS).exists():
         raise FileNotFoundError(f"{out / RESULTS} not found; run `onelip reproduce` first")
-    return write_report(_load(out), out)
+    results = _load(out)
+    for name, r in results.items():  # the verdicts, recomputed by today's code
+        if name in CLAIMS:
+            r["verdicts"] = claim_module(name).verdicts(r)
+    _save(out, results)
+    return write_report(results, out)
 
 
 # ==== markdown ==============================================================================

@@ -241,6 +241,12 @@ def _tables(r: dict, cfg: SnowflakeConfig) -> list[dict]:
                                                    "target"], rows)]
 
 
+def verdicts(results: dict) -> list[dict]:
+    """The verdict rows, recomputed from the stored results alone."""
+    cfg = common.config_from(SnowflakeConfig, results["config"])
+    return _verdicts(results["fit"], cfg)
+
+
 def _verdicts(r: dict, cfg: SnowflakeConfig) -> list[dict]:
     differs = (" Protocol: " + _protocol(cfg)
                + ("" if cfg.grid == 400 else " (the paper: 400×400)") + ".")
