@@ -44,6 +44,7 @@ __all__ = [
     "rounded",
     "save_png",
     "scores",
+    "spearman",
     "subset",
     "table",
     "train",
@@ -139,6 +140,16 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two sequences (ties by order; 0.0 when one is
+    constant)."""
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> dict:

@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from onelip import losses
@@ -244,13 +243,6 @@ def tables(results: dict) -> list[dict]:
                   ["network", *[f"{100 * f:g} %" for f in fractions]], rows)]
 
 
-def _spearman(a, b) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
-
 
 def verdicts(results: dict) -> list[dict]:
     """The verdict rows, from the stored results alone."""
@@ -262,7 +254,7 @@ def verdicts(results: dict) -> list[dict]:
     for tau, rs in lip.items():
         gaps = [r["train_acc"] - r["val_acc"] for r in rs]
         ok = len(gaps) < 2 or (gaps[-1] < gaps[0] and
-                               _spearman([r["fraction"] for r in rs], gaps) <= -0.5)
+                               common.spearman([r["fraction"] for r in rs], gaps) <= -0.5)
         shrinks &= ok
         parts.append(f"τ = {tau:g}: {100 * gaps[0]:.1f} → {100 * gaps[-1]:.1f} pt"
                      f"{'' if ok else ' (does not shrink)'}")
@@ -278,7 +270,7 @@ def verdicts(results: dict) -> list[dict]:
     if len(finite) >= 2:
         val_last = [lip[t][-1]["val_acc"] for t in finite]
         train_last = [lip[t][-1]["train_acc"] for t in finite]
-        rho_v, rho_t = _spearman(finite, val_last), _spearman(finite, train_last)
+        rho_v, rho_t = common.spearman(finite, val_last), common.spearman(finite, train_last)
         f_last = lip[finite[0]][-1]["fraction"]
         paper = [_paper(t, f_last) for t in finite]
         paper_txt = ("" if any(p is None for p in paper) else

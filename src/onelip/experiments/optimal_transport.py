@@ -329,7 +329,7 @@ def _verdicts(results: dict, cfg: OptimalTransportConfig) -> list[dict]:
         pos = [(a, sw["runs"][f"{a:g}"]["test"]["acc"]) for a in alphas if a > 0]
         if len(pos) >= 2:
             lo, hi = min(pos), max(pos)
-            rho = _spearman([a for a, _ in pos], [c for _, c in pos])
+            rho = common.spearman([a for a, _ in pos], [c for _, c in pos])
             out.append(Verdict(
                 "accuracy moves the other way",
                 "clean accuracy grows with α (hinge weight)",
@@ -338,13 +338,6 @@ def _verdicts(results: dict, cfg: OptimalTransportConfig) -> list[dict]:
                 hi[1] > lo[1] and rho > 0).as_dict())
     return out
 
-
-def _spearman(a: list[float], b: list[float]) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 # ==== figures ===============================================================================

@@ -160,13 +160,6 @@ def _tables(sweeps: dict, cfg: TradeoffConfig) -> list[dict]:
                    "median radius (correct)"], rows)]
 
 
-def _spearman(a, b) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
-
 
 def _trend(values, metric, direction: int) -> tuple[bool, float, int]:
     """(agrees, Spearman ρ, number of adjacent steps against the predicted direction by more
@@ -174,7 +167,7 @@ def _trend(values, metric, direction: int) -> tuple[bool, float, int]:
     order = np.argsort(values)
     m = np.asarray(metric, dtype=float)[order]
     against = int(sum(direction * (b - a) < -NOISE_PT for a, b in zip(m[:-1], m[1:])))
-    rho = _spearman(np.asarray(values, dtype=float)[order], m)
+    rho = common.spearman(np.asarray(values, dtype=float)[order], m)
     return direction * rho > 0.5, rho, against
 
 

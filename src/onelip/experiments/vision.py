@@ -110,7 +110,7 @@ def plain_twin(model: nn.Module, *, seed: int) -> nn.Sequential:
     poolings, channel pads, Normalize) kept."""
     from onelip.nn import GroupSort, MaxMin
 
-    acts = tuple(t for t in (MaxMin, GroupSort) if t is not None)
+    acts = (MaxMin, GroupSort)
     out: list[nn.Module] = []
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
