@@ -21,8 +21,32 @@ TOL_W1_POT = 1e-6  # network simplex on 300 points: exact to float64 rounding
 TOL_W1_NET = 0.05  # KR network, quick preset (2×32 GroupSort, 60 epochs): measured ~0.3 %
 
 
+def _tiny_image_claims(mp: pytest.MonkeyPatch) -> None:
+    """pareto and consistency with still smaller quick presets (their quick presets on the
+    digits take ~2 min together; tests/test_reproduce_cifar.py covers them on their own)."""
+    from dataclasses import replace
+
+    from onelip.experiments import consistency, pareto
+
+    p, c = pareto.ParetoConfig.quick(), consistency.ConsistencyConfig.quick()
+    mp.setattr(pareto.ParetoConfig, "quick", classmethod(lambda cls: replace(
+        p, n_train=300, n_val=100, taus=(0.1, 3.0), margins=(36.0,), alphas=(10.0,), epochs=1,
+        paper_net=(("preset", "bethune-vgg"), ("width", 4), ("hidden", (8,))),
+        onelip_net=(("width", 4), ("blocks", 2), ("depth", 1)))))
+    mp.setattr(consistency.ConsistencyConfig, "quick", classmethod(lambda cls: replace(
+        c, n_pool=400, n_val=100, fractions=(0.25, 1.0), taus=(0.5, 1000.0), width=4,
+        hidden=8, epochs=2, min_steps=10)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_image_claims():
+    with pytest.MonkeyPatch.context() as mp:
+        _tiny_image_claims(mp)
+        yield
+
+
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, tiny_image_claims):
     """`onelip reproduce all --quick --out DIR` once for the module: (DIR, exit code, seconds)."""
     out = tmp_path_factory.mktemp("claims")
     t0 = time.perf_counter()
