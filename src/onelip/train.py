@@ -25,6 +25,7 @@ its optimiser state and at the last learning rate of its schedule (no new cycle)
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -42,7 +43,7 @@ from onelip.data._split import validation_split
 from onelip.data.augment import augment as _augment
 from onelip.data.augment import check_augment
 from onelip.distributed import Context
-from onelip.nn import eval_mode, retract_
+from onelip.nn import batched_kernel_build, eval_mode, retract_
 
 __all__ = ["TrainConfig", "TrainingDiverged", "evaluate_accuracy", "fit", "load_state"]
 
@@ -550,8 +551,10 @@ def fit(model: nn.Module, data, loss: nn.Module, config: TrainConfig, *,
     augmentation, same weights) on one device: both come from ``torch.Generator`` s of fit's
     own, seeded from ``config.seed``; the global RNG state is left as it was. Every rank of a
     distributed run seeds the same generators, so all draw the same permutation. Leaves
-    ``model`` in eval mode. After each optimiser step, orthogonal latents are retracted every
-    ``retract_every`` steps (:func:`onelip.nn.retract_`).
+    ``model`` in eval mode. Each training forward builds the kernels of like
+    :class:`~onelip.nn.OrthoConv2d` layers together (:func:`onelip.nn.batched_kernel_build`;
+    not with ``compile``). After each optimiser step, orthogonal latents are retracted every
+    ``retract_every`` steps (:func:`onelip.nn.retract_`, batched the same way).
 
     If ``torch.distributed`` is initialised (``onelip train --nproc N``, torchrun), trains
     data-parallel with the same result as one process on the same global batches of
@@ -643,6 +646,9 @@ def fit(model: nn.Module, data, loss: nn.Module, config: TrainConfig, *,
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     else:
         autocast = nullcontext
+    # The training kernels of like OrthoConv2d layers in one batched build per forward (not
+    # under torch.compile, which traces the layers' own builds).
+    kernels = nullcontext if config.compile else functools.partial(batched_kernel_build, model)
     params = [p for p in model.parameters() if p.requires_grad]
     check_every = 1 if device.type == "cpu" else 16  # the non-finite check syncs on a GPU
 
@@ -678,7 +684,7 @@ def fit(model: nn.Module, data, loss: nn.Module, config: TrainConfig, *,
             for i, (xb, yb, n_global) in enumerate(
                     train_src.batches(config.batch_size, gen, ddp), 1):
                 yb = yb.to(device, non_blocking=True)
-                with autocast():
+                with autocast(), kernels():
                     out = net(prepare(xb, train=True))
                 out = out.float() if config.amp else out
                 value, value_sum = ddp.loss(loss, out, yb, n_global)

@@ -32,14 +32,15 @@ def compose_kernels(first: Tensor, second: Tensor) -> Tensor:
     ``conv2d(x, C, stride=s)``. The operator of the composition is the product of the
     operators (on infinite or circular signals), so norms multiply at most.
 
-    Shape: first (M, C, ka, ka'), second (O, M, kb, kb') -> (O, C, ka+kb-1, ka'+kb'-1).
+    Shape: first (*, M, C, ka, ka'), second (*, O, M, kb, kb') -> (*, O, C, ka+kb-1,
+    ka'+kb'-1); leading dimensions * (a batch of kernel pairs) broadcast.
     """
     kah, kaw = first.shape[-2:]
     kbh, kbw = second.shape[-2:]
     out = 0
     for i in range(kbh):  # one (O, M) @ (M, C·ka·ka') product per tap of the second kernel
         for j in range(kbw):
-            term = torch.einsum("om,mchw->ochw", second[:, :, i, j], first)  # (O, C, ka, ka')
+            term = torch.einsum("...om,...mchw->...ochw", second[..., i, j], first)
             out = out + F.pad(term, (j, kbw - 1 - j, i, kbh - 1 - i))
     return out
 
@@ -48,9 +49,9 @@ def _two_tap(kernel: Tensor, p: Tensor, dim: int) -> Tensor:
     """Compose ``kernel`` with the 2-tap 1-D convolution :math:`[P, I - P]` along ``dim``
     (-2: height, -1: width): :math:`C_t = P K_t + (I-P) K_{t-1}`.
 
-    Shape: kernel (n, C, h, w), p (n, n) -> (n, C, h+1, w) or (n, C, h, w+1).
+    Shape: kernel (*, n, C, h, w), p (*, n, n) -> (*, n, C, h+1, w) or (*, n, C, h, w+1).
     """
-    pk = torch.einsum("ij,jchw->ichw", p, kernel)
+    pk = torch.einsum("...ij,...jchw->...ichw", p, kernel)
     after, before = ((0, 0, 0, 1), (0, 0, 1, 0)) if dim == -2 else ((0, 1), (1, 0))
     return F.pad(pk, after) + F.pad(kernel - pk, before)
 
@@ -70,25 +71,30 @@ def bcop_kernel(mix: Tensor, projectors: Tensor, *, in_channels: int,
     contraction (each 1-D block's symbol :math:`P + (I-P)e^{i\\omega}` is, for
     :math:`0 \\preceq P \\preceq I`).
 
-    Args:
-        mix: (max(C_in, C_out), min(C_in, C_out)) with orthonormal columns.
-        projectors: (2(k-1), n, r), r ≤ n, orthonormal columns: :math:`P_1..P_{k-1}`, then
-            :math:`R_1..R_{k-1}`.
+    A leading batch dimension builds G kernels of the same shape at once, in the same number
+    of (batched) operations as one: the form :func:`onelip.nn.batched_kernel_build` uses to
+    build every orthogonal kernel of a network in a few operations.
 
-    Returns: kernel (C_out, C_in, k, k), k = 1 + len(projectors) / 2.
+    Args:
+        mix: (*, max(C_in, C_out), min(C_in, C_out)) with orthonormal columns.
+        projectors: (*, 2(k-1), n, r), r ≤ n, orthonormal columns: :math:`P_1..P_{k-1}`,
+            then :math:`R_1..R_{k-1}`.
+
+    Returns: kernel (*, C_out, C_in, k, k), k = 1 + projectors.shape[-3] / 2.
     """
-    n_blocks = projectors.shape[0] // 2
-    n = projectors.shape[1] if n_blocks else mix.shape[0]
+    n_blocks = projectors.shape[-3] // 2
+    n = projectors.shape[-2] if n_blocks else mix.shape[-2]
     if out_channels >= in_channels:
-        kernel = mix[:, :, None, None]  # (C_out, C_in, 1, 1)
+        kernel = mix[..., None, None]  # (*, C_out, C_in, 1, 1)
     else:
-        kernel = torch.eye(n, dtype=mix.dtype, device=mix.device)[:, :, None, None]
-    proj = projectors @ projectors.mT  # (2(k-1), n, n): P_1..P_{k-1}, R_1..R_{k-1}
+        eye = torch.eye(n, dtype=mix.dtype, device=mix.device)
+        kernel = eye.expand(*mix.shape[:-2], n, n)[..., None, None]  # (*, n, n, 1, 1)
+    proj = projectors @ projectors.mT  # (*, 2(k-1), n, n): P_1..P_{k-1}, R_1..R_{k-1}
     for j in range(n_blocks):
-        kernel = _two_tap(kernel, proj[j], -2)  # height taps (P_j, I - P_j)
-        kernel = _two_tap(kernel, proj[n_blocks + j], -1)  # width taps (R_j, I - R_j)
+        kernel = _two_tap(kernel, proj[..., j, :, :], -2)  # height taps (P_j, I - P_j)
+        kernel = _two_tap(kernel, proj[..., n_blocks + j, :, :], -1)  # width (R_j, I - R_j)
     if out_channels < in_channels:
-        kernel = torch.einsum("io,ichw->ochw", mix, kernel)  # (C_out, C_in, k, k)
+        kernel = torch.einsum("...io,...ichw->...ochw", mix, kernel)  # (*, C_out, C_in, k, k)
     return kernel
 
 

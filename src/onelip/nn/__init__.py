@@ -19,7 +19,13 @@ from onelip.nn._base import (
 )
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
-from onelip.nn.conv import OrthoConv2d, SpectralConv2d, serial_kernel_build
+from onelip.nn.conv import (
+    OrthoConv2d,
+    SpectralConv2d,
+    batched_kernel_build,
+    retract_ortho_convs_,
+    serial_kernel_build,
+)
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn.normalization import BatchCentering, LayerCentering
 from onelip.nn.normalize import Normalize
@@ -65,6 +71,7 @@ __all__ = [
     "SpectralLinear",
     "ToImage",
     "ZeroChannelPad",
+    "batched_kernel_build",
     "check_bound_applies",
     "eval_mode",
     "export_tree",
@@ -78,9 +85,15 @@ def retract_(model: nn.Module) -> None:
     """Call ``retract_()`` on every submodule that has one (after an optimiser step).
 
     Retraction moves latent weights towards their constrained values without changing the
-    function computed in eval mode; it keeps the fast training forward close to exact.
+    function computed in eval mode; it keeps the fast training forward close to exact. The
+    :class:`OrthoConv2d` layers of equal latent shapes are retracted together, in one batched
+    float64 Cholesky QR per latent (:func:`~onelip.nn.conv.retract_ortho_convs_`).
     """
+    convs = []
     for m in model.modules():
         fn = getattr(m, "retract_", None)
-        if isinstance(m, LipschitzModule) and callable(fn):
+        if isinstance(m, OrthoConv2d) and type(m).retract_ is OrthoConv2d.retract_:
+            convs.append(m)
+        elif isinstance(m, LipschitzModule) and callable(fn):
             fn()
+    retract_ortho_convs_(convs)

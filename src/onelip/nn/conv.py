@@ -17,7 +17,7 @@ from onelip import functional as F
 from onelip.nn._base import LipschitzModule, full_precision
 from onelip.nn.plain import plain_conv
 
-__all__ = ["OrthoConv2d", "SpectralConv2d", "serial_kernel_build"]
+__all__ = ["OrthoConv2d", "SpectralConv2d", "batched_kernel_build", "serial_kernel_build"]
 
 
 def _check_input(x: Tensor, channels: int, name: str) -> None:
@@ -119,6 +119,111 @@ def _serial(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     if not _serial_wanted(tensors[0].device):
         return fn(*tensors)
     return _Serial.apply(fn, *tensors)
+
+
+# The kernel batch of the forward pass at hand (batched_kernel_build), or None.
+_BATCH: ContextVar["_KernelBatch | None"] = ContextVar("onelip_kernel_batch", default=None)
+
+
+class _KernelBatch:
+    """The training-mode kernels of a network's :class:`OrthoConv2d` layers, built group by
+    group (layers of equal :meth:`OrthoConv2d._batch_key`) at the first forward of a member:
+    the group's latents are stacked, orthonormalised and composed in one batched call.
+    A group is rebuilt when a latent changed since (an optimiser step or ``retract_`` in the
+    block: tensor versions), or when grad mode differs from the build's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        groups: dict[tuple, list[OrthoConv2d]] = {}
+        for m in model.modules():
+            if isinstance(m, OrthoConv2d) and m.training:
+                groups.setdefault(m._batch_key(), []).append(m)
+        self._group = {id(m): g for g in groups.values() for m in g}
+        self._built: dict[int, tuple[tuple, dict[int, Tensor]]] = {}  # id(group[0]) -> ...
+
+    def kernel(self, module: "OrthoConv2d") -> Tensor | None:
+        group = self._group.get(id(module))
+        if group is None or group[0]._batch_key() != module._batch_key():
+            return None  # not in the batch (added, or changed, after the block began)
+        stamp = (torch.is_grad_enabled(),) + tuple(
+            (p._version, p.data_ptr()) for m in group for p in m._cache_sources())
+        built = self._built.get(id(group[0]))
+        if built is None or built[0] != stamp:
+            kernels = _build_group(group)  # (G, C_out, C_in, k, k)
+            built = (stamp, {id(m): kernels[i] for i, m in enumerate(group)})
+            self._built[id(group[0])] = built
+        return built[1][id(module)]
+
+
+def _build_group(group: list["OrthoConv2d"]) -> Tensor:
+    """The training kernels of like layers, stacked: (G, C_out, C_in, k, k), with gradients
+    to every layer's latents."""
+    first, names = group[0], group[0]._latent_names()
+
+    def build(*flat: Tensor) -> Tensor:  # flat: the latents of layer 0, then layer 1, ...
+        stacked = {n: torch.stack(flat[i::len(names)]) for i, n in enumerate(names)}
+        return first._kernel(exact=False, latents=stacked)
+
+    flat = [getattr(m, n) for m in group for n in names]
+    return _serial(build, *flat)
+
+
+@contextmanager
+def batched_kernel_build(model: nn.Module) -> Iterator[None]:
+    """Build the training kernels of every :class:`OrthoConv2d` of ``model`` in a few batched
+    operations: wrap the **forward** pass (not the backward) of a training step in the block.
+
+    A training-mode :class:`OrthoConv2d` builds its kernel from about 30 small operations
+    (Cholesky, triangular solves, 2×2 block compositions), each a kernel launch on a GPU that
+    can take longer than the convolution itself. Inside the block, the layers whose latents
+    have the same shapes (e.g. the five 3×3 convolutions of one block of ``lipconvnet``) are
+    built together: their latents are stacked and every operation runs once for the group
+    (:func:`~onelip.functional.bcop_kernel` on a batch), with no host synchronisation. The
+    function and the gradients are those of the layers built one by one (equal up to float
+    rounding; tested); eval-mode layers are untouched. :func:`onelip.train.fit` uses it.
+
+    Each group is built at the first forward of one of its layers in the block and reused by
+    the others (and by further forwards in the block: the same graph); it is rebuilt if a
+    latent changed in the block. Every layer of a group receives a gradient (zeros if it was
+    not used). A ``backward()`` *inside* the block followed by another forward would reuse
+    the freed graph (PyTorch raises "backward through the graph a second time"): keep one
+    forward per block.
+
+    Example:
+        >>> net = torch.nn.Sequential(OrthoConv2d(4, 4), OrthoConv2d(4, 4))
+        >>> x = torch.randn(2, 4, 8, 8)
+        >>> with batched_kernel_build(net):
+        ...     y = net(x)
+        >>> bool(torch.allclose(y, net(x), atol=1e-5))
+        True
+    """
+    token = _BATCH.set(_KernelBatch(model))
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+@torch.no_grad()
+def _retract_group_(group: list["OrthoConv2d"]) -> None:
+    """Replace every latent of the like layers ``group`` by its orthonormal factor (float64
+    Cholesky QR, batched per latent name: one host synchronisation per name)."""
+    first = group[0]
+    with _build_threads(first.mix.device):
+        for name in first._latent_names():
+            params = [getattr(m, name) for m in group]
+            q = F.cholesky_orthonormalize(torch.stack(params).double())
+            for p, qi in zip(params, q):
+                p.copy_(qi.to(p.dtype))
+
+
+def retract_ortho_convs_(modules: list["OrthoConv2d"]) -> None:
+    """:meth:`OrthoConv2d.retract_` of many layers, batched over the layers of equal
+    latent shapes (the same result up to float64 rounding)."""
+    groups: dict[tuple, list[OrthoConv2d]] = {}
+    for m in modules:
+        groups.setdefault(m._batch_key(), []).append(m)
+    for group in groups.values():
+        _retract_group_(group)
 
 
 class OrthoConv2d(LipschitzModule):
@@ -294,22 +399,38 @@ class OrthoConv2d(LipschitzModule):
             proj = F.cholesky_orthonormalize(lat["proj"].to(dtype), refine=exact)
         else:  # rank-0 projectors: each 2×2 block is a one-tap shift (none for kb = 1)
             kb = self.kernel_size[0] - self.stride[0] + 1
-            proj = mix.new_zeros(2 * (kb - 1), mix.shape[0], 0)
+            proj = mix.new_zeros(*mix.shape[:-2], 2 * (kb - 1), mix.shape[-2], 0)
         kernel = F.bcop_kernel(mix, proj, in_channels=self.in_channels,
-                               out_channels=self.mid_channels)  # (C_mid, C_in, kb, kb)
+                               out_channels=self.mid_channels)  # (*, C_mid, C_in, kb, kb)
         if lat.get("down") is not None:
             s = self.stride[0]
             down = F.cholesky_orthonormalize(lat["down"].to(dtype), refine=exact)
-            down = down.reshape(self.out_channels, self.mid_channels, s, s)
-            kernel = F.compose_kernels(kernel, down)  # (C_out, C_in, k, k)
+            down = down.reshape(*down.shape[:-2], self.out_channels, self.mid_channels, s, s)
+            kernel = F.compose_kernels(kernel, down)  # (*, C_out, C_in, k, k)
         if not exact or self.mix.dtype == torch.float64:
             return kernel
         return (kernel * (1 - F.float32_cast_margin(kernel))).to(self.mix.dtype)
 
+    def _latent_names(self) -> tuple[str, ...]:
+        return tuple(n for n in ("mix", "proj", "down") if getattr(self, n) is not None)
+
+    def _batch_key(self) -> tuple:
+        """Layers with equal keys build their training kernels in one batched call."""
+        shapes = tuple(tuple(getattr(self, n).shape) for n in self._latent_names())
+        return (type(self), self.in_channels, self.out_channels, self.mid_channels,
+                self.kernel_size, self.stride, self._latent_names(), shapes, self.mix.dtype,
+                self.mix.device)
+
     def _train_kernel(self) -> Tensor:
         """The training-mode kernel, with gradients (built on one thread inside
-        :func:`serial_kernel_build`)."""
-        names = [n for n in ("mix", "proj", "down") if getattr(self, n) is not None]
+        :func:`serial_kernel_build`; for the whole group of like layers at once inside
+        :func:`batched_kernel_build`)."""
+        batch = _BATCH.get()
+        if batch is not None:
+            kernel = batch.kernel(self)
+            if kernel is not None:
+                return kernel
+        names = self._latent_names()
 
         def build(*latents: Tensor) -> Tensor:
             return self._kernel(exact=False, latents=dict(zip(names, latents)))
@@ -325,10 +446,9 @@ class OrthoConv2d(LipschitzModule):
 
     @torch.no_grad()
     def retract_(self) -> None:
-        """Replace each latent by its orthonormal factor; the function is unchanged."""
-        with _build_threads(self.mix.device):
-            for p in self._cache_sources():
-                p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
+        """Replace each latent by its orthonormal factor; the function is unchanged.
+        (:func:`onelip.nn.retract_` does this for all the like layers of a network at once.)"""
+        _retract_group_([self])
 
     def lipschitz_bound(self) -> float:
         return 1.0  # eval: BCOP kernel of norm ≤ 1, shrunk by the float32 cast margin
