@@ -45,3 +45,27 @@ def test_reproducible_from_the_generator_and_names_checked():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="unknown augmentation rotate"):
         check_augment(["crop", "rotate"])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_of_a_global_batch_augment_as_the_whole_batch(world):
+    """With ``rows``/``total`` (data-parallel shards), the shards augmented on their own and
+    put back together equal the global batch augmented at once, and every shard drew as
+    much from its generator as the whole batch."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (11, 3, 6, 6), dtype=torch.uint8)
+    whole = augment(x, ("crop", "flip"), generator=torch.Generator().manual_seed(5))
+    parts, states = [], []
+    for rank in range(world):
+        rows = torch.arange(11).tensor_split(world)[rank]
+        g = torch.Generator().manual_seed(5)
+        parts.append(augment(x[rows], ("crop", "flip"), generator=g, rows=rows, total=11))
+        states.append(g.get_state())
+    assert torch.equal(torch.cat(parts), whole)
+    assert all(torch.equal(s, states[0]) for s in states)  # the ranks stay in step
+    # without rows, sample i of every shard would get the same draw (the bug this fixes)
+    naive = [augment(x[r], ("crop", "flip"), generator=torch.Generator().manual_seed(5))
+             for r in torch.arange(11).tensor_split(world)]
+    assert not torch.equal(torch.cat(naive), whole)
+    with pytest.raises(ValueError, match="position of each"):
+        random_flip(x[:3], generator=torch.Generator(), rows=torch.arange(2), total=11)

@@ -68,10 +68,12 @@ def _only_rank0_wrote(out: Path, rc: int, stdout: str, stderr: str, epochs: int)
 
 
 def test_two_processes_match_one_multiclass_hkr(tmp_path, capfd, monkeypatch):
-    """`onelip train --nproc 2` (multiclass HKR, digits) == one process: losses, weights."""
+    """`onelip train --nproc 2` (multiclass HKR, digits, crop + flip augmentation) == one
+    process: losses, weights. Each rank augments its shard with the draws of the global batch
+    (a rank drawing for its shard alone would give sample i of every shard the same crop)."""
     args = ["train", "--data", "digits", "--width", "32", "--depth", "2", "--loss", "hkr",
             "--hinge-mode", "one_vs_all", "--epochs", "2", "--batch-size", "101",
-            "--lr", "3e-3"]
+            "--lr", "3e-3", "--augment", "crop,flip"]
     assert main([*args, "--quiet", "--out", str(tmp_path / "one")]) == 0
     capfd.readouterr()
     for k, v in _env().items():

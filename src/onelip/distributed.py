@@ -158,6 +158,13 @@ class Context:
             return idx
         return idx.tensor_split(self.world)[self.rank]
 
+    def positions(self, n_global: int) -> Tensor | None:
+        """Positions of this rank's shard (:meth:`shard`) in a global batch of ``n_global``
+        samples; None when not distributed (the batch is the global batch)."""
+        if not self.active:
+            return None
+        return torch.arange(n_global).tensor_split(self.world)[self.rank]
+
     def frequency(self, out: Tensor, target: Tensor) -> Tensor:
         """Class frequencies of the global batch: (p(−1), p(+1)) for one output, (p_k) for K.
 

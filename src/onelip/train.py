@@ -253,7 +253,10 @@ class _Prepare:
         self.generator = generator
         self.channels_last = cfg.channels_last and device.type == "cuda"
 
-    def __call__(self, x: Tensor, *, train: bool) -> Tensor:
+    def __call__(self, x: Tensor, *, train: bool, rows: Tensor | None = None,
+                 total: int | None = None) -> Tensor:
+        """``rows`` / ``total``: the batch is a shard of a global batch of ``total`` (DDP); the
+        augmentation draws are those of the global batch (:mod:`onelip.data.augment`)."""
         x = x.to(self.device, non_blocking=True)
         image = self.image if self.image is not None else (
             tuple(x.shape[1:]) if x.dim() == 4 else None)
@@ -266,7 +269,8 @@ class _Prepare:
         if as_image:
             x = x.reshape(x.shape[0], *image)
             if train and self.augment:
-                x = _augment(x, self.augment, generator=self.generator)
+                x = _augment(x, self.augment, generator=self.generator, rows=rows,
+                             total=total)
         if not x.is_floating_point():
             x = x.to(torch.float32).div_(255.0)
         if as_image and self.channels_last:
@@ -684,8 +688,9 @@ def fit(model: nn.Module, data, loss: nn.Module, config: TrainConfig, *,
             for i, (xb, yb, n_global) in enumerate(
                     train_src.batches(config.batch_size, gen, ddp), 1):
                 yb = yb.to(device, non_blocking=True)
+                xb = prepare(xb, train=True, rows=ddp.positions(n_global), total=n_global)
                 with autocast(), kernels():
-                    out = net(prepare(xb, train=True))
+                    out = net(xb)
                 out = out.float() if config.amp else out
                 value, value_sum = ddp.loss(loss, out, yb, n_global)
                 if first_loss is None:  # the reference of the guard: the same on every rank
