@@ -114,13 +114,16 @@ AUGMENT = ("crop", "flip")
 # 1/0.243 ≈ 4.1, so a certificate at ε needs a logit margin of about √2 · 4.1 · ε: 0.82 at
 # 36/255, 1.6 at 72/255. τ-CE pushes margins to about 5/τ (p_y ≈ 0.95 over 9 others):
 # τ = 4 → 1.3, τ = 8 → 0.6; the hinge with m = 1.0 stops at 1.0 (≈ 44/255).
-SWEEP_LOSSES = ["ce:tau=4", "ce:tau=8", "hinge:m=1.0"]
+# τ of τ-CE spans the paper's trade-off (Fig. 3): small τ, large margins (more certified),
+# large τ, higher clean accuracy. The first run (ce:tau=4, 8, hinge m=1) certified 0.0 % with
+# every setting after 3 minutes.
+SWEEP_LOSSES = ["ce:tau=0.25", "ce:tau=0.5", "ce:tau=1", "ce:tau=4"]
 DEFAULT_LOSS = "ce:tau=4"  # without --sweep (and without --loss)
 MATCHED_CLEAN_TOL = 0.01  # "matched clean accuracy": within 1 point
 TARGET_CERT_GAIN = 0.03  # CPU target: onelip cert@36/255 >= better peer's + 3 points
 TARGET_GPU_STEP_RATIO = 1.5  # GPU target: onelip step <= 1.5 x its plain twin
 PAPER_BEST = {"clean": 0.70, "cert@36": 0.44}  # the paper's best point (original CIFAR-10)
-SWEEP_CLEAN_TOL = 0.01
+SWEEP_CERT_TIE = 0.005
 
 
 # ==== small helpers =========================================================================
@@ -614,14 +617,14 @@ def run_jobs(args, jobs: list[dict], tmp: Path) -> list[dict]:
 
 
 def choose(rows: list[dict]) -> dict:
-    """Among the settings whose validation clean accuracy is within 1 point of the best one,
-    the highest validation certified accuracy at 36/255 (ties: the higher clean accuracy)."""
+    """The highest validation certified accuracy at 36/255, the benchmark's headline (ties,
+    within 0.5 point: the higher validation clean accuracy)."""
     ok = [r for r in rows if "error" not in r]
     if not ok:
         raise SystemExit("[cifar10] every sweep run failed")
-    best = max(r["clean"] for r in ok)
-    near = [r for r in ok if r["clean"] >= best - SWEEP_CLEAN_TOL]
-    return max(near, key=lambda r: (r["certified"]["36"], r["clean"]))
+    best = max(r["certified"]["36"] for r in ok)
+    near = [r for r in ok if r["certified"]["36"] >= best - SWEEP_CERT_TIE]
+    return max(near, key=lambda r: (r["clean"], r["certified"]["36"]))
 
 
 # ==== targets ===============================================================================

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                           args.repeats)
         res["load s"] = ts
         device = torch.device(args.device)
-        ts, _ = timed(lambda: _Tensors(split.x_train, split.y_train, device), args.repeats)
+        ts, _ = timed(lambda s=split: _Tensors(s.x_train, s.y_train, device), args.repeats)
         res["fit packing s"] = ts
         del split
     x = torch.from_numpy(arrays.x[: args.batch * 4]).to(device)
