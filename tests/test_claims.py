@@ -20,7 +20,13 @@ import torch
 from checks import jacobian_at, operator_matrix
 
 import onelip.nn as onn
-from onelip.certify import attack_l2, certified_accuracy, certified_radius, lipschitz_bound
+from onelip.certify import (
+    attack_l2,
+    certified_accuracy,
+    certified_radius,
+    lipschitz_bound,
+    split_last_linear,
+)
 from onelip.nn import LipschitzModule, check_bound_applies, module_lipschitz_bound
 
 # ==== (a) every public layer states its bound ===============================================
@@ -349,7 +355,8 @@ def test_container_overriding_forward_is_refused_and_the_refusal_matters():
     with torch.no_grad():  # each broken point really flips, inside its "certified" ball
         assert (model(found.x_adv[broken]).argmax(1) != y[broken]).all()
     for certify in (lipschitz_bound, lambda m: certified_accuracy(m, x, y),
-                    lambda m: m.lipschitz_bound(), module_lipschitz_bound):
+                    lambda m: certified_accuracy(m, x, y, method="last_layer"),
+                    split_last_linear, lambda m: m.lipschitz_bound(), module_lipschitz_bound):
         with pytest.raises(TypeError, match="Times10 overrides forward"):
             certify(model)
 
@@ -364,3 +371,7 @@ def test_container_restating_its_bound_is_accepted_and_sound():
     assert result["clean"] == 1.0
     found = attack_l2(model, x, y, max_eps=3.0, steps=20, restarts=1, bisection=4)
     assert (found.min_norm >= result["radii"]).all()
+    # body @ W_last would drop the ×10: the last-layer split does not apply to its forward
+    assert split_last_linear(model) is None
+    with pytest.raises(ValueError, match="composition of its children"):
+        certified_accuracy(model, x, y, method="last_layer")

@@ -79,7 +79,9 @@ def certified_accuracy(model: nn.Module, x: Tensor, y: Tensor,
         else:
             split = split_last_linear(model)
             if split is None:
-                raise ValueError("method='last_layer' needs a Sequential ending in a linear layer")
+                raise ValueError("method='last_layer' needs a Sequential ending in a linear "
+                                 "layer (and whose forward is the composition of its "
+                                 "children); use method='margin'")
             body, w, b = split
             lip = lipschitz_bound(body) if lipschitz is None else lipschitz
             feats = torch.cat([body(x[s]) for s in _batches(x, batch_size)])

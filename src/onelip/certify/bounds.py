@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from onelip.certify._inputs import full_precision
-from onelip.nn import eval_mode, export_tree
+from onelip.nn import check_bound_applies, eval_mode, export_tree
 from onelip.nn.sequential import module_lipschitz_bound
 
 __all__ = ["estimate_lipschitz", "lipschitz_bound", "split_last_linear"]
@@ -22,9 +22,21 @@ _F64_SLACK = 1e-10
 
 
 def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | None] | None:
-    """Split a sequential model into (body, W, b) if it ends in a linear layer, else None."""
+    """Split a sequential model into (body, W, b) if it ends in a linear layer, else None.
+
+    Only a container whose ``forward`` is ``nn.Sequential``'s (the composition of its
+    children) splits: one with a ``forward`` of its own and a restated bound gives None, one
+    that inherits the bound for another ``forward`` is refused
+    (:func:`~onelip.nn.check_bound_applies`).
+
+    Raises:
+        TypeError: ``model`` overrides ``forward`` but inherits ``lipschitz_bound``.
+    """
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         return None
+    check_bound_applies(model)
+    if type(model).forward is not nn.Sequential.forward:
+        return None  # not the composition of its children: body @ W is another function
     last = model[-1]
     if hasattr(last, "effective_weight"):
         w = last.effective_weight()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as TF
@@ -65,10 +66,29 @@ class ConvexResidual(LipschitzModule):
         return (1 - lam) * x + lam * self.body(x)
 
     @torch.no_grad()
+    def _applied(self) -> list[tuple[float, float]]:
+        """The coefficients (1 − λ, λ) as the forward can apply them: the learnable λ's in
+        its own dtype; a fixed λ rounded to float32 (a float32 input) or exact (float64)."""
+        if self.logit is not None:
+            lam = torch.sigmoid(self.logit)
+            return [(float(1 - lam), float(lam))]
+        lam = self._lam
+        f32 = torch.tensor([1 - lam, lam], dtype=torch.float32).tolist()
+        return [(1 - lam, lam), (f32[0], f32[1])]
+
+    @torch.no_grad()
     def lipschitz_bound(self) -> float:
+        r""":math:`\hat a + \hat b L_g` for the coefficients :math:`\hat a, \hat b` the
+        forward applies (float32 rounding can lift :math:`\hat a + \hat b` above 1 by an
+        ulp: for a third of the λ values), computed exactly and rounded up."""
         check_bound_applies(self)
-        lam = float(self.lam)
-        return (1 - lam) + lam * module_lipschitz_bound(self.body)
+        lip = Fraction(module_lipschitz_bound(self.body))
+        out = 0.0
+        for a, b in self._applied():
+            exact = Fraction(a) + Fraction(b) * lip
+            v = float(exact)
+            out = max(out, v if Fraction(v) >= exact else math.nextafter(v, math.inf))
+        return out
 
     @torch.no_grad()
     def export(self) -> nn.Module:
