@@ -173,6 +173,29 @@ def test_plain_safetensors_roundtrip_with_residual(tmp_path):
     assert isinstance(loaded[3], export.Residual) and loaded[3].skip == 0.5
 
 
+def test_plain_file_written_by_0_1_still_loads(tmp_path):
+    """0.1 named the plain blocks onelip.export.Residual / ChannelShift (0.2: onelip.nn)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    body = onn.Sequential(onn.OrthoLinear(6, 6), onn.GroupSort(3))
+    net = nn.Sequential(export.Residual(body, skip=0.5, scale=0.5), onn.FrobeniusLinear(6, 1))
+    path = export.save_plain(net, tmp_path / "net.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    assert '"onelip.nn.Residual"' in meta["architecture"]
+    meta["architecture"] = meta["architecture"].replace('"onelip.nn.Residual"',
+                                                        '"onelip.export.Residual"')
+    old = tmp_path / "old.safetensors"
+    save_file(state, str(old), metadata=meta)
+    loaded = export.load_plain(old)
+    x = torch.randn(10, 6)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net.eval()(x), atol=TOL_PLAIN)
+    assert isinstance(loaded[0], export.Residual)
+
+
 def test_load_plain_refuses_unknown_types_and_corrupt_files(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from onelip import __version__
+from onelip._io import atomic_path
 from onelip._validation import binary_signs, is_binary_output
 from onelip.data import DataSplit
 from onelip.nn import eval_mode
@@ -117,9 +118,9 @@ def device_name(device: str) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    """Compact JSON, written atomically (:func:`onelip._io.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
 # ==== verdicts and tables ===================================================================

@@ -81,15 +81,14 @@ class MemorizationConfig:
 
     @classmethod
     def quick(cls) -> "MemorizationConfig":
-        """A smoke run: 300 scikit-learn digits, small MLPs, about ten seconds."""
+        """A smoke run: 300 scikit-learn digits, small MLPs (seconds on a CPU)."""
         return cls(data="digits", n_train=300, hidden=(256, 256), epochs=100, batch_size=100,
                    lr=1e-3)  # 3e-3 diverged with τ = 256 on 300 CIFAR-10 images (--data)
 
     @classmethod
     def full(cls) -> "MemorizationConfig":
         """The paper's MLP on a 10,000-image subset of ``--data folder:DIR`` (CIFAR-10 JPEG),
-        300 epochs (6,000 steps); two sub-runs, sized for a GPU (on one CPU thread a step of
-        the 1-Lipschitz MLP takes about 1.4 s)."""
+        300 epochs (6,000 steps); two sub-runs, sized for a GPU (hours on a CPU)."""
         return cls()
 
 

@@ -8,12 +8,13 @@ Figures are drawn **only** from ``results.json`` (each claim's ``plot(results, o
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
+
+from onelip._io import atomic_path
 
 __all__ = ["CLAIMS", "claim_module", "redraw", "run_claim", "write_report"]
 
@@ -111,10 +112,8 @@ def _load(out: Path) -> dict:
 
 
 def _save(out: Path, results: dict) -> None:
-    path = Path(out) / RESULTS
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(Path(out) / RESULTS) as tmp:
+        tmp.write_text(json.dumps(results, separators=(",", ":")) + "\n")
 
 
 def redraw(out: Path) -> Path:

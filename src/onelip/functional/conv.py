@@ -265,8 +265,8 @@ def conv2d_infinite_norm_bound(kernel: Tensor, *, stride: int | tuple[int, int] 
 
     For a symbol that is an isometry or a co-isometry at every frequency (an orthogonal
     convolution) R = 0 and the bound is the grid value at once; for others the refinement
-    concentrates on the neighbourhood of the maximum (measured: 600–2,800 SVDs for random
-    3×3 kernels, 5 s at 128 channels on one CPU thread). Float64 (SVD per frequency) from
+    concentrates on the neighbourhood of the maximum (hundreds to a few thousand SVDs for
+    random 3×3 kernels). Float64 (SVD per frequency) from
     the kernel as stored, then rounded up: :math:`\times(1 + 10^{-9})` and
     :math:`+\,10^{-12}\sum_a \|K'_a\|_F`.
 

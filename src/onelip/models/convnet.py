@@ -114,7 +114,7 @@ TUTORIAL_CONVNET = {"width": 16, "stages": 2, "depth": 1, "downsample": "l2pool"
 # stride-2 OrthoConv2d(16→32) (a co-isometry: 64 → 32 channels per output pixel). Only the
 # first convolution expands the dimension (4×, where the pooled network's expands 16×), so
 # the margin's gradient keeps more of its norm (benchmarks/results/fashion_mnist.md: median
-# adversarial norm / certified radius 1.27 against 1.65), and it trains ~3× faster on a CPU.
+# adversarial norm / certified radius 1.27 against 1.65, and the training times).
 TUTORIAL_CONVNET_STRIDED = {"width": 16, "stages": 2, "depth": 1, "downsample": "stride",
                             "stem": "unshuffle", "hidden": (64,)}
 # The paper's own CIFAR-10 network (Béthune et al. 2022, pareto-front-experiment.py, ≈0.4M
