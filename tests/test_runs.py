@@ -97,6 +97,18 @@ def test_force_refuses_a_run_folder_holding_other_folders(tmp_path, capsys, no_t
     assert (run / "plots" / "a.png").exists()
 
 
+def test_force_refuses_a_run_folder_holding_a_users_file(tmp_path, capsys, no_training):
+    """A real run in which the user saved a file of their own: --force would delete it."""
+    run = _tiny_run(tmp_path / "run")
+    (run / "thesis.tex").write_text("three years of work")
+    rc = main(["train", *TINY, "--out", str(run), "--force"])
+    _one_line(capsys, rc, "holds files that no run writes (thesis.tex)")
+    assert (run / "thesis.tex").read_text() == "three years of work"
+    with pytest.raises(OutputError, match="thesis.tex"):
+        _tiny_run(run, overwrite=True)
+    assert (run / "thesis.tex").exists() and runs.is_run_folder(run)
+
+
 def test_force_replaces_a_run_folder_whole(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run")
     (run / "certify.json").write_text("{}")  # a file of the old run: gone with it

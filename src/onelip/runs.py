@@ -75,6 +75,9 @@ __all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
+RUN_FILES = frozenset({WEIGHTS, CONFIG, CHECKPOINT, "metrics.json", "certify.json"})
+"""The files a run folder may hold (``onelip train`` and ``onelip certify`` write them): a
+folder holding any other is never replaced."""
 """The training state of a run (after its last finished epoch)."""
 _STATE_FORMAT = "onelip-train-state/1"
 CUSTOM = "custom"
@@ -105,9 +108,10 @@ def check_target(path: str | Path, *, overwrite: bool = False, flag: str = "over
 
     ``path`` may be missing (its parents are created) or an empty folder; an existing run
     folder only with ``overwrite``. Never the current folder or one above it, a file, a
-    symbolic link, or a folder that is not a run folder (or holds sub-folders), whatever
-    ``overwrite``; and the folder it goes in must be writable (probed). ``flag`` and
-    ``option`` name the overwrite switch and the path in messages (``--force``, ``--out``).
+    symbolic link, or a folder that is not a run folder (or holds sub-folders, or files that
+    no run writes: :data:`RUN_FILES`), whatever ``overwrite``; and the folder it goes in must
+    be writable (probed). ``flag`` and ``option`` name the overwrite switch and the path in
+    messages (``--force``, ``--out``).
     """
     path = Path(path)
     full = Path(os.path.abspath(path))
@@ -133,6 +137,12 @@ def check_target(path: str | Path, *, overwrite: bool = False, flag: str = "over
                 raise OutputError(f"{path} holds folders that no run writes "
                                   f"({', '.join(folders[:3])}); move them or choose another "
                                   f"{option}")
+            others = sorted(e.name for e in entries if e.name not in RUN_FILES)
+            if others:  # a user's file saved in the run: replacing the run would delete it
+                raise OutputError(f"{path} holds files that no run writes "
+                                  f"({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}); move them or "
+                                  f"choose another {option}")
             if not overwrite:
                 raise OutputError(f"{path} already exists; choose another {option} or pass "
                                   f"{flag} to overwrite it")
