@@ -352,6 +352,19 @@ def test_cli_commands_work_on_a_hand_built_network(tmp_path, capsys):
     assert "max |export - model|" in capsys.readouterr().out
 
 
+def test_certify_checks_a_hand_built_runs_input_shape(tmp_path, capsys):
+    """The shape recorded beside a custom architecture is checked against the data, as a
+    built-in model's config is: one line that names both shapes, not a layer's error."""
+    torch.manual_seed(0)
+    net = onn.Sequential(onn.OrthoLinear(3, 8), onn.MaxMin(), onn.OrthoLinear(8, 1))
+    run = runs.save(net, tmp_path / "mine", input_shape=(3,),
+                    extra={"data": {"name": "two-moons", "n_samples": 200}})
+    capsys.readouterr()
+    assert main(["certify", str(run), "--eps", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "samples of shape (2,), but the run takes (3,)" in err, err
+
+
 def test_a_layer_of_another_package_cannot_be_saved(tmp_path):
     class Mine(nn.Module):
         def forward(self, x):

@@ -315,7 +315,8 @@ def run_data(cfg: dict, data, split: str, *, own_data: bool):
         trained = 2 if outputs == 1 else outputs
         raise CLIError(f"{where} has {data.num_classes} classes, but the run was trained on "
                        f"{trained}: certify it on data of the same classes")
-    shape = model_cfg.get("input_shape")
+    # a built-in model's config, else the shape recorded beside a custom architecture
+    shape = model_cfg.get("input_shape") or cfg.get("model", {}).get("input_shape")
     dim = math.prod(shape) if shape else model_cfg.get("in_features")
     if dim is not None and math.prod(data.input_shape) != dim:
         raise CLIError(f"{where} has samples of shape {tuple(data.input_shape)}, but the run "
