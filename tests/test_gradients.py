@@ -62,8 +62,42 @@ def _image_cases() -> dict[str, Callable[[bool], nn.Module]]:
     }
 
 
+def _parameter_free_cases() -> dict[str, tuple[Callable[[bool], nn.Module], str]]:
+    """Layers without (or with only a bias as) parameters: the input gradient must pass."""
+    c, h, w = IMAGE
+    return {
+        "Abs": (lambda bias: onn.Abs(), "dense"),
+        "MaxMin": (lambda bias: onn.MaxMin(), "dense"),
+        "GroupSort": (lambda bias: onn.GroupSort(3), "dense"),
+        "FullSort": (lambda bias: onn.FullSort(), "dense"),
+        "LayerCentering": (lambda bias: onn.LayerCentering(), "dense"),
+        "ChannelShift": (lambda bias: onn.ChannelShift(DENSE), "dense"),
+        "Residual": (lambda bias: onn.Residual(nn.Linear(DENSE, DENSE), skip=0.5, scale=0.5),
+                     "dense"),
+        "Normalize": (lambda bias: onn.Normalize([0.5] * c, [0.25] * c), "image"),
+        "ZeroChannelPad": (lambda bias: onn.ZeroChannelPad(c + 2), "image"),
+        "FirstChannels": (lambda bias: onn.FirstChannels(c // 2), "image"),
+        "InvertibleDownsample": (lambda bias: onn.InvertibleDownsample(2), "image"),
+        "L2NormPool2d": (lambda bias: onn.L2NormPool2d(2), "image"),
+        "ScaledAvgPool2d": (lambda bias: onn.ScaledAvgPool2d(2), "image"),
+        "GlobalL2NormPool2d": (lambda bias: onn.GlobalL2NormPool2d(), "image"),
+        "Flatten": (lambda bias: onn.Flatten(), "image"),
+        "ToImage": (lambda bias: onn.ToImage((DENSE, 1, 1)), "dense"),
+    }
+
+
 CASES = {**{k: (v, "dense") for k, v in _dense_cases().items()},
-         **{k: (v, "image") for k, v in _image_cases().items()}}
+         **{k: (v, "image") for k, v in _image_cases().items()},
+         **_parameter_free_cases()}
+
+
+def test_every_public_layer_has_a_gradient_case():
+    """The table above covers every module class of onelip.nn (a new layer must join it)."""
+    stems = [k.split("_")[0] for k in CASES]  # "OrthoConv2d_stride2", "BatchCentering2d"
+    covered = set(stems) | {s.removesuffix("2d") for s in stems}
+    public = {n for n in onn.__all__ if isinstance(getattr(onn, n), type)
+              and issubclass(getattr(onn, n), nn.Module) and n != "LipschitzModule"}
+    assert public <= covered, f"layers without a gradient case: {sorted(public - covered)}"
 
 
 def _input(kind: str, gen: torch.Generator) -> torch.Tensor:
@@ -102,7 +136,8 @@ def test_gradients_reach_the_input_and_every_parameter(case, bias):
     _objective(out, gen).backward()
     _check_grad("input", x.grad)
     params = dict(layer.named_parameters())
-    assert params or (case.startswith("BatchCentering") and not bias), "no parameters"
+    assert params or (case.startswith("BatchCentering") and not bias) or (
+        case in _parameter_free_cases()), "no parameters"
     for name, p in params.items():
         _check_grad(name, p.grad)
 
