@@ -89,11 +89,8 @@ def measure(name: str, args, *, timing: bool = True) -> dict:
         return run
 
     def retract_per_layer():
-        for m in convs:
-            for p in m._cache_sources():  # what OrthoConv2d.retract_ did before batching
-                with torch.no_grad():
-                    from onelip import functional as F
-                    p.copy_(F.cholesky_orthonormalize(p.double()).to(p.dtype))
+        for m in convs:  # one layer at a time, what retract_ did before batching
+            OrthoConv2d.retract_(m)
         sync()
 
     def retract_batched():

@@ -75,10 +75,10 @@ __all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
+"""The training state of a run (after its last finished epoch)."""
 RUN_FILES = frozenset({WEIGHTS, CONFIG, CHECKPOINT, "metrics.json", "certify.json"})
 """The files a run folder may hold (``onelip train`` and ``onelip certify`` write them): a
 folder holding any other is never replaced."""
-"""The training state of a run (after its last finished epoch)."""
 _STATE_FORMAT = "onelip-train-state/1"
 CUSTOM = "custom"
 """``model.name`` of a run whose network is described by its module tree."""

@@ -17,7 +17,8 @@ from onelip import functional as F
 from onelip.nn._base import LipschitzModule, full_precision
 from onelip.nn.plain import plain_conv
 
-__all__ = ["OrthoConv2d", "SpectralConv2d", "batched_kernel_build", "serial_kernel_build"]
+__all__ = ["OrthoConv2d", "SpectralConv2d", "batched_kernel_build", "retract_ortho_convs_",
+           "serial_kernel_build"]
 
 
 def _check_input(x: Tensor, channels: int, name: str) -> None:
