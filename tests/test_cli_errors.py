@@ -104,6 +104,18 @@ CASES = {
         (["expressivity", "--quick", "--out", "/proc/claims"], "/proc is not writable"),
         (["nothing", "--out", "{tmp}/c"], "unknown claim 'nothing'"),
         (["all", "--redraw", "--out", "{tmp}/empty"], "results.json not found"),
+        (["snowflake", "--quick", "--set", "grid=abc", "--out", "{tmp}/c"],
+         "--set grid=abc: expected a value like 100"),
+        (["snowflake", "--quick", "--set", "gird=40", "--out", "{tmp}/c"],
+         "snowflake has no config field 'gird'; fields: alpha"),
+        (["snowflake", "--quick", "--set", "grid", "--out", "{tmp}/c"],
+         "--set expects FIELD=VALUE"),
+        (["snowflake", "--quick", "--set", "grid=2", "--out", "{tmp}/c"],
+         "--set: Expected iterations >= 0, grid >= 4"),
+        (["pareto", "--quick", "--set", "paper_net=a", "--out", "{tmp}/c"],
+         "a nested field, not settable from the command line"),
+        (["all", "--quick", "--set", "epochs=2", "--out", "{tmp}/c"],
+         "--set sets one claim's config: run the claims one at a time"),
     ],
 }
 

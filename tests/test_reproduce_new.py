@@ -77,6 +77,23 @@ def test_snowflake_quick_writes_results_figure_and_verdicts(tmp_path):
     assert list((out / "snowflake" / "runs").glob("*.json"))
 
 
+def test_set_overrides_a_preset_field_and_is_recorded(tmp_path):
+    out = tmp_path / "claims"
+    argv = ["reproduce", "snowflake", "--quick", "--set", "grid=40", "--set", "hidden=16,16",
+            "--set", "epochs=2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    r = _claim(out, "snowflake")
+    assert r["config"]["grid"] == 40 and r["config"]["hidden"] == [16, 16]
+    assert r["fit"]["pixels"] == 40 * 40 and len(r["fit"]["train_acc_curve"]) == 2
+    assert r["mode"] == "quick" and r["overrides"] == ["epochs", "grid", "hidden"]
+    report = (out / "report.md").read_text()
+    assert "*Mode: quick preset with epochs, grid, hidden set;" in report
+    assert "QUICK MODE" not in report  # a preset with fields set is not the smoke preset
+    # the same settings again: the one sub-run is loaded, not recomputed
+    assert main(argv) == 0
+    assert _claim(out, "snowflake")["subruns"]["cached"] == 1
+
+
 # ==== memorization ==========================================================================
 
 

@@ -8,7 +8,7 @@ import math
 import re
 
 __all__ = ["MAX_EPS", "CLIError", "HelpFormatter", "Parser", "device", "eps_float",
-           "nonneg_float", "positive_float", "positive_int", "warn"]
+           "nonneg_float", "positive_float", "positive_int", "typed_value", "warn"]
 
 MAX_EPS = 1e6
 """Largest ``--eps``: an L2 radius in input units (inputs are in [0, 1] or standardised)."""
@@ -131,3 +131,36 @@ def device(s: str) -> str:
     elif index not in (None, "0"):
         raise argparse.ArgumentTypeError(f"{s}: expected cpu (there is one CPU device)")
     return s.strip()
+
+
+def typed_value(key: str, value: str, default):
+    """``--set key=value``: parse ``value`` like ``default`` (bool, int, float, str, or a
+    comma-separated tuple of the first element's type; a None default keeps the string, or a
+    number when it reads as one; ``none`` gives None)."""
+    try:
+        if default is None:
+            if value.lower() == "none":
+                return None
+            for kind in (int, float):
+                try:
+                    return kind(value)
+                except ValueError:
+                    pass
+            return value
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, (tuple, list)):
+            if default and isinstance(default[0], (tuple, list)):
+                raise CLIError(f"--set {key}: a nested field, not settable from the command "
+                               "line (use the Python API)")
+            kind = type(default[0]) if default else int
+            return tuple(kind(v) for v in value.split(",") if v.strip())
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise CLIError(f"--set {key}={value}: expected a value like {default!r}") from None
+    return value

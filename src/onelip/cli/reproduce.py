@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onelip.cli._common import CLIError
+from onelip.cli._common import CLIError, typed_value
 
 __all__ = ["add_arguments", "run"]
 
@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images for the claims that take them (pareto, consistency, "
                         "memorization), e.g. folder:DIR for CIFAR-10 as image files; replaces "
                         "the preset's data (with --quick too: the quick settings on your data)")
+    p.add_argument("--set", dest="config_set", action="append", default=[],
+                   metavar="FIELD=VALUE",
+                   help="a field of one claim's config on top of its preset (full, or "
+                        "--quick), repeatable, e.g. `consistency --quick --set taus=0.5,4 "
+                        "--set min_steps=1000` (lists: comma-separated; none: None); "
+                        "recorded in the report's mode line and configuration")
 
 
 def _print_verdicts(name: str, results: dict) -> None:
@@ -57,6 +63,35 @@ def _print_verdicts(name: str, results: dict) -> None:
         table.add_row(escape(v["claim"]), escape(v["research"]), escape(v["measured"]),
                       "yes" if v["agree"] else "[bold red]no[/]")
     Console(width=140).print(table)
+
+
+def _overrides(names: list[str], args: argparse.Namespace) -> dict:
+    """``--set FIELD=VALUE`` items → {field: value}, typed from the preset's value; checked
+    by building the config (a bad value fails here, before any training)."""
+    import dataclasses
+
+    from onelip.experiments import report
+
+    if len(names) != 1:
+        raise CLIError("--set sets one claim's config: run the claims one at a time "
+                       "(onelip reproduce CLAIM --set ...)")
+    cfg = report.claim_config(names[0], quick=args.quick, data=args.data)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    out: dict = {}
+    for item in args.config_set:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        if key not in fields:
+            raise CLIError(f"{names[0]} has no config field {key!r}; fields: "
+                           f"{', '.join(sorted(fields))}")
+        out[key] = typed_value(key, value, getattr(cfg, key))
+    try:
+        report.claim_config(names[0], quick=args.quick, data=args.data, overrides=out)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--set: {e}") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     if need and not args.quick and args.data is None:
         raise CLIError(f"{', '.join(need)}: the full protocol trains on CIFAR-10: pass --data "
                        "folder:DIR (the training images as an image folder), or use --quick")
+    overrides = _overrides(names, args) if args.config_set else None
     for name in names:
         results = report.run_claim(name, quick=args.quick, out=args.out,
-                                   progress=not args.quiet, data=args.data)
+                                   progress=not args.quiet, data=args.data,
+                                   overrides=overrides)
         _print_verdicts(name, results)
     print(f"report: {args.out / report.REPORT}", file=sys.stdout)
     return 0

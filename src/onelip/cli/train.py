@@ -27,6 +27,7 @@ from onelip.cli._common import (
     nonneg_float,
     positive_float,
     positive_int,
+    typed_value,
 )
 from onelip.cli.launch import launch, without_nproc
 
@@ -163,27 +164,8 @@ def _parse_model_set(name: str, items: list[str], fields: set[str]) -> tuple[dic
         if key not in fields:
             raise CLIError(f"model {name!r} has no config field {key!r}; fields: "
                            f"{', '.join(sorted(fields))}")
-        out[key] = _typed(key, value, defaults.get(key))
+        out[key] = typed_value(key, value, defaults.get(key))
     return preset, out
-
-
-def _typed(key: str, value: str, default):
-    """Parse ``value`` like ``default`` (bool, int, float, str, or a comma-separated tuple)."""
-    try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(default, (tuple, list)):
-            kind = type(default[0]) if default else int
-            return tuple(kind(v) for v in value.split(",") if v.strip())
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise CLIError(f"--set {key}={value}: expected a value like {default!r}") from None
-    return value
 
 
 def _given(argv: list[str]) -> set[str]:

@@ -16,7 +16,7 @@ from types import ModuleType
 
 from onelip._io import atomic_path
 
-__all__ = ["CLAIMS", "claim_module", "redraw", "run_claim", "write_report"]
+__all__ = ["CLAIMS", "claim_config", "claim_module", "redraw", "run_claim", "write_report"]
 
 CLAIMS = {
     "expressivity": ("expressivity", "ExpressivityConfig"),
@@ -54,22 +54,39 @@ def claim_module(name: str) -> ModuleType:
     return import_module(f"onelip.experiments.{CLAIMS[name][0]}")
 
 
-def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
-              progress: bool = True, data: str | None = None) -> dict:
-    """Run claim ``name`` with its ``quick()`` or ``full()`` preset; with ``out``, cache its
-    sub-runs there, merge its results into ``out/results.json`` and rewrite the report.
-    ``data`` (e.g. ``folder:DIR``) replaces the preset's data set, for the claims whose
-    config has a ``data`` field (the others ignore it)."""
+def claim_config(name: str, *, quick: bool = False, data: str | None = None,
+                 overrides: dict | None = None):
+    """The config claim ``name`` runs with: its ``quick()`` or ``full()`` preset, ``data``
+    (e.g. ``folder:DIR``) in place of the preset's data set for the claims whose config has a
+    ``data`` field (the others ignore it), then ``overrides`` (field → value; ``ValueError``
+    for a field the config lacks)."""
     import dataclasses
 
-    mod = claim_module(name)
-    cfg_cls = getattr(mod, CLAIMS[name][1])
+    cfg_cls = getattr(claim_module(name), CLAIMS[name][1])
     cfg = cfg_cls.quick() if quick else cfg_cls.full()
-    if data is not None and "data" in {f.name for f in dataclasses.fields(cfg)}:
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if data is not None and "data" in names:
         cfg = dataclasses.replace(cfg, data=data)
+    unknown = sorted(set(overrides or {}) - names)
+    if unknown:
+        raise ValueError(f"{name} has no config field {', '.join(map(repr, unknown))}; "
+                         f"fields: {', '.join(sorted(names))}")
+    return dataclasses.replace(cfg, **(overrides or {}))
+
+
+def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
+              progress: bool = True, data: str | None = None,
+              overrides: dict | None = None) -> dict:
+    """Run claim ``name`` with the config of :func:`claim_config`; with ``out``, cache its
+    sub-runs there, merge its results into ``out/results.json`` and rewrite the report. The
+    mode is recorded as ``quick`` or ``full``, with the overridden fields after it."""
+    mod = claim_module(name)
+    cfg = claim_config(name, quick=quick, data=data, overrides=overrides)
     t0 = time.perf_counter()
     results = mod.run(cfg, out=out, progress=progress)
     results["mode"] = "quick" if quick else "full"
+    if overrides:
+        results["overrides"] = sorted(overrides)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     results["environment"] = _environment()
     if out is not None:
@@ -99,6 +116,14 @@ def _where(stats: dict) -> str:
             parts.append(f"{item['subruns']} on torch {e['torch']}, {e['cpus']} CPUs, "
                          f"{e['torch_threads']} torch thread(s)")
     return "; ".join(parts) or "nowhere yet"
+
+
+def _mode(r: dict) -> str:
+    """'quick', 'full', or either with the fields set on top of the preset (their values are
+    in the configuration below)."""
+    mode = str(r.get("mode", "?"))
+    over = r.get("overrides")
+    return f"{mode} preset with {', '.join(over)} set" if over else mode
 
 
 def _load(out: Path) -> dict:
@@ -161,7 +186,7 @@ def _summary_paragraph(mod: ModuleType) -> str:
 def write_report(results: dict, out: Path) -> Path:
     """Draw each claim's figures into ``out`` and write ``out/report.md``; returns its path."""
     out = Path(out)
-    modes = {r.get("mode", "?") for r in results.values()}
+    modes = {_mode(r) for r in results.values()}
     lines = ["# Reproducing *Pay attention to your loss* (Béthune et al., NeurIPS 2022)", ""]
     if modes == {"quick"}:
         lines += ["> **QUICK MODE** — tiny networks, few epochs and small subsets, meant for "
@@ -185,7 +210,7 @@ def write_report(results: dict, out: Path) -> Path:
         mod = claim_module(name)
         stats = r.get("subruns", {})
         lines += [f"## {_TITLES[name]}", "",
-                  f"*Mode: {r.get('mode', '?')}; {stats.get('ran', 0) + stats.get('cached', 0)} "
+                  f"*Mode: {_mode(r)}; {stats.get('ran', 0) + stats.get('cached', 0)} "
                   f"sub-runs, {stats.get('compute_seconds', 0):.0f} s of compute in all, "
                   f"computed {_where(stats)}.*", "", _summary_paragraph(mod), ""]
         lines += ["### Verdict", "", _md_table(["check", "research says", "we measured", "agree"],
