@@ -77,6 +77,40 @@ def test_snowflake_quick_writes_results_figure_and_verdicts(tmp_path):
     assert list((out / "snowflake" / "runs").glob("*.json"))
 
 
+@pytest.mark.parametrize("focus", [0.0, 0.5])
+def test_train_focused_records_the_focus_set_and_the_accuracy_it_reaches(focus):
+    from onelip.experiments import common
+
+    cfg = snowflake.SnowflakeConfig(grid=30, hidden=(32, 32), group_size=4, epochs=6,
+                                    batch_size=64, lr=5e-3, focus=focus)
+    pts = snowflake.pixel_grid(cfg)
+    sd = snowflake.signed_distance(pts, snowflake.koch_snowflake(2))
+    x = torch.as_tensor(pts, dtype=torch.float32)
+    y = torch.as_tensor((sd > 0).astype(np.int64))
+    model = common.lipschitz_mlp(2, 1, cfg.hidden, group_size=cfg.group_size, seed=0)
+    seen = []
+    hist = snowflake.train_focused(model, x, y, cfg, on_epoch=seen.append)
+    assert seen == hist and [r["epoch"] for r in hist] == list(range(1, 7))
+    n = x.shape[0]
+    for r in hist:
+        assert 0 <= r["acc"] <= 1 and r["loss"] == r["loss"]  # not NaN
+        if focus:
+            assert 0 < r["focused"] < n  # far pixels leave the focus set
+        else:
+            assert r["focused"] == n
+    # the last record is the accuracy of the trained model (its training forward)
+    with torch.no_grad():
+        f = model(x).reshape(-1)
+    assert hist[-1]["acc"] == pytest.approx(float(((f > 0) == (y > 0)).float().mean()))
+    assert hist[-1]["acc"] > max(y.float().mean(), 1 - y.float().mean()) + 0.05, \
+        "better than a constant classifier"
+
+
+def test_focus_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="focus in"):
+        snowflake.SnowflakeConfig(focus=1.0)
+
+
 def test_set_overrides_a_preset_field_and_is_recorded(tmp_path):
     out = tmp_path / "claims"
     argv = ["reproduce", "snowflake", "--quick", "--set", "grid=40", "--set", "hidden=16,16",
