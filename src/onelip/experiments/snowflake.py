@@ -2,12 +2,17 @@
 r"""Snowflake — a 1-Lipschitz network fits a fractal boundary (the paper's Fig. 1a).
 
 Béthune et al. (2022), Fig. 1a: a 1-Lipschitz network fits the boundary of the 4th-iteration
-Von Koch snowflake on a 400×400 pixel grid (160,000 pixels); the paper shows the figure and
-gives no number. We label every pixel of the grid inside/outside the snowflake, train the
-1-Lipschitz MLP (OrthoLinear + MaxMin, i.e. GroupSort of group 2, Frobenius head) on all pixels
-with the HKR loss (KR + α · hinge of margin m, m half a pixel step: the largest margin every
-pair of neighbouring pixels of opposite labels allows a 1-Lipschitz f), and measure on the same
-pixels — it is a question of expressivity, not of generalization:
+Von Koch snowflake; the paper shows the figure and gives no number. The authors' notebook
+(``fig_1a.ipynb``) *regresses* f onto the signed distance (mean squared error) of two nested
+snowflakes (87 % and 45 % of a [−200, 200]² square), with five SpectralDense(128) + FullSort
+layers trained for 50 × 600 steps of 256 points drawn uniformly in the square, and draws f on
+a grid. The issue restates the figure as classification on a 400×400 pixel grid (160,000
+pixels): we label every pixel inside/outside one snowflake, train the 1-Lipschitz MLP
+(OrthoLinear + GroupSort, Frobenius head) on all pixels with the HKR loss (KR + α · hinge of
+margin m, m a fraction of the pixel step: half a step is the largest margin every pair of
+neighbouring pixels of opposite labels allows a 1-Lipschitz f) and measure on the same pixels —
+a question of expressivity, not of generalization (the settings were chosen on these pixels;
+there is nothing held out to choose on):
 
 * the pixel accuracy of sign(f);
 * how close f is to the *exact* signed distance s to the snowflake's boundary (the closed
@@ -54,22 +59,23 @@ class SnowflakeConfig:
     """The grid covers [−extent, extent]² (the snowflake has circumradius 1)."""
     hidden: tuple[int, ...] = (256, 256, 256, 256)
     """Hidden widths of the 1-Lipschitz MLP."""
-    group_size: int = 2
-    """GroupSort group size (2 = MaxMin)."""
+    group_size: int = 4
+    """GroupSort group size (2 = MaxMin; 4 fitted the grid better than 2 or 8 in the probes)."""
     alpha: float = 1000.0
     """α of the HKR loss (KR + α · hinge)."""
-    margin_pixels: float = 0.5
-    """Hinge margin m in pixel steps (0.5: the largest that neighbouring pixels allow)."""
+    margin_pixels: float = 0.25
+    """Hinge margin m in pixel steps (0.5 is the largest that neighbouring pixels of opposite
+    labels allow a 1-Lipschitz f; 0.25 fitted the grid better than 0.5 or 0.1 in the probes)."""
     focus: float = 0.5
     """Fraction of each epoch's samples drawn (with replacement) from the pixels whose hinge
     term is active or nearly so, y·f < 2m, found again before every epoch from the current f;
     the rest is a uniform draw of the grid. 0: plain uniform epochs (every pixel once)."""
-    epochs: int = 150
+    epochs: int = 120
     """Epochs, each as many samples as there are pixels."""
     batch_size: int = 1024
     """Pixels per step."""
-    lr: float = 5e-3
-    """Peak learning rate (Adam, one-cycle)."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW without weight decay, one-cycle)."""
     plot_grid: int = 100
     """Side of the (subsampled) grid stored for the figure."""
     seed: int = 0
@@ -314,19 +320,24 @@ def _tables(r: dict, cfg: SnowflakeConfig) -> list[dict]:
 
 
 def verdicts(results: dict) -> list[dict]:
-    """The verdict rows, recomputed from the stored results alone."""
-    cfg = common.config_from(SnowflakeConfig, results["config"])
+    """The verdict rows, recomputed from the stored results alone (results stored before
+    ``focus`` existed trained on uniform epochs: focus 0)."""
+    cfg = common.config_from(SnowflakeConfig, {"focus": 0.0, **results["config"]})
     return _verdicts(results["fit"], cfg)
 
 
 def _verdicts(r: dict, cfg: SnowflakeConfig) -> list[dict]:
     differs = (" Protocol: " + _protocol(cfg)
-               + ("" if cfg.grid == 400 else " (the paper: 400×400)") + ".")
+               + ("" if cfg.grid == 400 else " (the issue: 400×400)")
+               + "; one snowflake and the HKR loss on pixel labels (the paper's notebook: "
+               "two nested snowflakes, MSE on the signed distance).")
     return [
         Verdict("Fig. 1a: a 1-Lipschitz network fits the 4th-iteration Von Koch snowflake",
-                "a 1-Lipschitz network fits the 4th-iteration Von Koch snowflake on "
-                "160,000 pixels (Fig. 1a: a figure; the paper gives no accuracy); target "
-                f"≥ {100 * ACC_TARGET:.1f} % of the pixels",
+                "a 1-Lipschitz network fits the 4th-iteration Von Koch snowflake (Fig. 1a: "
+                "a figure, no accuracy; the authors' notebook regresses f onto the signed "
+                "distance of two nested snowflakes by MSE, 5 × 128 SpectralDense + FullSort, "
+                "uniform random points); restated as classification of 160,000 pixels, "
+                f"target ≥ {100 * ACC_TARGET:.1f} % of the pixels",
                 f"pixel accuracy {100 * r['pixel_acc']:.2f} % ({r['errors']:,} of "
                 f"{r['pixels']:,} wrong).{differs}",
                 r["pixel_acc"] >= ACC_TARGET).as_dict(),
