@@ -109,6 +109,29 @@ def test_train_focused_records_the_focus_set_and_the_accuracy_it_reaches(focus):
 def test_focus_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="focus in"):
         snowflake.SnowflakeConfig(focus=1.0)
+    with pytest.raises(ValueError, match="loss 'hkr' or 'mse'"):
+        snowflake.SnowflakeConfig(loss="l1")
+
+
+def test_mse_regresses_f_onto_the_signed_distance():
+    from onelip.experiments import common
+
+    cfg = snowflake.SnowflakeConfig(grid=30, hidden=(32, 32), epochs=8, batch_size=64,
+                                    loss="mse", focus=0.0)
+    pts = snowflake.pixel_grid(cfg)
+    sd = snowflake.signed_distance(pts, snowflake.koch_snowflake(2))
+    x = torch.as_tensor(pts, dtype=torch.float32)
+    y = torch.as_tensor((sd > 0).astype(np.int64))
+    s = torch.as_tensor(sd, dtype=torch.float32)
+    model = common.lipschitz_mlp(2, 1, cfg.hidden, group_size=cfg.group_size, seed=0)
+    with torch.no_grad():
+        before = float(((model(x).reshape(-1) - s) ** 2).mean())
+    hist = snowflake.train_focused(model, x, y, cfg, target=s)
+    with torch.no_grad():
+        after = float(((model(x).reshape(-1) - s) ** 2).mean())
+    assert after < 0.2 * before and hist[-1]["loss"] < hist[0]["loss"]
+    with pytest.raises(ValueError, match="needs target"):
+        snowflake.train_focused(model, x, y, cfg)
 
 
 def test_set_overrides_a_preset_field_and_is_recorded(tmp_path):
