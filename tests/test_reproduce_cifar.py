@@ -201,9 +201,10 @@ def test_consistency_on_an_image_folder_nests_fractions_and_has_the_twin(tmp_pat
     names = [v["claim"] for v in r["verdicts"]]
     assert any("gap shrinks" in n for n in names) and any("τ = 1000" in n for n in names)
     table = r["tables"][0]
-    assert table["columns"] == ["network", "25 %", "100 %"]
-    assert "(paper 39.5 / 40.5)" not in json.dumps(table), "τ = 0.25 was not run"
-    assert "paper 100.0 / 44.0" in table["rows"][1][2], "the paper's τ = 1000 at 100 %"
+    assert table["columns"] == ["network", "25 % (9 images)", "100 % (36 images)"]
+    # the paper's points are beside ours only at the same number of training images: 36
+    # images are none of its fractions of 50,000 (its "100 %" is 50,000 images)
+    assert "paper at" not in json.dumps(table)
     assert consistency.verdicts(json.loads(json.dumps(r))) == r["verdicts"]
     assert consistency.plot(r, tmp_path) == ["consistency.png"]
 
@@ -251,3 +252,19 @@ def test_both_claims_are_registered_in_the_cli():
 
     assert {"pareto", "consistency"} <= set(CLAIMS) & set(_CHOICES)
     assert {"pareto", "consistency"} <= set(_NEEDS_DATA)
+
+
+def test_the_paper_is_compared_at_the_same_number_of_training_images():
+    from onelip.experiments.consistency import PAPER, _paper_at, paper_fraction, tables
+
+    assert paper_fraction(2_500) == 0.05 and paper_fraction(50_000) == 1.0
+    assert paper_fraction(45_000) == 1.0 and paper_fraction(11_250) == 0.25  # a 45,000 pool
+    assert paper_fraction(36) is None and paper_fraction(3_500) is None
+    assert _paper_at(4.0, 2_500) == (0.05, PAPER[4.0][1])
+    rows = [{"fraction": 0.25, "n_train": 2_500, "n_val": 1_000, "train_acc": 0.5,
+             "val_acc": 0.4}]
+    t = tables({"config": {"data": "folder:x", "width": 16, "epochs": 4, "min_steps": 1,
+                           "batch_size": 64, "lr": 1e-3}, "grid": {"4": rows}})[0]
+    assert t["columns"] == ["network", "25 % (2,500 images)"]
+    assert t["rows"][0][1] == "50.0 / 40.0 (paper at 5 %: 100.0 / 45.0)", \
+        "25 % of a 10,000-image pool is the paper's 5 %, not its 25 % (80.5 / 57.0)"

@@ -31,7 +31,8 @@ from onelip import losses
 from onelip.experiments import common, vision
 from onelip.experiments.common import SubRuns, Verdict, table
 
-__all__ = ["CLAIM", "PAPER", "ConsistencyConfig", "plot", "run", "verdicts"]
+__all__ = ["CLAIM", "PAPER", "PAPER_TRAIN", "ConsistencyConfig", "paper_fraction", "plot", "run",
+           "verdicts"]
 
 CLAIM = "consistency"
 
@@ -54,6 +55,12 @@ PAPER = {
 """The paper's Fig. 4: τ → (train, validation) accuracy at :data:`PAPER_FRACTIONS` (read
 off the figure, ±0.01–0.02; None: not readable)."""
 PAPER_FRACTIONS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+PAPER_TRAIN = 50_000
+"""The paper's training set: CIFAR-10's 50,000 training images (it validates on the 10,000
+test images); its fraction f trains on f · 50,000 images."""
+SAME_SIZE = 1.25
+"""Our sub-run and the paper's point are compared when their training-set sizes are within
+this factor (e.g. 2,500 images here and the paper's 5 %, 2,500)."""
 MEMORISE = 0.99
 """Training accuracy τ = 1000 must keep at every fraction (the issue's target)."""
 
@@ -201,10 +208,32 @@ def run(cfg: ConsistencyConfig, *, out: Path | None = None, progress: bool = Tru
 
 
 def _paper(tau: float, f: float):
-    """The paper's (train, val) at (τ, fraction), or None."""
+    """The paper's (train, val) at (τ, fraction of its 50,000 images), or None."""
     if tau not in PAPER or f not in PAPER_FRACTIONS:
         return None
     return PAPER[tau][PAPER_FRACTIONS.index(f)]
+
+
+def paper_fraction(n_train: int) -> float | None:
+    """The paper's fraction trained on as many images as ``n_train`` (within a factor
+    :data:`SAME_SIZE`), or None. Our fractions are of *our* pool (a 10,000-image pool in the
+    CPU runs): 25 % of it is 2,500 images, the paper's 5 %, not its 25 % (12,500 images).
+
+    >>> paper_fraction(2500), paper_fraction(1000), paper_fraction(500)
+    (0.05, 0.02, None)
+    """
+    if n_train <= 0:
+        return None
+    f = min(PAPER_FRACTIONS, key=lambda p: abs(math.log(p * PAPER_TRAIN / n_train)))
+    return f if max(f * PAPER_TRAIN / n_train, n_train / (f * PAPER_TRAIN)) <= SAME_SIZE \
+        else None
+
+
+def _paper_at(tau: float, n_train: int) -> tuple[float, tuple] | None:
+    """(the paper's fraction, its (train, val)) at the training-set size ``n_train``."""
+    f = paper_fraction(n_train)
+    v = None if f is None else _paper(tau, f)
+    return None if v is None else (f, v)
 
 
 def _pct(v) -> str:
@@ -234,13 +263,18 @@ def tables(results: dict) -> list[dict]:
         tau = None if key == "plain" else float(key)
         cells = []
         for r in rs:
-            p = None if tau is None else _paper(tau, r["fraction"])
+            p = None if tau is None else _paper_at(tau, r["n_train"])
             ours = f"{_pct(r['train_acc'])} / {_pct(r['val_acc'])}"
-            cells.append(ours + ("" if p is None else f" (paper {_pct(p[0])} / {_pct(p[1])})"))
+            cells.append(ours + ("" if p is None else
+                                 f" (paper at {100 * p[0]:g} %: {_pct(p[1][0])} / "
+                                 f"{_pct(p[1][1])})"))
         rows.append(["unconstrained (ReLU, CE)" if tau is None else f"τ = {tau:g}", *cells])
-    return [table("Train / validation accuracy (%) by training fraction, ours (the paper's "
-                  f"Fig. 4 in brackets): {_protocol(results)}",
-                  ["network", *[f"{100 * f:g} %" for f in fractions]], rows)]
+    sizes = [r["n_train"] for r in next(iter(grid.values()))]
+    return [table("Train / validation accuracy (%) by training fraction, ours (in brackets the "
+                  "paper's Fig. 4 at the same number of training images, where it has a "
+                  f"point): {_protocol(results)}",
+                  ["network", *[f"{100 * f:g} % ({n:,} images)"
+                                for f, n in zip(fractions, sizes)]], rows)]
 
 
 
@@ -272,16 +306,17 @@ def verdicts(results: dict) -> list[dict]:
         train_last = [lip[t][-1]["train_acc"] for t in finite]
         rho_v, rho_t = common.spearman(finite, val_last), common.spearman(finite, train_last)
         f_last = lip[finite[0]][-1]["fraction"]
-        paper = [_paper(t, f_last) for t in finite]
+        n_last = lip[finite[0]][-1]["n_train"]
+        paper = [_paper_at(t, n_last) for t in finite]
         paper_txt = ("" if any(p is None for p in paper) else
-                     " (the paper at this fraction: validation "
-                     + ", ".join(_pct(p[1]) for p in paper) + ")")
+                     f" (the paper with as many images, its {100 * paper[0][0]:g} %: validation "
+                     + ", ".join(_pct(p[1][1]) for p in paper) + ")")
         out.append(Verdict(
             "Fig. 4: the plateaus are ordered by τ (the smaller τ, the lower)",
             "the smaller τ, the sooner the gap closes and the lower train and validation "
             "accuracy plateau (Fig. 4: at 100 %, validation 40.5 / 45 / 51 / 57 / 62 / 63 % "
             "for τ = 0.25 … 8)",
-            f"at {100 * f_last:g} %: validation "
+            f"at {100 * f_last:g} % ({n_last:,} images): validation "
             f"{', '.join(_pct(v) for v in val_last)} %, train "
             f"{', '.join(_pct(v) for v in train_last)} % for τ = "
             f"{', '.join(f'{t:g}' for t in finite)} (Spearman ρ {rho_v:+.2f} / {rho_t:+.2f})"
@@ -324,31 +359,36 @@ def plot(results: dict, outdir: Path) -> list[str]:
 
     grid = results["grid"]
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
-    ours, paper = fig.subplots(1, 2, sharey=True)
+    ours, paper = fig.subplots(1, 2, sharey=True, sharex=True)
     cmap = colormaps["viridis"]
     taus = sorted(float(k) for k in grid if k != "plain")
-    for i, tau in enumerate(taus):
-        color = cmap(i / max(1, len(taus) - 1))
+    every = sorted(set(taus) | set(PAPER))  # one colour a τ, the same in both panels
+
+    def colour(tau: float):
+        return cmap(every.index(tau) / max(1, len(every) - 1))
+
+    for tau in taus:
+        color = colour(tau)
         rs = grid[f"{tau:g}"]
-        fr = [100 * r["fraction"] for r in rs]
+        fr = [r["n_train"] for r in rs]
         ours.plot(fr, [r["train_acc"] for r in rs], "o-", color=color, label=f"τ = {tau:g}")
         ours.plot(fr, [r["val_acc"] for r in rs], "o--", color=color)
     if "plain" in grid:
         rs = grid["plain"]
-        fr = [100 * r["fraction"] for r in rs]
+        fr = [r["n_train"] for r in rs]
         ours.plot(fr, [r["train_acc"] for r in rs], "s-", color="#a50f15",
                   label="unconstrained")
         ours.plot(fr, [r["val_acc"] for r in rs], "s--", color="#a50f15")
-    for i, (tau, vals) in enumerate(PAPER.items()):
-        color = cmap(i / max(1, len(PAPER) - 1))
-        fr = [100 * f for f in PAPER_FRACTIONS]
+    for tau, vals in PAPER.items():
+        color = colour(tau)
+        fr = [f * PAPER_TRAIN for f in PAPER_FRACTIONS]
         paper.plot(fr, [v[0] for v in vals], "o-", color=color, label=f"τ = {tau:g}")
         pts = [(f, v[1]) for f, v in zip(fr, vals) if v[1] is not None]
         paper.plot(*zip(*pts), "o--", color=color)
     name = next(iter(grid.values()))[0].get("data_name", "?")
     for ax, title in ((ours, f"onelip ({name})"), (paper, "the paper's Fig. 4 (CIFAR-10)")):
         ax.set_xscale("log")
-        ax.set_xlabel("fraction of the training set (%)")
+        ax.set_xlabel("training images (log scale; the paper's 100 % = 50,000)")
         ax.set_title(f"{title}: train (solid), validation (dashed)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -143,14 +143,18 @@ def _save(out: Path, results: dict) -> None:
 
 def redraw(out: Path) -> Path:
     """Redraw every figure, recompute every claim's verdicts (``<claim>.verdicts(results)``,
-    from the stored measurements alone) and rewrite ``report.md`` and ``results.json``."""
+    from the stored measurements alone) and, for the claims that have one,
+    ``<claim>.tables(results)``, and rewrite ``report.md`` and ``results.json``."""
     out = Path(out)
     if not (out / RESULTS).exists():
         raise FileNotFoundError(f"{out / RESULTS} not found; run `onelip reproduce` first")
     results = _load(out)
-    for name, r in results.items():  # the verdicts, recomputed by today's code
+    for name, r in results.items():  # the verdicts (and tables), recomputed by today's code
         if name in CLAIMS:
-            r["verdicts"] = claim_module(name).verdicts(r)
+            mod = claim_module(name)
+            r["verdicts"] = mod.verdicts(r)
+            if callable(getattr(mod, "tables", None)):
+                r["tables"] = mod.tables(r)
     _save(out, results)
     return write_report(results, out)
 
