@@ -4,7 +4,9 @@ r"""Consistency — train and validation accuracy on CIFAR-10 fractions (the pap
 The paper (``consistency-experiment.py``) trains a VGG (32, 32) / (64, 64) / (128, 128) of
 orthogonal convolutions, invertible downsampling, GroupSort2 and dense 128 with τ-cross-entropy
 on 2, 5, 10, 25, 50 and 100 % of CIFAR-10's training set, for τ ∈ {0.25, 0.5, 1, 2, 4, 8,
-1000} (batch 1000, 300 epochs, Adam 1e-5). What Fig. 4 shows: for every τ the train /
+1000} (batch 1000, Adam 1e-5, 300 epochs of the fraction repeated to 50,000 samples: 15,000
+steps whatever the fraction; validation on the 10,000 test images). What Fig. 4 shows: for
+every τ the train /
 validation gap closes as the data grows (1-Lipschitz networks with a fixed τ are consistent
 estimators); the smaller τ, the sooner it closes and the lower accuracy plateaus; at
 τ = 1000 the 1-Lipschitz network memorises the training set (train accuracy 1.00 at every
@@ -16,7 +18,9 @@ convolution of each later stage instead of invertible downsampling, GroupSort2, 
 of the same widths (nn.Conv2d / nn.Linear, ReLU, plain cross-entropy). No augmentation (the
 experiment measures how well the training set is fitted). Training accuracy is measured in eval
 mode on the whole training fraction, validation accuracy on a fixed validation split carved
-from the training images; the test split is never read.
+from the training images; the test split is never read. The paper's values are set beside
+ours at the same *number* of training images (its fraction f is f · 50,000 images; ours is f
+of our pool).
 """
 
 from __future__ import annotations
@@ -250,7 +254,8 @@ def _protocol(results: dict) -> str:
     return (f"{data}, fractions of a {int(round(pool)):,}-image pool, {r0.get('n_val', '?'):,} "
             f"validation images; VGG width {cfg['width']} (the paper: 32), stride-2 convs "
             "(the paper: invertible downsampling); "
-            f"≥ {cfg['epochs']} epochs and ≥ {cfg['min_steps']} steps (the paper: 300 epochs), "
+            f"≥ {cfg['epochs']} epochs and ≥ {cfg['min_steps']} steps (the paper: 15,000 steps "
+            "at every fraction, 300 passes of 50,000 samples), "
             f"batch {cfg['batch_size']} (the paper: 1000), Adam one-cycle lr {cfg['lr']:g} "
             f"(the paper: Adam 1e-5); on {r0.get('device', '?')}")
 
