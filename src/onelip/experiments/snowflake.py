@@ -57,8 +57,10 @@ class SnowflakeConfig:
     """Side of the pixel grid (400: the paper's 160,000 pixels)."""
     extent: float = 1.2
     """The grid covers [−extent, extent]² (the snowflake has circumradius 1)."""
-    hidden: tuple[int, ...] = (256, 256, 256, 256)
-    """Hidden widths of the 1-Lipschitz MLP."""
+    hidden: tuple[int, ...] = (256,) * 6
+    """Hidden widths of the 1-Lipschitz MLP (in the probes six layers reached 99.20 % of the
+    pixels after 60 epochs at m = 0.25, four 98.99 % at m = 0.5, and four at m = 0.25 99.25 %
+    after 120 epochs)."""
     group_size: int = 4
     """GroupSort group size (2 = MaxMin; 4 fitted the grid better than 2 or 8 in the probes)."""
     loss: str = "hkr"
@@ -74,7 +76,7 @@ class SnowflakeConfig:
     """Fraction of each epoch's samples drawn (with replacement) from the pixels whose hinge
     term is active or nearly so, y·f < 2m, found again before every epoch from the current f;
     the rest is a uniform draw of the grid. 0: plain uniform epochs (every pixel once)."""
-    epochs: int = 120
+    epochs: int = 160
     """Epochs, each as many samples as there are pixels."""
     batch_size: int = 1024
     """Pixels per step."""
