@@ -268,3 +268,29 @@ def test_the_paper_is_compared_at_the_same_number_of_training_images():
     assert t["columns"] == ["network", "25 % (2,500 images)"]
     assert t["rows"][0][1] == "50.0 / 40.0 (paper at 5 %: 100.0 / 45.0)", \
         "25 % of a 10,000-image pool is the paper's 5 %, not its 25 % (80.5 / 57.0)"
+
+
+def _grid_result(rows_by_tau: dict) -> dict:
+    cfg = {"data": "folder:x", "width": 16, "epochs": 4, "min_steps": 1, "batch_size": 64,
+           "lr": 1e-3}
+    grid = {f"{tau:g}": [{"fraction": f, "n_train": n, "n_val": 1_000, "train_acc": tr,
+                          "val_acc": va} for f, n, tr, va in rows]
+            for tau, rows in rows_by_tau.items()}
+    return {"config": cfg, "grid": grid}
+
+
+@pytest.mark.parametrize("shift, agree", [(0.02, True), (0.10, False)])
+def test_point_by_point_verdict_compares_at_equal_training_set_sizes(shift, agree):
+    from onelip.experiments.consistency import PAPER, verdicts
+
+    # a pool of 10,000: 10 % and 25 % are the paper's 2 % and 5 % (1,000 and 2,500 images)
+    rows = {tau: [(0.1, 1_000, PAPER[tau][0][0] - shift, PAPER[tau][0][1] + shift),
+                  (0.25, 2_500, PAPER[tau][1][0] - shift, PAPER[tau][1][1] + shift)]
+            for tau in (0.5, 4.0)}
+    v = next(v for v in verdicts(_grid_result(rows)) if "point by point" in v["claim"])
+    assert v["agree"] is agree
+    assert v["measured"].startswith("4 (τ, size) points: mean |ours − paper| "
+                                    f"{100 * shift:.1f} pt over 8 accuracies")
+    # 36 images are none of the paper's sizes: no point-by-point row at all
+    tiny = {0.5: [(0.25, 9, 0.5, 0.4), (1.0, 36, 0.6, 0.5)]}
+    assert not any("point by point" in v["claim"] for v in verdicts(_grid_result(tiny)))

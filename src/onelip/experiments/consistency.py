@@ -66,6 +66,10 @@ SAME_SIZE = 1.25
 """Our sub-run and the paper's point are compared when their training-set sizes are within
 this factor (e.g. 2,500 images here and the paper's 5 %, 2,500)."""
 MEMORISE = 0.99
+CLOSE = 0.05
+"""Our accuracies agree with the paper's Fig. 4 point by point when, at the training-set sizes
+where both have a point, they differ by at most this on average (the figure is read to
+±0.01–0.02)."""
 """Training accuracy τ = 1000 must keep at every fraction (the issue's target)."""
 
 
@@ -327,6 +331,26 @@ def verdicts(results: dict) -> list[dict]:
             f"{', '.join(f'{t:g}' for t in finite)} (Spearman ρ {rho_v:+.2f} / {rho_t:+.2f})"
             f"{paper_txt}",
             rho_v > 0.5 and rho_t > 0.5).as_dict())
+    pairs = [(tau, r, hit) for tau, rs in lip.items() for r in rs
+             if (hit := _paper_at(tau, r["n_train"])) is not None]
+    if pairs:
+        def deltas(r: dict, pv: tuple) -> list[float]:
+            return [abs(r[k] - v) for k, v in zip(("train_acc", "val_acc"), pv)
+                    if v is not None]
+
+        diffs = [d for _, r, (_, pv) in pairs for d in deltas(r, pv)]
+        tau_w, r_w, (f_w, p_w) = max(pairs, key=lambda t: max(deltas(t[1], t[2][1])))
+        out.append(Verdict(
+            "Fig. 4 point by point: our accuracies at the paper's training-set sizes",
+            "the values of Fig. 4 (train / validation accuracy by τ and fraction of 50,000 "
+            f"images); agree: on average within {100 * CLOSE:.0f} points where both have a point",
+            f"{len(pairs)} (τ, size) points: mean |ours − paper| "
+            f"{100 * sum(diffs) / len(diffs):.1f} pt over {len(diffs)} accuracies, largest at "
+            f"τ = {tau_w:g} with "
+            f"{r_w['n_train']:,} images (the paper's {100 * f_w:g} %): ours "
+            f"{_pct(r_w['train_acc'])} / {_pct(r_w['val_acc'])}, the paper's "
+            f"{_pct(p_w[0])} / {_pct(p_w[1])}. Protocol: {proto}",
+            sum(diffs) / len(diffs) <= CLOSE).as_dict())
     if 1000.0 in lip:
         tr = [r["train_acc"] for r in lip[1000.0]]
         fr_txt = ", ".join(f"{100 * r['fraction']:g} %" for r in lip[1000.0])
