@@ -185,8 +185,8 @@ def train_focused(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     batch, not the grid (negligible at the α of the preset).
 
     Returns one record per epoch: ``acc`` (sign(f) against y over all N pixels, measured
-    after the epoch), ``loss`` (mean training loss) and ``focused`` (the size of the focus
-    set the epoch drew from; N before the first evaluation when ``cfg.focus`` is 0).
+    after the epoch, in the training forward), ``loss`` (mean training loss) and ``focused``
+    (the size of the focus set the epoch drew from; N when ``cfg.focus`` is 0).
     """
     from onelip.losses import HKRLoss
     from onelip.nn import retract_
