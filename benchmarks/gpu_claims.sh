@@ -7,6 +7,9 @@
 # reports all its sub-runs; `onelip reproduce all --redraw --out OUT` then rewrites the report.
 #
 #   benchmarks/gpu_claims.sh DATA OUT [SECONDS]   # DATA: CIFAR-10 as DATA/<class>/*.jpg
+#   CLAIMS=pareto benchmarks/gpu_claims.sh DATA OUT 540   # one claim a call (the default:
+#                                                         # memorization consistency pareto)
+#   SNOWFLAKE=1 ...                                       # the snowflake too (after the others)
 #
 # Not yet run on a GPU (no device was lent while this was written); tested on CPU with --quick.
 set -euo pipefail
@@ -17,10 +20,16 @@ quick=${QUICK:+--quick}
 py=${PYTHON:-.venv/bin/python}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
 start=$SECONDS
-for claim in memorization consistency pareto; do
+claims=${CLAIMS:-memorization consistency pareto}
+for claim in $claims ${SNOWFLAKE:+snowflake}; do
+  case "$claim" in
+    memorization|consistency|pareto) args=(--data "folder:$data") ;;
+    snowflake) args=() ;;
+    *) echo "gpu_claims.sh: unknown claim '$claim' in CLAIMS" >&2; exit 2 ;;
+  esac
   left=$((budget - (SECONDS - start)))
   if [ "$left" -le 30 ]; then echo "$claim: not started (time is up)"; continue; fi
   timeout --signal=INT "$left" "$py" -m onelip reproduce "$claim" $quick \
-    --data "folder:$data" --out "$out" --quiet || echo "$claim: stopped after ${left}s (cached sub-runs kept)"
+    "${args[@]}" --out "$out" --quiet || echo "$claim: stopped after ${left}s (cached sub-runs kept)"
 done
 "$py" -m onelip reproduce all --redraw --out "$out" 2>/dev/null || true
