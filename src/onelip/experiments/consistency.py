@@ -414,7 +414,9 @@ def plot(results: dict, outdir: Path) -> list[str]:
         paper.plot(fr, [v[0] for v in vals], "o-", color=color, label=f"τ = {tau:g}")
         pts = [(f, v[1]) for f, v in zip(fr, vals) if v[1] is not None]
         paper.plot(*zip(*pts), "o--", color=color)
-    name = next(iter(grid.values()))[0].get("data_name", "?")
+    name = str(next(iter(grid.values()))[0].get("data_name", "?"))
+    if name.startswith("folder:"):  # not the local path: its last two parts
+        name = "folder " + "/".join(Path(name[len("folder:"):]).parts[-2:])
     for ax, title in ((ours, f"onelip ({name})"), (paper, "the paper's Fig. 4 (CIFAR-10)")):
         ax.set_xscale("log")
         ax.set_xlabel("training images (log scale; the paper's 100 % = 50,000)")
