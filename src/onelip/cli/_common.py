@@ -8,7 +8,7 @@ import math
 import re
 
 __all__ = ["MAX_EPS", "CLIError", "HelpFormatter", "Parser", "device", "eps_float",
-           "nonneg_float", "positive_float", "positive_int", "typed_value", "warn"]
+           "nonneg_float", "positive_float", "positive_int", "set_item", "typed_value", "warn"]
 
 MAX_EPS = 1e6
 """Largest ``--eps``: an L2 radius in input units (inputs are in [0, 1] or standardised)."""
@@ -131,6 +131,15 @@ def device(s: str) -> str:
     elif index not in (None, "0"):
         raise argparse.ArgumentTypeError(f"{s}: expected cpu (there is one CPU device)")
     return s.strip()
+
+
+def set_item(item: str) -> tuple[str, str]:
+    """One ``--set FIELD=VALUE`` item → (field, value), or a one-line :class:`CLIError`."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+    return key, value
 
 
 def typed_value(key: str, value: str, default):

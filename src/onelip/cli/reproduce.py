@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from onelip.cli._common import CLIError, typed_value
+from onelip.cli._common import CLIError, set_item, typed_value
 
 __all__ = ["add_arguments", "run"]
 
@@ -79,10 +79,7 @@ def _overrides(names: list[str], args: argparse.Namespace) -> dict:
     fields = {f.name for f in dataclasses.fields(cfg)}
     out: dict = {}
     for item in args.config_set:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = set_item(item)
         if key not in fields:
             raise CLIError(f"{names[0]} has no config field {key!r}; fields: "
                            f"{', '.join(sorted(fields))}")

@@ -27,6 +27,7 @@ from onelip.cli._common import (
     nonneg_float,
     positive_float,
     positive_int,
+    set_item,
     typed_value,
 )
 from onelip.cli.launch import launch, without_nproc
@@ -150,10 +151,7 @@ def _parse_model_set(name: str, items: list[str], fields: set[str]) -> tuple[dic
     preset: dict = {}
     out: dict = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CLIError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = set_item(item)
         if key == "preset":
             presets = models.presets(name)
             if value not in presets:

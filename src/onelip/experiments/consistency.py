@@ -66,11 +66,11 @@ SAME_SIZE = 1.25
 """Our sub-run and the paper's point are compared when their training-set sizes are within
 this factor (e.g. 2,500 images here and the paper's 5 %, 2,500)."""
 MEMORISE = 0.99
+"""Training accuracy τ = 1000 must keep at every fraction (the issue's target)."""
 CLOSE = 0.05
 """Our accuracies agree with the paper's Fig. 4 point by point when, at the training-set sizes
 where both have a point, they differ by at most this on average (the figure is read to
 ±0.01–0.02)."""
-"""Training accuracy τ = 1000 must keep at every fraction (the issue's target)."""
 
 
 @dataclass(frozen=True)
