@@ -116,6 +116,8 @@ CASES = {
          "a nested field, not settable from the command line"),
         (["all", "--quick", "--set", "epochs=2", "--out", "{tmp}/c"],
          "--set sets one claim's config: run the claims one at a time"),
+        (["pareto", "--quick", "--budget", "soon", "--out", "{tmp}/c"],
+         "argument --budget: expected a duration such as 540, 540s, 9m or 2h, got 'soon'"),
     ],
 }
 

@@ -294,3 +294,88 @@ def test_point_by_point_verdict_compares_at_equal_training_set_sizes(shift, agre
     # 36 images are none of the paper's sizes: no point-by-point row at all
     tiny = {0.5: [(0.25, 9, 0.5, 0.4), (1.0, 36, 0.6, 0.5)]}
     assert not any("point by point" in v["claim"] for v in verdicts(_grid_result(tiny)))
+
+
+# ==== a time budget (--budget): what did not fit is recorded as not run =====================
+
+
+def test_duration_reads_seconds_minutes_and_hours():
+    from onelip.cli._common import duration
+
+    assert [duration(s) for s in ("540", "540s", "9m", "2.5h", "0")] == [540, 540, 540, 9000, 0]
+
+
+def test_subruns_past_the_deadline_start_nothing_but_read_the_cache(tmp_path):
+    from onelip.experiments.common import ClaimNotRun, SubRuns
+
+    def compute():
+        calls.append(1)
+        return {"x": len(calls)}
+
+    calls: list = []
+    with SubRuns("c", tmp_path, total=3, progress=False) as runs:
+        assert runs("a", {"k": 1}, compute) == {"x": 1}
+    past = 0.0  # time.monotonic() is far beyond it
+    with SubRuns("c", tmp_path, total=3, progress=False, deadline=past, partial=True) as runs:
+        assert runs("a", {"k": 1}, compute) == {"x": 1}, "cached: read past the deadline"
+        assert runs("b", {"k": 2}, compute) is None
+        assert runs("c", {"k": 3}, compute) is None
+        stats = runs.stats()
+    assert calls == [1], "nothing computed past the deadline"
+    assert stats["not_run"] == ["b", "c"] and stats["cached"] == 1 and stats["total"] == 3
+    with SubRuns("c", tmp_path, total=3, progress=False, deadline=past) as runs:
+        runs("a", {"k": 1}, compute)
+        with pytest.raises(ClaimNotRun, match="1 came from the cache, of 3"):
+            runs("b", {"k": 2}, compute)
+
+
+def _names(out, claim):
+    return {json.loads(p.read_text())["name"]: p for p in (out / claim / "runs").glob("*.json")}
+
+
+def test_a_spent_budget_reports_a_partial_grid_and_names_what_did_not_run(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("ONELIP_CACHE", str(tmp_path / "cache"))
+    data = f"folder:{_folder(tmp_path / 'imgs')}"
+    tiny = _tiny_consistency(data)
+    monkeypatch.setattr(consistency.ConsistencyConfig, "quick", classmethod(lambda cls: tiny))
+    out = tmp_path / "claims"
+    argv = ["reproduce", "consistency", "--quick", "--data", data, "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    runs = _names(out, "consistency")
+    assert len(runs) == 6
+    runs["fraction 1, τ = 1000"].unlink()  # as if the budget had run out before it
+    assert main([*argv, "--budget", "0"]) == 0
+    r = json.loads((out / "results.json").read_text())["consistency"]
+    assert r["subruns"]["not_run"] == ["fraction 1, τ = 1000"]
+    assert r["subruns"]["ran"] == 0 and r["subruns"]["cached"] == 5
+    assert [x["fraction"] for x in r["grid"]["1000"]] == [0.25]
+    row = next(row for row in r["tables"][0]["rows"] if row[0] == "τ = 1000")
+    assert row[2] == "not run" and row[1] != "not run"
+    v = {x["claim"]: x for x in r["verdicts"]}
+    unc = v["Fig. 4: at τ = 1000 it overfits like the unconstrained network"]
+    assert "at fractions" not in unc["measured"] and unc["measured"].count("%") >= 2
+    report = (out / "report.md").read_text()
+    assert "**Partial: 5 of 6 sub-runs.** Not run" in report
+    assert "fraction 1, τ = 1000" in report and "[partial: 5 of 6 sub-runs]" in report
+    assert "not run" in report and (out / "consistency.png").exists()
+    # the same command without a budget runs the one left out, and nothing else
+    assert main(argv) == 0
+    r = json.loads((out / "results.json").read_text())["consistency"]
+    assert r["subruns"]["ran"] == 1 and r["subruns"]["not_run"] == []
+    assert "Partial" not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("claim", ["pareto", "memorization"])
+def test_a_claim_with_nothing_at_hand_is_recorded_as_not_reported(claim, tmp_path, capsys):
+    out = tmp_path / "claims"
+    assert main(["reproduce", claim, "--quick", "--out", str(out), "--budget", "0"]) == 0
+    r = json.loads((out / "results.json").read_text())[claim]
+    assert r["stopped"] and r["verdicts"] == [] and r["subruns"]["ran"] == 0
+    assert r["subruns"]["not_run"], "the sub-run it stopped at is named"
+    report = (out / "report.md").read_text()
+    assert "**Not reported: the time budget was spent** with 0 of" in report
+    assert f"**Not reported** (the time budget was spent): {claim}." in report
+    assert "stopped by the time budget" in capsys.readouterr().out
+    assert main(["reproduce", "all", "--redraw", "--out", str(out)]) == 0
+    assert not list((out / claim / "runs").glob("*.json")), "nothing trained"

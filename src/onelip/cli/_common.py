@@ -92,6 +92,18 @@ def positive_float(s: str) -> float:
     return v
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smh]?)")
+
+
+def duration(s: str) -> float:
+    """A wall-clock duration in seconds: ``540``, ``540s``, ``9m``, ``2.5h`` (0 allowed)."""
+    m = _DURATION.fullmatch(s.strip().lower())
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 540, 540s, 9m or 2h, got {s!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
 def eps_float(s: str) -> float:
     """A certification radius: finite, >= 0 and at most :data:`MAX_EPS`."""
     v = nonneg_float(s)

@@ -5,6 +5,7 @@
     onelip reproduce pareto --quick --data folder:cifar10/train --out runs/claims
     onelip reproduce all --data folder:DIR --out docs/claims  # full run, writes report.md
     onelip reproduce all --redraw --out docs/claims # figures + report from results.json only
+    onelip reproduce pareto --data folder:DIR --out docs/claims --budget 9m  # part of it
 
 The work is done by :mod:`onelip.experiments.report`.
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from onelip.cli._common import CLIError, set_item, typed_value
+from onelip.cli._common import CLIError, duration, set_item, typed_value
 
 __all__ = ["add_arguments", "run"]
 
@@ -44,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--quick), repeatable, e.g. `consistency --quick --set taus=0.5,4 "
                         "--set min_steps=1000` (lists: comma-separated; none: None); "
                         "recorded in the report's mode line and configuration")
+    p.add_argument("--budget", type=duration, default=None, metavar="DURATION",
+                   help="start no sub-run after this much wall time (e.g. 540, 9m, 2h; 0: "
+                        "report from the cached sub-runs alone). The report names every "
+                        "sub-run left out as not run; the same command later continues from "
+                        "the cache")
 
 
 def _print_verdicts(name: str, results: dict) -> None:
@@ -54,9 +61,13 @@ def _print_verdicts(name: str, results: dict) -> None:
     stats = results.get("subruns", {})
     verdicts = results.get("verdicts", [])
     agree = sum(v["agree"] for v in verdicts)
+    left = len(stats.get("not_run", []))
+    missing = "" if not left else (
+        f", [bold]{left} not run[/] (time budget)" if not results.get("stopped") else
+        ", [bold]stopped by the time budget: not reported[/]")
     table = Table(title=f"{name} ({results.get('mode')}): {agree}/{len(verdicts)} agree; "
-                        f"sub-runs: {stats.get('ran', 0)} ran, {stats.get('cached', 0)} cached",
-                  show_lines=True)
+                        f"sub-runs: {stats.get('ran', 0)} ran, {stats.get('cached', 0)} cached"
+                        f"{missing}", show_lines=True)
     for col in ("check", "research says", "we measured", "agree"):
         table.add_column(col, overflow="fold")
     for v in verdicts:
@@ -114,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{', '.join(need)}: the full protocol trains on CIFAR-10: pass --data "
                        "folder:DIR (the training images as an image folder), or use --quick")
     overrides = _overrides(names, args) if args.config_set else None
+    deadline = None if args.budget is None else time.monotonic() + args.budget
     for name in names:
         results = report.run_claim(name, quick=args.quick, out=args.out,
                                    progress=not args.quiet, data=args.data,
-                                   overrides=overrides)
+                                   overrides=overrides, deadline=deadline)
         _print_verdicts(name, results)
     print(f"report: {args.out / report.REPORT}", file=sys.stdout)
     return 0

@@ -101,13 +101,35 @@ def rounded(x: Any, digits: int = 4) -> Any:
     return x
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment() -> dict:
-    """Where a sub-run is computed: versions, CPU count and torch threads."""
+    """Where a sub-run is computed: versions, the CPU (model, count, torch threads) and the
+    GPU the sub-runs train on (``gpu``: its name when CUDA is available, else None)."""
     import platform
 
     return {"onelip": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "cpu_model": _cpu_model(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def data_label(name: str) -> str:
+    """A data set's name for reports and figures: ``folder:DIR`` becomes ``folder A/B`` (the
+    last two parts of DIR, not the local path); other names are kept."""
+    if name.startswith("folder:"):
+        return "folder " + "/".join(Path(name[len("folder:"):]).parts[-2:])
+    return name
 
 
 def device_name(device: str) -> str:
@@ -162,6 +184,16 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> dict:
 # ==== cached sub-runs with progress =========================================================
 
 
+class ClaimNotRun(Exception):
+    """A claim stopped by its time budget before it had enough sub-runs to report on.
+    ``stats`` is :meth:`SubRuns.stats` at that point (the finished sub-runs stay cached)."""
+
+    def __init__(self, claim: str, stats: dict):
+        self.claim, self.stats = claim, stats
+        super().__init__(f"{claim}: the time budget was spent after {stats['ran']} sub-run(s) "
+                         f"ran and {stats['cached']} came from the cache, of {stats['total']}")
+
+
 class SubRuns:
     """Runs and caches the sub-runs of one claim, with progress.
 
@@ -169,12 +201,22 @@ class SubRuns:
     ``DIR/<claim>/runs/<key>.json`` when a sub-run with the same config finished before.
     With ``out=None`` nothing is cached (everything runs in memory).
 
+    Time budget: with ``deadline`` (a :func:`time.monotonic` value), no sub-run *starts* after
+    it; cached ones are still read. A claim that can report on part of its sub-runs
+    (``partial=True``: the sweeps of pareto and consistency) gets None for each one not run,
+    and :meth:`stats` lists them under ``not_run``; any other claim raises
+    :class:`ClaimNotRun` at the first sub-run it cannot have.
+
     Progress: a rich bar over the claim's sub-runs on a TTY; otherwise one line per sub-run on
     stderr (``[claim 3/12] name: ran in 4.2s`` or ``... cached``). ``progress=False`` is silent.
     """
 
-    def __init__(self, claim: str, out: Path | None, *, total: int, progress: bool = True):
+    def __init__(self, claim: str, out: Path | None, *, total: int, progress: bool = True,
+                 deadline: float | None = None, partial: bool = False):
         self.claim = claim
+        self.deadline = deadline
+        self.partial = partial
+        self.not_run: list[str] = []
         self.dir = None if out is None else Path(out) / claim / "runs"
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +248,8 @@ class SubRuns:
         if self._bar is not None:
             self._bar.update(self._task, description=text)
 
-    def __call__(self, name: str, config: dict, compute: Callable[[], dict]) -> dict:
+    def __call__(self, name: str, config: dict,
+                 compute: Callable[[], dict]) -> dict | None:
         key = config_key(config)
         path = None if self.dir is None else self.dir / f"{key}.json"
         if path is not None and path.exists():
@@ -220,6 +263,12 @@ class SubRuns:
                     return stored["result"]
             except (json.JSONDecodeError, KeyError):
                 pass  # a torn or foreign file: recompute it
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.not_run.append(name)
+            if not self.partial:
+                raise ClaimNotRun(self.claim, self.stats())
+            self._advance(name, "not run (the time budget is spent)")
+            return None
         self.note(name)
         t0 = time.perf_counter()
         result = compute()
@@ -248,12 +297,20 @@ class SubRuns:
         self._envs.setdefault(key, [env, 0])[1] += 1
 
     def stats(self) -> dict:
-        """``{"ran", "cached", "compute_seconds", "environments"}`` so far; ``environments``
-        lists where the sub-runs were computed (``None``: not recorded) with their counts."""
-        return {"ran": self.ran, "cached": self.cached,
+        """``{"ran", "cached", "total", "not_run", "compute_seconds", "environments"}`` so
+        far; ``not_run`` names the sub-runs the time budget left out, ``environments`` lists
+        where the sub-runs were computed (``None``: not recorded) with their counts."""
+        return {"ran": self.ran, "cached": self.cached, "total": self.total,
+                "not_run": list(self.not_run),
                 "compute_seconds": round(self.compute_seconds, 1),
                 "environments": [{"environment": e, "subruns": n}
                                  for e, n in self._envs.values()]}
+
+    def require_some(self) -> None:
+        """Raise :class:`ClaimNotRun` when no sub-run at all is at hand (all left out by the
+        time budget): there is nothing to report on."""
+        if self.not_run and self.ran + self.cached == 0:
+            raise ClaimNotRun(self.claim, self.stats())
 
     def close(self) -> None:
         if self._bar is not None:

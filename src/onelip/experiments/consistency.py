@@ -187,8 +187,11 @@ def _key(tau: float | None) -> str:
     return "plain" if tau is None else f"{tau:g}"
 
 
-def run(cfg: ConsistencyConfig, *, out: Path | None = None, progress: bool = True) -> dict:
-    """Train the grid; returns the JSON results (figures: :func:`plot`)."""
+def run(cfg: ConsistencyConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
+    """Train the grid; returns the JSON results (figures: :func:`plot`). With ``deadline``
+    (:func:`time.monotonic`), the sub-runs not started by then are left out and named in
+    ``results["subruns"]["not_run"]``; the tables and verdicts use the points at hand."""
     base = common.config_dict(cfg)
     if cfg.data is None:
         _data(cfg)
@@ -197,14 +200,18 @@ def run(cfg: ConsistencyConfig, *, out: Path | None = None, progress: bool = Tru
     taus: list[float | None] = [*cfg.taus, *([None] if cfg.plain else [])]
     grid: dict = {}
     pool: list = []
-    with SubRuns(CLAIM, out, total=len(taus) * len(cfg.fractions), progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=len(taus) * len(cfg.fractions), progress=progress,
+                 deadline=deadline, partial=True) as runs:
         for tau in taus:
             grid[_key(tau)] = []
             for f in cfg.fractions:
                 key = {"claim": CLAIM, "tau": tau, "fraction": f, **shared}
                 r = runs(f"fraction {f:g}, {'plain' if tau is None else f'τ = {tau:g}'}", key,
                          lambda: _sub_run(cfg, f, tau, runs, pool))
-                grid[_key(tau)].append({"fraction": f, **r})
+                if r is not None:  # None: left out by the time budget (stats' not_run)
+                    grid[_key(tau)].append({"fraction": f, **r})
+        runs.require_some()
+        grid = {k: rs for k, rs in grid.items() if rs}
         stats = runs.stats()
     results = {"claim": CLAIM, "config": base, "grid": grid, "subruns": stats}
     results["tables"] = tables(results)
@@ -264,21 +271,32 @@ def _protocol(results: dict) -> str:
             f"(the paper: Adam 1e-5); on {r0.get('device', '?')}")
 
 
+def _by_fraction(grid: dict) -> dict[float, int]:
+    """Every fraction with a sub-run in ``grid``, sorted, with its number of training images
+    (a partial grid, cut by a time budget, can lack some fractions for some τ)."""
+    return dict(sorted({r["fraction"]: r["n_train"] for rs in grid.values() for r in rs}.items()))
+
+
 def tables(results: dict) -> list[dict]:
     grid = results["grid"]
-    fractions = [r["fraction"] for r in next(iter(grid.values()))]
+    sized = _by_fraction(grid)
+    fractions, sizes = list(sized), list(sized.values())
     rows = []
     for key, rs in grid.items():
         tau = None if key == "plain" else float(key)
+        at = {r["fraction"]: r for r in rs}
         cells = []
-        for r in rs:
+        for f in fractions:
+            r = at.get(f)
+            if r is None:
+                cells.append("not run")
+                continue
             p = None if tau is None else _paper_at(tau, r["n_train"])
             ours = f"{_pct(r['train_acc'])} / {_pct(r['val_acc'])}"
             cells.append(ours + ("" if p is None else
                                  f" (paper at {100 * p[0]:g} %: {_pct(p[1][0])} / "
                                  f"{_pct(p[1][1])})"))
         rows.append(["unconstrained (ReLU, CE)" if tau is None else f"τ = {tau:g}", *cells])
-    sizes = [r["n_train"] for r in next(iter(grid.values()))]
     return [table("Train / validation accuracy (%) by training fraction, ours (in brackets the "
                   "paper's Fig. 4 at the same number of training images, where it has a "
                   f"point): {_protocol(results)}",
@@ -310,12 +328,16 @@ def verdicts(results: dict) -> list[dict]:
         f"gap from the smallest to the largest fraction: {'; '.join(parts)}. Protocol: {proto}",
         shrinks).as_dict())
     finite = sorted(t for t in lip if t < 1000)
-    if len(finite) >= 2:
-        val_last = [lip[t][-1]["val_acc"] for t in finite]
-        train_last = [lip[t][-1]["train_acc"] for t in finite]
+    # the largest fraction every finite τ has (all of them, unless a time budget cut the grid)
+    shared = set.intersection(*({r["fraction"] for r in lip[t]} for t in finite)) \
+        if finite else set()
+    if len(finite) >= 2 and shared:
+        f_last = max(shared)
+        last = [next(r for r in lip[t] if r["fraction"] == f_last) for t in finite]
+        val_last = [r["val_acc"] for r in last]
+        train_last = [r["train_acc"] for r in last]
         rho_v, rho_t = common.spearman(finite, val_last), common.spearman(finite, train_last)
-        f_last = lip[finite[0]][-1]["fraction"]
-        n_last = lip[finite[0]][-1]["n_train"]
+        n_last = last[0]["n_train"]
         paper = [_paper_at(t, n_last) for t in finite]
         paper_txt = ("" if any(p is None for p in paper) else
                      f" (the paper with as many images, its {100 * paper[0][0]:g} %: validation "
@@ -361,10 +383,13 @@ def verdicts(results: dict) -> list[dict]:
             f"training accuracy {', '.join(_pct(v) for v in tr)} % at fractions "
             f"{fr_txt}",
             min(tr) >= MEMORISE).as_dict())
-        if "plain" in grid:
-            pl = [r["train_acc"] for r in grid["plain"]]
-            gl = [r["train_acc"] - r["val_acc"] for r in lip[1000.0]]
-            gp = [r["train_acc"] - r["val_acc"] for r in grid["plain"]]
+        plain = {r["fraction"]: r for r in grid.get("plain", [])}
+        both = [(r, plain[r["fraction"]]) for r in lip[1000.0] if r["fraction"] in plain]
+        if both:  # at the fractions both have
+            tr = [a["train_acc"] for a, _ in both]
+            pl = [b["train_acc"] for _, b in both]
+            gl = [a["train_acc"] - a["val_acc"] for a, _ in both]
+            gp = [b["train_acc"] - b["val_acc"] for _, b in both]
             out.append(Verdict(
                 "Fig. 4: at τ = 1000 it overfits like the unconstrained network",
                 "a 1-Lipschitz network at τ = 1000 memorises CIFAR-10 like an unconstrained "
@@ -414,9 +439,7 @@ def plot(results: dict, outdir: Path) -> list[str]:
         paper.plot(fr, [v[0] for v in vals], "o-", color=color, label=f"τ = {tau:g}")
         pts = [(f, v[1]) for f, v in zip(fr, vals) if v[1] is not None]
         paper.plot(*zip(*pts), "o--", color=color)
-    name = str(next(iter(grid.values()))[0].get("data_name", "?"))
-    if name.startswith("folder:"):  # not the local path: its last two parts
-        name = "folder " + "/".join(Path(name[len("folder:"):]).parts[-2:])
+    name = common.data_label(str(next(iter(grid.values()))[0].get("data_name", "?")))
     for ax, title in ((ours, f"onelip ({name})"), (paper, "the paper's Fig. 4 (CIFAR-10)")):
         ax.set_xscale("log")
         ax.set_xlabel("training images (log scale; the paper's 100 % = 50,000)")

@@ -255,14 +255,16 @@ def _points(cfg: ExpressivityConfig, name: str, n: int = 400) -> dict:
 # ==== the claim =============================================================================
 
 
-def run(cfg: ExpressivityConfig, *, out: Path | None = None, progress: bool = True) -> dict:
+def run(cfg: ExpressivityConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
     """Run claim 1; returns the JSON results (figures are drawn from them by :func:`plot`)."""
     kinds = ("lipschitz", "unconstrained")
     total = 2 * len(cfg.toy_sets) + (len(cfg.taus) + 1) * len(cfg.image_sets)
     base = common.config_dict(cfg)
     toy: dict = {}
     images: dict = {}
-    with SubRuns(CLAIM, out, total=total, progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=total, progress=progress,
+                 deadline=deadline) as runs:
         for name in cfg.toy_sets:
             toy[name] = {"points": _points(cfg, name)}
             for kind in kinds:

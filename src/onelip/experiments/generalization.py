@@ -121,14 +121,16 @@ def _sizes(cfg: GeneralizationConfig, name: str) -> list[int]:
     return [n for n in cfg.train_sizes if cap is None or n <= cap]
 
 
-def run(cfg: GeneralizationConfig, *, out: Path | None = None, progress: bool = True) -> dict:
+def run(cfg: GeneralizationConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
     """Run claim 3; returns the JSON results (figures are drawn from them by :func:`plot`)."""
     base = common.config_dict(cfg)
     kinds = _kinds(cfg)
     total = (sum(len(_sizes(cfg, d)) for d in cfg.datasets) * len(cfg.noise_rates)
              * len(kinds))
     curves: dict = {}
-    with SubRuns(CLAIM, out, total=total, progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=total, progress=progress,
+                 deadline=deadline) as runs:
         for name in cfg.datasets:
             curves[name] = {}
             for noise in cfg.noise_rates:

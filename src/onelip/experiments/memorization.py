@@ -153,13 +153,15 @@ def _run(cfg: MemorizationConfig, kind: str, runs: SubRuns) -> dict:
 # ==== the claim =============================================================================
 
 
-def run(cfg: MemorizationConfig, *, out: Path | None = None, progress: bool = True) -> dict:
+def run(cfg: MemorizationConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
     """Train both MLPs on random labels; returns the JSON results (figures: :func:`plot`)."""
     base = common.config_dict(cfg)
     if cfg.data is None:
         _data(cfg)  # the explanatory error, before any sub-run starts
     res: dict = {}
-    with SubRuns(CLAIM, out, total=2, progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=2, progress=progress,
+                 deadline=deadline) as runs:
         for kind in ("lipschitz", "unconstrained"):
             key = {"claim": CLAIM, "kind": kind, **base}
             if kind == "unconstrained":  # its sub-run does not depend on the 1-Lip settings
@@ -187,7 +189,7 @@ def _loss_name(cfg: MemorizationConfig) -> str:
 def _protocol(cfg: MemorizationConfig, r: dict) -> str:
     data = cfg.data or "?"
     if data.startswith("folder:"):
-        data = f"CIFAR-10 JPEG ({data}) instead of CIFAR-100"
+        data = f"CIFAR-10 JPEG ({common.data_label(data)}) instead of CIFAR-100"
     n = r["n_train"]
     return (f"{data}, {n:,} training images ({r['num_classes']} classes), labels randomly "
             f"permuted; MLP {list(cfg.hidden)}"
@@ -269,7 +271,7 @@ def plot(results: dict, outdir: Path) -> list[str]:
     ax.set_ylabel("training accuracy on random labels (%)")
     ax.set_ylim(0, 101)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"Random labels: {res['lipschitz']['data_name']}, "
+    ax.set_title(f"Random labels: {common.data_label(res['lipschitz']['data_name'])}, "
                  f"{res['lipschitz']['n_train']:,} images", fontsize=10)
     name = "memorization.png"
     common.save_png(fig, Path(outdir) / name)

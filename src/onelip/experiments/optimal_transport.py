@@ -234,7 +234,8 @@ def _sweep_run(cfg: OptimalTransportConfig, alpha: float, runs: SubRuns) -> dict
 # ==== the claim =============================================================================
 
 
-def run(cfg: OptimalTransportConfig, *, out: Path | None = None, progress: bool = True) -> dict:
+def run(cfg: OptimalTransportConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
     """Run claim 2; returns the JSON results (figures are drawn from them by :func:`plot`)."""
     base = common.config_dict(cfg)
     net = {k: base[k] for k in ("hidden", "group_size", "epochs", "batch_size", "lr", "seed",
@@ -242,7 +243,7 @@ def run(cfg: OptimalTransportConfig, *, out: Path | None = None, progress: bool 
     pairs: dict = {}
     sweep: dict = {}
     with SubRuns(CLAIM, out, total=len(cfg.pairs) + len(cfg.alphas) + 1,
-                 progress=progress) as runs:
+                 progress=progress, deadline=deadline) as runs:
         for pair in cfg.pairs:
             key = {"claim": CLAIM, "part": "pair", "pair": pair, "plot_grid": cfg.plot_grid,
                    **net}

@@ -200,8 +200,11 @@ def _sub_run(cfg: ParetoConfig, network: str, sweep: str, value: float, runs: Su
     return r
 
 
-def run(cfg: ParetoConfig, *, out: Path | None = None, progress: bool = True) -> dict:
-    """Run the sweeps; returns the JSON results (figures: :func:`plot`)."""
+def run(cfg: ParetoConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
+    """Run the sweeps; returns the JSON results (figures: :func:`plot`). With ``deadline``
+    (:func:`time.monotonic`), the sub-runs not started by then are left out and named in
+    ``results["subruns"]["not_run"]``; the tables and verdicts use the points at hand."""
     base = common.config_dict(cfg)
     if cfg.data is None:
         _data(cfg)
@@ -210,7 +213,8 @@ def run(cfg: ParetoConfig, *, out: Path | None = None, progress: bool = True) ->
     total = len(cfg.networks) * sum(len(cfg.values(s)) for s in SWEEPS)
     nets: dict = {}
     pool: list = []
-    with SubRuns(CLAIM, out, total=total, progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=total, progress=progress,
+                 deadline=deadline, partial=True) as runs:
         for network in cfg.networks:
             model_name, fields = cfg.net_fields(network)
             nets[network] = {}
@@ -222,7 +226,10 @@ def run(cfg: ParetoConfig, *, out: Path | None = None, progress: bool = True) ->
                            **({"hkr_margin": cfg.hkr_margin} if sweep == "alpha" else {})}
                     r = runs(f"{network} {sweep}={value:g}", key,
                              lambda: _sub_run(cfg, network, sweep, value, runs, pool))
-                    nets[network][sweep].append({"value": value, **r})
+                    if r is not None:  # None: left out by the time budget (stats' not_run)
+                        nets[network][sweep].append({"value": value, **r})
+        runs.require_some()
+        nets = {n: sw for n, sw in nets.items() if any(sw.values())}  # a network with no point
         stats = runs.stats()
     results = {"claim": CLAIM, "config": base, "networks": nets, "subruns": stats}
     results["tables"] = tables(results)
@@ -339,6 +346,8 @@ def plot(results: dict, outdir: Path) -> list[str]:
     colors = {"paper": "#a50f15", "onelip": "#08519c"}
     for network, sweeps in results["networks"].items():
         for sweep, rs in sweeps.items():
+            if not rs:
+                continue
             ax.scatter([r["val_acc"] for r in rs], [r["certified"]["36"] for r in rs],
                        marker=markers[sweep], color=colors[network], alpha=0.8,
                        label=f"{_NET_LABEL[network]}, {_LABEL[sweep]}")

@@ -76,14 +76,25 @@ def claim_config(name: str, *, quick: bool = False, data: str | None = None,
 
 def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
               progress: bool = True, data: str | None = None,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, deadline: float | None = None) -> dict:
     """Run claim ``name`` with the config of :func:`claim_config`; with ``out``, cache its
     sub-runs there, merge its results into ``out/results.json`` and rewrite the report. The
-    mode is recorded as ``quick`` or ``full``, with the overridden fields after it."""
+    mode is recorded as ``quick`` or ``full``, with the overridden fields after it.
+
+    ``deadline`` (a :func:`time.monotonic` value): no sub-run starts after it. The sweeps
+    (pareto, consistency) then report on the sub-runs at hand and name the others in
+    ``results["subruns"]["not_run"]``; a claim that needs all its sub-runs, or has none, is
+    recorded as ``"stopped": True`` with no verdicts (its finished sub-runs stay cached)."""
+    from onelip.experiments.common import ClaimNotRun, config_dict
+
     mod = claim_module(name)
     cfg = claim_config(name, quick=quick, data=data, overrides=overrides)
     t0 = time.perf_counter()
-    results = mod.run(cfg, out=out, progress=progress)
+    try:
+        results = mod.run(cfg, out=out, progress=progress, deadline=deadline)
+    except ClaimNotRun as e:
+        results = {"claim": name, "config": config_dict(cfg), "stopped": True,
+                   "subruns": e.stats, "tables": [], "verdicts": []}
     results["mode"] = "quick" if quick else "full"
     if overrides:
         results["overrides"] = sorted(overrides)
@@ -106,15 +117,19 @@ def _environment() -> dict:
 
 
 def _where(stats: dict) -> str:
-    """Where the sub-runs were computed, e.g. '11 on torch 2.13.0, 2 CPUs, 1 thread'."""
+    """Where the sub-runs were computed, e.g. '11 on the CPU (AMD EPYC 7B13), torch 2.13.0,
+    2 CPUs, 1 torch thread(s)' or '36 on GPU NVIDIA H200 (torch 2.13.0)'."""
     parts = []
     for item in stats.get("environments", []):
         e = item["environment"]
         if e is None:
             parts.append(f"{item['subruns']} in an unrecorded environment")
+        elif e.get("gpu"):
+            parts.append(f"{item['subruns']} on GPU {e['gpu']} (torch {e['torch']})")
         else:
-            parts.append(f"{item['subruns']} on torch {e['torch']}, {e['cpus']} CPUs, "
-                         f"{e['torch_threads']} torch thread(s)")
+            cpu = f" ({e['cpu_model']})" if e.get("cpu_model") else ""
+            parts.append(f"{item['subruns']} on the CPU{cpu}, torch {e['torch']}, "
+                         f"{e['cpus']} CPUs, {e['torch_threads']} torch thread(s)")
     return "; ".join(parts) or "nowhere yet"
 
 
@@ -150,7 +165,7 @@ def redraw(out: Path) -> Path:
         raise FileNotFoundError(f"{out / RESULTS} not found; run `onelip reproduce` first")
     results = _load(out)
     for name, r in results.items():  # the verdicts (and tables), recomputed by today's code
-        if name in CLAIMS:
+        if name in CLAIMS and not r.get("stopped"):
             mod = claim_module(name)
             r["verdicts"] = mod.verdicts(r)
             if callable(getattr(mod, "tables", None)):
@@ -172,9 +187,37 @@ def _md_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _partial(results: dict) -> str:
+    """'' for a claim with all its sub-runs, else e.g. 'partial: 12 of 36 sub-runs'."""
+    stats = results.get("subruns", {})
+    left = len(stats.get("not_run", []))
+    if not left:
+        return ""
+    total = stats.get("total", 0)
+    return f"partial: {total - left} of {total} sub-runs"
+
+
 def _verdict_rows(results: dict) -> list[list[str]]:
-    return [[v["claim"], v["research"], v["measured"], "yes" if v["agree"] else "**no**"]
+    part = _partial(results)
+    pre = f"[{part}] " if part else ""
+    return [[v["claim"], v["research"], pre + v["measured"], "yes" if v["agree"] else "**no**"]
             for v in results.get("verdicts", [])]
+
+
+def _budget_line(r: dict) -> list[str]:
+    """The report's lines on the sub-runs a time budget left out (none when all ran)."""
+    stats = r.get("subruns", {})
+    left = stats.get("not_run", [])
+    if not left:
+        return []
+    done, total = stats.get("ran", 0) + stats.get("cached", 0), stats.get("total", 0)
+    if r.get("stopped"):
+        return [f"**Not reported: the time budget was spent** with {done} of {total} sub-runs "
+                "finished (cached under `<claim>/runs/`); this claim needs all of them. The "
+                "same command continues from the cache.", ""]
+    return [f"**Partial: {done} of {total} sub-runs.** Not run (the time budget was spent; "
+            "the same command continues from the cache): " + ", ".join(left) + ". The tables, "
+            "figure and verdicts use the sub-runs at hand.", ""]
 
 
 def _summary_paragraph(mod: ModuleType) -> str:
@@ -205,24 +248,33 @@ def write_report(results: dict, out: Path) -> Path:
     summary = []
     for name, r in results.items():
         summary += [[name, *row] for row in _verdict_rows(r)]
-    if summary:
+    stopped = [n for n, r in results.items() if r.get("stopped")]
+    partial = [f"{n} ({_partial(r)})" for n, r in results.items()
+               if _partial(r) and not r.get("stopped")]
+    if summary or stopped:
         agree = sum(row[-1] == "yes" for row in summary)
         lines += ["## Verdicts", "", f"{agree} of {len(summary)} checks agree with the "
-                  "research.", "", _md_table(["claim", "check", "research says", "we measured",
-                                              "agree"], summary), ""]
+                  "research." + (f" Partial (time budget): {', '.join(partial)}." if partial
+                                 else "")
+                  + (f" **Not reported** (the time budget was spent): {', '.join(stopped)}."
+                     if stopped else ""), "",
+                  _md_table(["claim", "check", "research says", "we measured", "agree"],
+                            summary), ""]
     for name, r in results.items():
         mod = claim_module(name)
         stats = r.get("subruns", {})
         lines += [f"## {_TITLES[name]}", "",
                   f"*Mode: {_mode(r)}; {stats.get('ran', 0) + stats.get('cached', 0)} "
                   f"sub-runs, {stats.get('compute_seconds', 0):.0f} s of compute in all, "
-                  f"computed {_where(stats)}.*", "", _summary_paragraph(mod), ""]
-        lines += ["### Verdict", "", _md_table(["check", "research says", "we measured", "agree"],
-                                                _verdict_rows(r)), ""]
-        for t in r.get("tables", []):
-            lines += [f"### {t['title']}", "", _md_table(t["columns"], t["rows"]), ""]
-        for png in mod.plot(r, out):
-            lines += [f"![{name}]({png})", ""]
+                  f"computed {_where(stats)}.*", "", *_budget_line(r),
+                  _summary_paragraph(mod), ""]
+        if not r.get("stopped"):
+            lines += ["### Verdict", "", _md_table(["check", "research says", "we measured",
+                                                    "agree"], _verdict_rows(r)), ""]
+            for t in r.get("tables", []):
+                lines += [f"### {t['title']}", "", _md_table(t["columns"], t["rows"]), ""]
+            for png in mod.plot(r, out):
+                lines += [f"![{name}]({png})", ""]
         cfg = json.dumps(r.get("config", {}), separators=(", ", ": "))
         lines += ["<details><summary>configuration</summary>", "", f"`{cfg}`", "",
                   "</details>", ""]

@@ -301,10 +301,12 @@ def _fit(cfg: SnowflakeConfig, runs: SubRuns) -> dict:
 # ==== the claim =============================================================================
 
 
-def run(cfg: SnowflakeConfig, *, out: Path | None = None, progress: bool = True) -> dict:
+def run(cfg: SnowflakeConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
     """Fit the snowflake; returns the JSON results (figures are drawn by :func:`plot`)."""
     base = common.config_dict(cfg)
-    with SubRuns(CLAIM, out, total=1, progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=1, progress=progress,
+                 deadline=deadline) as runs:
         fit_ = runs("1-Lipschitz MLP on the snowflake", {"claim": CLAIM, **base},
                     lambda: _fit(cfg, runs))
         stats = runs.stats()

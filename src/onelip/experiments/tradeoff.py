@@ -125,14 +125,16 @@ def _sub_run(cfg: TradeoffConfig, sweep: str, value: float, runs: SubRuns) -> di
                     "seconds": time.perf_counter() - t0})
 
 
-def run(cfg: TradeoffConfig, *, out: Path | None = None, progress: bool = True) -> dict:
+def run(cfg: TradeoffConfig, *, out: Path | None = None, progress: bool = True,
+        deadline: float | None = None) -> dict:
     """Run claim 4; returns the JSON results (figures are drawn from them by :func:`plot`)."""
     base = common.config_dict(cfg)
     shared = {k: base[k] for k in ("dataset", "n_train", "n_test", "hidden", "epochs", "lr",
                                    "eps", "eps_table", "eps_max", "seed")}
     total = sum(len(cfg.values(s)) for s in SWEEPS)
     sweeps: dict = {}
-    with SubRuns(CLAIM, out, total=total, progress=progress) as runs:
+    with SubRuns(CLAIM, out, total=total, progress=progress,
+                 deadline=deadline) as runs:
         for sweep in SWEEPS:
             sweeps[sweep] = []
             for value in cfg.values(sweep):
