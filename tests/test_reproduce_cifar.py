@@ -375,6 +375,8 @@ def test_a_claim_with_nothing_at_hand_is_recorded_as_not_reported(claim, tmp_pat
     assert r["subruns"]["not_run"], "the sub-run it stopped at is named"
     report = (out / "report.md").read_text()
     assert "**Not reported: the time budget was spent** with 0 of" in report
+    needs = "at least one" if claim == "pareto" else "all of them"
+    assert f"its report needs {needs}." in report
     assert f"**Not reported** (the time budget was spent): {claim}." in report
     assert "stopped by the time budget" in capsys.readouterr().out
     assert main(["reproduce", "all", "--redraw", "--out", str(out)]) == 0

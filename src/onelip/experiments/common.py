@@ -188,8 +188,8 @@ class ClaimNotRun(Exception):
     """A claim stopped by its time budget before it had enough sub-runs to report on.
     ``stats`` is :meth:`SubRuns.stats` at that point (the finished sub-runs stay cached)."""
 
-    def __init__(self, claim: str, stats: dict):
-        self.claim, self.stats = claim, stats
+    def __init__(self, claim: str, stats: dict, *, needs: str = "all of them"):
+        self.claim, self.stats, self.needs = claim, stats, needs
         super().__init__(f"{claim}: the time budget was spent after {stats['ran']} sub-run(s) "
                          f"ran and {stats['cached']} came from the cache, of {stats['total']}")
 
@@ -310,7 +310,7 @@ class SubRuns:
         """Raise :class:`ClaimNotRun` when no sub-run at all is at hand (all left out by the
         time budget): there is nothing to report on."""
         if self.not_run and self.ran + self.cached == 0:
-            raise ClaimNotRun(self.claim, self.stats())
+            raise ClaimNotRun(self.claim, self.stats(), needs="at least one")
 
     def close(self) -> None:
         if self._bar is not None:

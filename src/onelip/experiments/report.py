@@ -94,7 +94,7 @@ def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
         results = mod.run(cfg, out=out, progress=progress, deadline=deadline)
     except ClaimNotRun as e:
         results = {"claim": name, "config": config_dict(cfg), "stopped": True,
-                   "subruns": e.stats, "tables": [], "verdicts": []}
+                   "needs": e.needs, "subruns": e.stats, "tables": [], "verdicts": []}
     results["mode"] = "quick" if quick else "full"
     if overrides:
         results["overrides"] = sorted(overrides)
@@ -213,8 +213,9 @@ def _budget_line(r: dict) -> list[str]:
     done, total = stats.get("ran", 0) + stats.get("cached", 0), stats.get("total", 0)
     if r.get("stopped"):
         return [f"**Not reported: the time budget was spent** with {done} of {total} sub-runs "
-                "finished (cached under `<claim>/runs/`); this claim needs all of them. The "
-                "same command continues from the cache.", ""]
+                f"finished (cached under `<claim>/runs/`); its report needs "
+                f"{r.get('needs', 'all of them')}. The same command continues from the cache.",
+                ""]
     return [f"**Partial: {done} of {total} sub-runs.** Not run (the time budget was spent; "
             "the same command continues from the cache): " + ", ".join(left) + ". The tables, "
             "figure and verdicts use the sub-runs at hand.", ""]
