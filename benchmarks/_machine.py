@@ -15,14 +15,9 @@ from _peers import REPO
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    from onelip.experiments.common import cpu_model
+
+    return cpu_model() or "unknown"
 
 
 def _version(dist: str) -> str | None:

@@ -101,7 +101,7 @@ def rounded(x: Any, digits: int = 4) -> Any:
     return x
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     """The CPU's model name from ``/proc/cpuinfo`` (None where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -120,7 +120,7 @@ def environment() -> dict:
 
     return {"onelip": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(), "torch_threads": torch.get_num_threads(),
+            "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
