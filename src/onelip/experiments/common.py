@@ -130,7 +130,11 @@ def environment() -> dict:
 
 def data_label(name: str) -> str:
     """A data set's name for reports and figures: ``folder:DIR`` becomes ``folder A/B`` (the
-    last two parts of DIR, not the local path); other names are kept."""
+    last two parts of DIR, not the local path); other names are kept.
+
+    >>> data_label("folder:/home/me/data/cifar10/train"), data_label("mnist-5k")
+    ('folder cifar10/train', 'mnist-5k')
+    """
     if name.startswith("folder:"):
         return "folder " + "/".join(Path(name[len("folder:"):]).parts[-2:])
     return name
