@@ -57,10 +57,11 @@ class SnowflakeConfig:
     """Side of the pixel grid (400: the paper's 160,000 pixels)."""
     extent: float = 1.2
     """The grid covers [−extent, extent]² (the snowflake has circumradius 1)."""
-    hidden: tuple[int, ...] = (256,) * 6
-    """Hidden widths of the 1-Lipschitz MLP (in the probes six layers reached 99.20 % of the
-    pixels after 60 epochs at m = 0.25, four 98.99 % at m = 0.5, and four at m = 0.25 99.25 %
-    after 120 epochs)."""
+    hidden: tuple[int, ...] = (64,) * 32
+    """Hidden widths of the 1-Lipschitz MLP: 32 layers of 64. Deep and narrow fits the grid
+    better and costs less than wide: after 20 epochs, 6 × 256 reached 98.98 % of the pixels
+    (194 s), 10 × 128 99.16 % (95 s), 16 × 64 99.19 % (62 s), 24 × 64 99.22 % (83 s) and
+    24 × 32 99.05 %; after 160 epochs 6 × 256 99.38 % (1,401 s), 32 × 64 99.59 % (944 s)."""
     group_size: int = 4
     """GroupSort group size (2 = MaxMin; 4 fitted the grid better than 2 or 8 in the probes)."""
     loss: str = "hkr"
@@ -68,7 +69,10 @@ class SnowflakeConfig:
     ``"mse"``: mean squared error of f against the exact signed distance s of each pixel (the
     authors' notebook regresses f onto s)."""
     alpha: float = 1000.0
-    """α of the HKR loss (KR + α · hinge)."""
+    """α of the HKR loss (KR + α · hinge). A smaller α weighs the KR term more: f follows the
+    signed distance more closely and places the boundary less exactly (32 × 64, 160 epochs:
+    α = 300 gave 99.48 % of the pixels and corr(f, s) 0.972, α = 1000 99.59 % and 0.952;
+    α = 10⁴ matched α = 1000 after 20 epochs)."""
     margin_pixels: float = 0.25
     """Hinge margin m in pixel steps (0.5 is the largest that neighbouring pixels of opposite
     labels allow a 1-Lipschitz f; 0.25 fitted the grid better than 0.5 or 0.1 in the probes)."""
@@ -314,8 +318,16 @@ def run(cfg: SnowflakeConfig, *, out: Path | None = None, progress: bool = True,
             "verdicts": _verdicts(fit_, cfg), "subruns": stats}
 
 
+def _widths(hidden) -> str:
+    """'32 × 64' for 32 hidden layers of 64, else the list of widths."""
+    hidden = list(hidden)
+    if len(hidden) > 1 and len(set(hidden)) == 1:
+        return f"{len(hidden)} × {hidden[0]}"
+    return str(hidden)
+
+
 def _protocol(cfg: SnowflakeConfig) -> str:
-    return (f"{cfg.grid}×{cfg.grid} grid, MLP {list(cfg.hidden)} OrthoLinear + "
+    return (f"{cfg.grid}×{cfg.grid} grid, MLP {_widths(cfg.hidden)} OrthoLinear + "
             f"{'MaxMin' if cfg.group_size == 2 else f'GroupSort{cfg.group_size}'}, "
             + ("MSE against the signed distance" if cfg.loss == "mse" else
                f"HKR α = {cfg.alpha:g}") + f", m = {cfg.margin_pixels:g} pixel, "
