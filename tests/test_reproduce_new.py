@@ -210,3 +210,29 @@ def test_memorization_reads_an_image_folder_given_by_data(tmp_path, monkeypatch)
     assert r["runs"]["lipschitz"]["num_classes"] == 2
     assert r["runs"]["lipschitz"]["input_features"] == 8 * 8 * 3
     assert "CIFAR-10 JPEG" in r["verdicts"][0]["measured"]
+
+
+def test_each_mlp_trains_at_its_own_learning_rate(tmp_path, monkeypatch):
+    """``lr`` is the 1-Lipschitz MLP's, ``plain_lr`` the unconstrained MLP's: changing one
+    reruns only that network's sub-run."""
+    import onelip.train
+
+    seen: list = []
+    fit = onelip.train.fit
+
+    def spy(model, data, loss, cfg, **kw):
+        seen.append((type(loss).__name__, cfg.lr))
+        return fit(model, data, loss, cfg, **kw)
+
+    monkeypatch.setattr(onelip.train, "fit", spy)
+    out = tmp_path / "claims"
+    base = ["reproduce", "memorization", "--quick", "--out", str(out), "--quiet",
+            "--set", "n_train=60", "--set", "epochs=2", "--set", "hidden=16,16"]
+    assert main([*base, "--set", "lr=2e-4", "--set", "plain_lr=7e-4"]) == 0
+    assert sorted(seen) == [("CrossEntropyLoss", 7e-4), ("TauCrossEntropyLoss", 2e-4)]
+    seen.clear()
+    assert main([*base, "--set", "lr=2e-4", "--set", "plain_lr=5e-4"]) == 0
+    assert seen == [("CrossEntropyLoss", 5e-4)], "the 1-Lipschitz sub-run came from the cache"
+    r = _claim(out, "memorization")
+    assert r["subruns"]["ran"] == 1 and r["subruns"]["cached"] == 1
+    assert "the unconstrained MLP: 0.0005" in r["verdicts"][0]["measured"]
