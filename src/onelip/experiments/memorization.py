@@ -32,7 +32,8 @@ from onelip import data as datasets
 from onelip.experiments import common
 from onelip.experiments.common import SubRuns, Verdict, rounded, table
 
-__all__ = ["CLAIM", "MemorizationConfig", "plot", "random_labels", "run"]
+__all__ = ["CLAIM", "MemorizationConfig", "plot", "random_labels", "run", "tables",
+           "verdicts"]
 
 CLAIM = "memorization"
 TARGET = 0.999
@@ -228,6 +229,11 @@ def _tables(res: dict, cfg: MemorizationConfig) -> list[dict]:
     return [table(f"Training accuracy (%) on random labels by epoch: {_protocol(cfg, lip)}",
                   ["epoch", f"1-Lipschitz ({_loss_name(cfg)})", "unconstrained (ReLU, CE)"],
                   rows)]
+
+
+def tables(results: dict) -> list[dict]:
+    """The tables, recomputed from the stored results alone."""
+    return _tables(results["runs"], common.config_from(MemorizationConfig, results["config"]))
 
 
 def verdicts(results: dict) -> list[dict]:

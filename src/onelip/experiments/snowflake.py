@@ -38,7 +38,7 @@ from onelip.experiments import common
 from onelip.experiments.common import SubRuns, Verdict, rounded, table
 
 __all__ = ["CLAIM", "SnowflakeConfig", "koch_snowflake", "plot", "run", "signed_distance",
-           "train_focused"]
+           "tables", "train_focused", "verdicts"]
 
 CLAIM = "snowflake"
 ACC_TARGET = 0.995
@@ -357,11 +357,20 @@ def _tables(r: dict, cfg: SnowflakeConfig) -> list[dict]:
                                                    "target"], rows)]
 
 
+def _stored_config(results: dict) -> SnowflakeConfig:
+    """The config of stored results (results stored before ``focus`` existed trained on
+    uniform epochs: focus 0)."""
+    return common.config_from(SnowflakeConfig, {"focus": 0.0, **results["config"]})
+
+
+def tables(results: dict) -> list[dict]:
+    """The tables, recomputed from the stored results alone."""
+    return _tables(results["fit"], _stored_config(results))
+
+
 def verdicts(results: dict) -> list[dict]:
-    """The verdict rows, recomputed from the stored results alone (results stored before
-    ``focus`` existed trained on uniform epochs: focus 0)."""
-    cfg = common.config_from(SnowflakeConfig, {"focus": 0.0, **results["config"]})
-    return _verdicts(results["fit"], cfg)
+    """The verdict rows, recomputed from the stored results alone."""
+    return _verdicts(results["fit"], _stored_config(results))
 
 
 def _verdicts(r: dict, cfg: SnowflakeConfig) -> list[dict]:
