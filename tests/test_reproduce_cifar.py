@@ -381,3 +381,14 @@ def test_a_claim_with_nothing_at_hand_is_recorded_as_not_reported(claim, tmp_pat
     assert "stopped by the time budget" in capsys.readouterr().out
     assert main(["reproduce", "all", "--redraw", "--out", str(out)]) == 0
     assert not list((out / claim / "runs").glob("*.json")), "nothing trained"
+
+
+def test_a_spent_budget_keeps_a_claim_reported_before(tmp_path, capsys):
+    out = tmp_path / "claims"
+    base = ["reproduce", "memorization", "--quick", "--out", str(out), "--quiet",
+            "--set", "n_train=60", "--set", "epochs=2", "--set", "hidden=16,16"]
+    assert main(base) == 0
+    before = (out / "results.json").read_text()
+    assert main([*base[:-2], "--set", "hidden=8,8", "--budget", "0"]) == 0
+    assert "keeps its earlier report" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before, "the earlier report was replaced"

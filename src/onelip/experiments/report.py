@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from importlib import import_module
 from pathlib import Path
@@ -104,6 +105,12 @@ def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         merged = _load(out)
+        if results.get("stopped") and name in merged and not merged[name].get("stopped"):
+            # a budget that ran out does not erase a claim reported before (its sub-runs and
+            # the earlier results stay; the same command continues from the cache)
+            print(f"{name}: not reported (the time budget was spent); {out / RESULTS} keeps "
+                  "its earlier report of this claim", file=sys.stderr)
+            return results
         merged[name] = results
         _save(out, {k: merged[k] for k in CLAIMS if k in merged})
         write_report(merged, out)
