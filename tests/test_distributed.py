@@ -118,3 +118,38 @@ def test_nproc_is_stripped_and_single_process_is_unchanged():
     assert torch.allclose(freq, torch.tensor([2 / 6, 1 / 6, 3 / 6], dtype=torch.float64))
     freq = ctx.frequency(torch.zeros(4, 1), torch.tensor([-1, 1, 1, 1]))
     assert freq.tolist() == [0.25, 0.75]
+
+
+def _loss_classes():
+    from onelip import losses
+
+    return [getattr(losses, name) for name in losses.__all__]
+
+
+@pytest.mark.parametrize("cls", _loss_classes(), ids=lambda c: c.__name__)
+def test_each_loss_declares_whether_it_takes_frequency(cls):
+    """The declaration Context reads (``takes_frequency``) is what ``forward`` accepts: the
+    KR and HKR losses take the global class frequencies, the others do not."""
+    import inspect
+
+    declared = cls.takes_frequency
+    accepts = "frequency" in inspect.signature(cls.forward).parameters
+    assert declared is accepts, f"{cls.__name__}: declares {declared}, forward takes {accepts}"
+    assert distributed.Context._frequency_kw(cls()) is declared
+    assert declared is (cls.__name__ in {"KRLoss", "HKRLoss", "MulticlassKRLoss",
+                                         "MulticlassHKRLoss"}), cls.__name__
+
+
+def test_a_loss_gets_frequency_only_if_it_declares_it():
+    """A loss of one's own whose forward happens to take ``frequency`` is not sniffed: without
+    ``takes_frequency = True`` it is called without it."""
+
+    class Undeclared(torch.nn.Module):
+        def forward(self, input, target, *, frequency=None):
+            return input.sum()
+
+    class Declared(Undeclared):
+        takes_frequency = True
+
+    assert not distributed.Context._frequency_kw(Undeclared())
+    assert distributed.Context._frequency_kw(Declared())

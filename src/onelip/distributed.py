@@ -26,7 +26,6 @@ weights. Only rank 0 shows progress and writes files.
 
 from __future__ import annotations
 
-import inspect
 import os
 from contextlib import contextmanager
 from typing import Iterator
@@ -137,7 +136,6 @@ class Context:
         if self.active and dev.type == "cuda":
             dev = torch.device("cuda", _local_rank())
         self.device = dev
-        self._takes_frequency: dict[type, bool] = {}
 
     @property
     def is_main(self) -> bool:
@@ -182,15 +180,12 @@ class Context:
             torch.distributed.all_reduce(counts)
         return counts / counts.sum().clamp_min(1)
 
-    def _frequency_kw(self, loss: nn.Module) -> bool:
-        cls = type(loss)
-        if cls not in self._takes_frequency:
-            try:
-                params = inspect.signature(loss.forward).parameters
-            except (TypeError, ValueError):
-                params = {}
-            self._takes_frequency[cls] = "frequency" in params
-        return self._takes_frequency[cls]
+    @staticmethod
+    def _frequency_kw(loss: nn.Module) -> bool:
+        """Whether ``loss`` takes ``frequency=``: what it declares by its class attribute
+        ``takes_frequency`` (True on the KR and HKR losses of :mod:`onelip.losses`; a loss
+        that does not declare it is called without)."""
+        return bool(getattr(type(loss), "takes_frequency", False))
 
     def loss(self, loss: nn.Module, out: Tensor, target: Tensor,
              n_global: int) -> tuple[Tensor, Tensor]:
@@ -198,7 +193,8 @@ class Context:
         float64 scalar tensor: no host synchronisation).
 
         One process: ``loss(out, target)`` unchanged. Distributed: the loss of the shard with
-        the global class frequencies (if the loss takes ``frequency=``), weighted so that
+        the global class frequencies (``frequency=``, for a loss that declares
+        ``takes_frequency = True``: see :mod:`onelip.losses`), weighted so that
         DDP's average of the ranks' gradients is the gradient of the global-batch loss.
         """
         n_local = target.shape[0]

@@ -22,6 +22,12 @@ deel-torchlip τ-CE            TauCrossEntropyLoss(tau=τ) / τ
 ============================  =========================================================
 
 Every loss takes ``reduction="mean" | "sum" | "none"``; ``"none"`` returns shape (N,).
+The KR losses (and HKR) also take ``frequency=`` in ``forward``: the class frequencies of the
+whole batch when it is split across processes. They say so by the class attribute
+``takes_frequency = True``, which :meth:`onelip.distributed.Context.loss` reads (it is False
+on the others); a loss of your own whose ``forward`` takes ``frequency=`` declares it the same
+way, or it is called without it.
+
 Binary losses take scores of shape (N,) or (N, 1) and labels all in {0, 1} or all in
 {−1, +1} (int, float or bool; 1 is the positive class), the rule :mod:`onelip.certify` also
 applies; other values (2, 0.5, a mix of 0 and −1) are a ValueError. Multiclass losses take
@@ -29,6 +35,8 @@ scores (N, K) and integer labels in [0, K).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -48,6 +56,8 @@ __all__ = [
 
 class _Loss(nn.Module):
     reduction: str
+    # True where forward(input, target, *, frequency=None) takes the global class frequencies
+    takes_frequency: ClassVar[bool] = False
 
     def __init__(self, *, reduction: str = "mean") -> None:
         super().__init__()
@@ -63,6 +73,8 @@ class KRLoss(_Loss):
 
     Shape: input (N,) or (N, 1); target (N,). Output: scalar, or (N,) if ``"none"``.
     """
+
+    takes_frequency: ClassVar[bool] = True
 
     def forward(self, input: Tensor, target: Tensor, *, frequency: Tensor | None = None) -> Tensor:
         return F.kr_loss(input, target, reduction=self.reduction, frequency=frequency)
@@ -83,6 +95,8 @@ class HingeLoss(_Loss):
 class HKRLoss(_Loss):
     r"""Hinge-KR: :math:`\mathcal L_{KR} + \alpha\,\mathcal L_m`."""
 
+    takes_frequency: ClassVar[bool] = True
+
     def __init__(self, alpha: float = 10.0, margin: float = 1.0, *,
                  reduction: str = "mean") -> None:
         super().__init__(reduction=reduction)
@@ -101,6 +115,8 @@ class MulticlassKRLoss(_Loss):
 
     Shape: input (N, K), target (N,) in [0, K).
     """
+
+    takes_frequency: ClassVar[bool] = True
 
     def forward(self, input: Tensor, target: Tensor, *, frequency: Tensor | None = None) -> Tensor:
         return F.multiclass_kr_loss(input, target, reduction=self.reduction, frequency=frequency)
@@ -126,6 +142,8 @@ class MulticlassHingeLoss(_Loss):
 
 class MulticlassHKRLoss(_Loss):
     r"""Multiclass HKR: :class:`MulticlassKRLoss` + α · :class:`MulticlassHingeLoss`."""
+
+    takes_frequency: ClassVar[bool] = True
 
     def __init__(self, alpha: float = 10.0, margin: float = 1.0, *, mode: str = "one_vs_all",
                  reduction: str = "mean") -> None:
