@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=nonneg_float, default=10.0, help="HKR weight of the hinge")
     p.add_argument("--margin", type=nonneg_float, default=1.0, help="hinge margin m (full)")
     p.add_argument("--tau", type=positive_float, default=8.0, help="τ of cross-entropy")
-    p.add_argument("--hinge-mode", default="top2", choices=["top2", "one_vs_all"],
+    p.add_argument("--hinge-mode", default="one_vs_all", choices=["top2", "one_vs_all"],
                    help="multiclass hinge on the top-2 margin or one-vs-all")
     p.add_argument("--epochs", type=positive_int, default=20, help="passes over the data")
     p.add_argument("--batch-size", type=positive_int, default=128, help="samples per step")
