@@ -371,7 +371,8 @@ def test_hyperparameter_errors():
 def test_build_loss():
     assert isinstance(L.build_loss("hkr", num_classes=1), L.HKRLoss)
     assert isinstance(L.build_loss("hinge", num_classes=10), L.MulticlassHingeLoss)
-    assert L.build_loss("hinge", num_classes=10).mode == "top2"
+    assert L.build_loss("hinge", num_classes=10).mode == "one_vs_all"
+    assert L.build_loss("hinge", num_classes=10, hinge_mode="top2").mode == "top2"
     assert isinstance(L.build_loss("ce", num_classes=3, tau=2.0), L.TauCrossEntropyLoss)
     with pytest.raises(ValueError, match="needs K >= 2"):
         L.build_loss("ce", num_classes=1)
@@ -387,3 +388,26 @@ def test_losses_in_float64_stay_float64():
     for name, fn in BINARY.items():
         assert fn(fb.double(), yb, "mean").dtype == torch.float64, name
     assert math.isfinite(float(OF.kr_loss(fb.double(), yb)))
+
+
+def test_one_default_hinge_mode():
+    """The multiclass hinge has one default mode, the paper's (one-vs-all with the full margin),
+    wherever it can be chosen: the functional form, both loss classes, build_loss and
+    ``onelip train --hinge-mode``."""
+    import inspect
+
+    from onelip.cli import build_parser
+
+    mode = inspect.signature(L.MulticlassHingeLoss).parameters["mode"].default
+    assert mode == "one_vs_all"
+    defaults = {
+        "multiclass_hinge_loss": inspect.signature(OF.multiclass_hinge_loss)
+        .parameters["mode"].default,
+        "multiclass_hkr_loss": inspect.signature(OF.multiclass_hkr_loss)
+        .parameters["mode"].default,
+        "MulticlassHKRLoss": inspect.signature(L.MulticlassHKRLoss).parameters["mode"].default,
+        "build_loss": inspect.signature(L.build_loss).parameters["hinge_mode"].default,
+        "onelip train --hinge-mode": build_parser().parse_args(
+            ["train", "--data", "two-moons"]).hinge_mode,
+    }
+    assert all(d == mode for d in defaults.values()), f"{mode=} but {defaults}"

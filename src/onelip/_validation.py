@@ -118,5 +118,6 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
 
 
 def check_finite(name: str, x: Tensor) -> None:
+    """ValueError unless every value of ``x`` is finite (no NaN, no ±inf)."""
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values; clean the input first")

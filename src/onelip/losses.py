@@ -176,8 +176,9 @@ class TauCrossEntropyLoss(_Loss):
 
 
 def build_loss(name: str, *, num_classes: int, alpha: float = 10.0, margin: float = 1.0,
-               tau: float = 8.0, hinge_mode: str = "top2") -> _Loss:
-    """The loss named ``name`` (kr, hinge, hkr, ce) for a problem with ``num_classes``."""
+               tau: float = 8.0, hinge_mode: str = "one_vs_all") -> _Loss:
+    """The loss named ``name`` (kr, hinge, hkr, ce) for a problem with ``num_classes``;
+    ``hinge_mode`` as the multiclass hinge's ``mode`` (the same default)."""
     binary = num_classes == 1  # one output: a binary classifier sign(f)
     names = ("kr", "hinge", "hkr", "ce")
     if name not in names:

@@ -31,8 +31,13 @@ better, whatever the ambient autocast: they certify the float32 model, not an au
 :func:`certified_accuracy` (certify ``model.float()``); lower-precision logits given to the
 radius functions are upcast (exactly) before any arithmetic.
 
+**All at once.** :func:`evaluate` gives what ``onelip certify`` prints and saves: the clean,
+certified and last-layer certified accuracy on the same points, and optionally the attack and
+the certified accuracy of the points it attacked (a :class:`CertifyReport`).
+
 Modules: :mod:`.radius` (radii from logits), :mod:`.bounds` (upper and lower Lipschitz
-bounds), :mod:`.accuracy` (certified accuracy), :mod:`.attack` (the empirical check).
+bounds), :mod:`.accuracy` (certified accuracy), :mod:`.attack` (the empirical check),
+:mod:`.report` (:func:`evaluate`, all of them on one set of points).
 """
 
 from __future__ import annotations
@@ -41,13 +46,18 @@ from onelip.certify.accuracy import certified_accuracy
 from onelip.certify.attack import AttackResult, attack_l2
 from onelip.certify.bounds import estimate_lipschitz, lipschitz_bound, split_last_linear
 from onelip.certify.radius import certified_radius, last_layer_radius
+from onelip.certify.report import AttackReport, AttackSettings, CertifyReport, evaluate
 
 __all__ = [
+    "AttackReport",
     "AttackResult",
+    "AttackSettings",
+    "CertifyReport",
     "attack_l2",
     "certified_accuracy",
     "certified_radius",
     "estimate_lipschitz",
+    "evaluate",
     "last_layer_radius",
     "lipschitz_bound",
     "split_last_linear",

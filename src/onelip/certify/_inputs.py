@@ -12,7 +12,12 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import Tensor
 
-from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
+from onelip._validation import (
+    binary_scores_and_signs,
+    check_finite,
+    class_indices,
+    is_binary_output,
+)
 
 # Floating dtypes too coarse for a certificate: (b)float16 and the float8 types.
 _MIN_BITS = 32
@@ -31,7 +36,7 @@ def at_least_float32(t: Tensor) -> Tensor:
 
 
 @contextmanager
-def full_precision(*tensors: Tensor) -> Iterator[None]:
+def no_autocast_for(*tensors: Tensor) -> Iterator[None]:
     """Switch off any ambient ``torch.autocast`` for the CPU and for the devices of
     ``tensors`` (the ones the computation runs on), restored on exit."""
     types = {"cpu"} | {t.device.type for t in tensors if isinstance(t, Tensor)}
@@ -95,8 +100,7 @@ def check_points(x: object) -> Tensor:
         raise TypeError(f"Expected x to be a torch.Tensor, but got {type(x).__name__}")
     if x.dim() < 1:
         raise ValueError("Expected x of shape (N, *input_shape), but got a 0-d tensor")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values; clean the input first")
+    check_finite("x", x)
     return x
 
 

@@ -15,8 +15,8 @@ from onelip.certify._inputs import (
     check_model_precision,
     check_points,
     check_positive_int,
-    full_precision,
     low_precision,
+    no_autocast_for,
 )
 from onelip.certify.bounds import lipschitz_bound, split_last_linear
 from onelip.certify.radius import certified_radius, last_layer_radius
@@ -71,7 +71,7 @@ def certified_accuracy(model: nn.Module, x: Tensor, y: Tensor,
     dtype = check_model_precision(model)
     if x.is_floating_point() and low_precision(x.dtype):
         x = x.to(dtype or torch.float32)
-    with eval_mode(model), full_precision(x):
+    with eval_mode(model), no_autocast_for(x):
         if method == "margin":
             lip = lipschitz_bound(model) if lipschitz is None else lipschitz
             logits = torch.cat([model(x[s]) for s in _batches(x, batch_size)])

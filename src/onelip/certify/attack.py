@@ -15,7 +15,7 @@ from onelip.certify._inputs import (
     check_points,
     check_positive_int,
     checked_labels,
-    full_precision,
+    no_autocast_for,
 )
 from onelip.nn import eval_mode
 
@@ -93,7 +93,7 @@ def attack_l2(model: nn.Module, x: Tensor, y: Tensor, *, max_eps: float = 3.0,
     if not (overshoot >= 0 and math.isfinite(overshoot)):
         raise ValueError(f"Expected a non-negative finite overshoot, but got "
                          f"overshoot={overshoot}")
-    with full_precision(x):
+    with no_autocast_for(x):
         return _attack(model, x, y, max_eps=max_eps, steps=steps, restarts=restarts,
                        bisection=bisection, deepfool_steps=deepfool_steps,
                        overshoot=overshoot, seed=seed)

@@ -10,8 +10,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from onelip.certify._inputs import full_precision
-from onelip.nn import check_bound_applies, eval_mode, export_tree
+from onelip.certify._inputs import no_autocast_for
+from onelip.nn import LipschitzModule, check_bound_applies, eval_mode, export_tree
 from onelip.nn.sequential import module_lipschitz_bound
 
 __all__ = ["estimate_lipschitz", "lipschitz_bound", "split_last_linear"]
@@ -34,7 +34,8 @@ def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | Non
     """
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         return None
-    check_bound_applies(model)
+    if isinstance(model, LipschitzModule):  # a plain nn.Sequential states no bound to check
+        check_bound_applies(model)
     if type(model).forward is not nn.Sequential.forward:
         return None  # not the composition of its children: body @ W is another function
     last = model[-1]
@@ -51,7 +52,7 @@ def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | Non
 def lipschitz_bound(model: nn.Module) -> float:
     """A certified upper bound of the model's L2 Lipschitz constant (eval mode), computed with
     any ambient ``torch.autocast`` switched off (see :mod:`onelip.certify`)."""
-    with eval_mode(model), full_precision(*model.parameters(), *model.buffers()):
+    with eval_mode(model), no_autocast_for(*model.parameters(), *model.buffers()):
         return module_lipschitz_bound(model)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from onelip._validation import is_binary_output
-from onelip.certify._inputs import at_least_float32, checked_labels, full_precision
+from onelip.certify._inputs import at_least_float32, checked_labels, no_autocast_for
 
 __all__ = ["certified_radius", "last_layer_radius"]
 
@@ -40,7 +40,7 @@ def certified_radius(logits: Tensor, labels: Tensor | None = None, *,
     _check_lipschitz(lipschitz)
     _check_logits(logits)
     logits = at_least_float32(logits)
-    with full_precision(logits):
+    with no_autocast_for(logits):
         if is_binary_output(logits):
             if labels is None:
                 return logits.reshape(-1).abs() / lipschitz
@@ -83,7 +83,7 @@ def last_layer_radius(logits: Tensor, weight: Tensor, labels: Tensor | None = No
         raise ValueError(f"Expected weight of shape ({logits.shape[1]}, D) for "
                          f"{logits.shape[1]} classes, but got {shape}")
     logits = at_least_float32(logits)
-    with full_precision(logits):
+    with no_autocast_for(logits):
         c = logits.argmax(1) if labels is None else checked_labels(logits, labels)
         w = weight.detach().to(device=logits.device, dtype=logits.dtype)
         diff_norm = torch.cdist(w[None], w[None])[0]  # (K, K): ‖w_i − w_j‖

@@ -74,14 +74,14 @@ def _read_results(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Certified accuracy of a run on its test split (and an attack that checks it)."""
-    import torch
+    # The numbers are onelip.certify.evaluate's; this command loads the run and its data,
+    # prints them as a table and keeps them in the results file.
     from rich.console import Console
     from rich.table import Table
 
     from onelip import certify, runs
     from onelip import data as datasets
     from onelip._io import unwritable_reason
-    from onelip._validation import is_binary_output
 
     target = args.out if args.out is not None else args.run / RESULTS
     if args.out is not None:  # asked for explicitly: refuse before computing anything
@@ -105,74 +105,42 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the test split of {data_name} is empty: nothing to certify; pass "
                        "--data with a data set that has test points")
     eps = sorted(set(args.eps))
-    bound = certify.lipschitz_bound(model)
-    res = certify.certified_accuracy(model, x, y, eps, lipschitz=bound)
-    result: dict = {
-        "data": data_name, "n_test": int(x.shape[0]), "lipschitz_bound": bound,
-        "clean": res["clean"],
-        "certified": {str(e): v for e, v in res["certified"].items()},
-    }
-    split = certify.split_last_linear(model)
-    if split is not None:
-        ll = certify.certified_accuracy(model, x, y, eps, method="last_layer")
-        result["certified_last_layer"] = {str(e): v for e, v in ll["certified"].items()}
-        ok = (res["radii"] > 0)
-        gain = (ll["radii"][ok] / res["radii"][ok]).median() if ok.any() else torch.tensor(1.0)
-        result["last_layer_median_gain"] = float(gain)
-    if args.attack:
-        n = min(args.attack_points, x.shape[0])
-        att = certify.attack_l2(model, x[:n], y[:n], max_eps=max(eps) * 2 + 0.5,
-                                steps=args.attack_steps, restarts=2, bisection=8)
-        r = res["radii"][:n]  # the certificates of the attacked points
-        correct = r > 0
-        result["attack"] = {
-            "points": n,
-            "clean_same_points": float(correct.float().mean()),
-            "robust": {str(e): att.robust_accuracy(e, correct) for e in eps},
-            "certified_same_points": {str(e): float((r > e).float().mean()) for e in eps},
-        }
-        found = correct & torch.isfinite(att.min_norm)
-        ratio = att.min_norm[found] / r[found]
-        if ratio.numel():
-            result["attack"]["median_adv_over_radius"] = float(ratio.median())
-            result["attack"]["violations"] = int((ratio < 1 - 1e-4).sum())
+    attack = (certify.AttackSettings(points=args.attack_points, steps=args.attack_steps)
+              if args.attack else None)
+    report = certify.evaluate(model, x, y, eps=eps, attack=attack)
+    result: dict = {"data": data_name, **report.to_dict()}
     key, settings = _settings(data_name, eps, args)
     result = {"settings": settings, **result}
 
-    n_test = int(x.shape[0])
+    n_test = report.n
     table = Table(title=f"{args.run} on {data_name} {args.split} ({n_test} points), "
-                        f"L ≤ {bound:.4f}")
+                        f"L ≤ {report.lipschitz_bound:.4f}")
     table.add_column("ε")
-    with torch.no_grad():  # radius |f|/L for one output; multiclass: margin/(√2 L)
-        binary = is_binary_output(model(x[:1]))
-    kind = "|f|/L" if binary else "margin/(√2 L)"
+    kind = "|f|/L" if report.binary else "margin/(√2 L)"
+    last_layer, att = report.certified_last_layer, report.attack
     table.add_column(f"certified ({kind})\nall {n_test} pts")
-    if "certified_last_layer" in result:
+    if last_layer is not None:
         table.add_column(f"certified (last layer)\nall {n_test} pts")
-    if args.attack:  # both on the attacked points, so that they compare
-        n = result["attack"]["points"]
-        table.add_column(f"certified ({kind})\nfirst {n} pts (attacked)")
-        table.add_column(f"empirical robust\nfirst {n} pts (attacked)")
-    attack_clean = (2 * [f"{result['attack']['clean_same_points']:.2%}"] if args.attack
-                    else [])
-    table.add_row("0 (clean)", f"{res['clean']:.2%}",
-                  *([f"{res['clean']:.2%}"] if "certified_last_layer" in result else []),
-                  *attack_clean)
+    if att is not None:  # both on the attacked points, so that they compare
+        table.add_column(f"certified ({kind})\nfirst {att.points} pts (attacked)")
+        table.add_column(f"empirical robust\nfirst {att.points} pts (attacked)")
+    table.add_row("0 (clean)", f"{report.clean:.2%}",
+                  *([f"{report.clean:.2%}"] if last_layer is not None else []),
+                  *(2 * [f"{att.clean_same_points:.2%}"] if att is not None else []))
     for e in eps:
-        row = [f"{e:g}", f"{res['certified'][e]:.2%}"]
-        if "certified_last_layer" in result:
-            row.append(f"{result['certified_last_layer'][str(e)]:.2%}")
-        if args.attack:
-            row.append(f"{result['attack']['certified_same_points'][str(e)]:.2%}")
-            row.append(f"{result['attack']['robust'][str(e)]:.2%}")
+        row = [f"{e:g}", f"{report.certified[e]:.2%}"]
+        if last_layer is not None:
+            row.append(f"{last_layer[e]:.2%}")
+        if att is not None:
+            row.append(f"{att.certified_same_points[e]:.2%}")
+            row.append(f"{att.robust[e]:.2%}")
         table.add_row(*row)
     console = Console(width=120)
     console.print(table)
-    att_res = result.get("attack", {})
-    if "median_adv_over_radius" in att_res:
-        console.print(f"attack on {att_res['points']} points: median(adversarial norm / certified "
-                      f"radius) = {att_res['median_adv_over_radius']:.3f} (1 = tight); "
-                      f"certificates violated: {att_res['violations']}")
+    if att is not None and att.median_adv_over_radius is not None:
+        console.print(f"attack on {att.points} points: median(adversarial norm / certified "
+                      f"radius) = {att.median_adv_over_radius:.3f} (1 = tight); "
+                      f"certificates violated: {att.violations}")
     _write(target, key, result, explicit=args.out is not None)
     return 0
 
