@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from onelip import __version__, arch, models
-from onelip._errors import CheckpointError, OutputError
+from onelip._errors import Argument, CheckpointError, OutputError
 from onelip._io import (
     _umask,
     atomic_path,
@@ -80,6 +80,10 @@ RUN_FILES = frozenset({WEIGHTS, CONFIG, CHECKPOINT, "metrics.json", "certify.jso
 """The files a run folder may hold (``onelip train`` and ``onelip certify`` write them): a
 folder holding any other is never replaced."""
 _STATE_FORMAT = "onelip-train-state/1"
+# The arguments the messages of check_target, new_run and resumable_run tell the user to change
+# (a front end spells them its own way: onelip train's --out, --force).
+_PATH = Argument("path")
+_OVERWRITE = Argument("overwrite", "overwrite=True")
 CUSTOM = "custom"
 """``model.name`` of a run whose network is described by its module tree."""
 _DIGEST_KEY = "model_sha256"  # in the safetensors metadata: the digest of the model section
@@ -101,8 +105,7 @@ def is_run_folder(path: str | Path) -> bool:
     return isinstance(cfg, dict) and "onelip_version" in cfg
 
 
-def check_target(path: str | Path, *, overwrite: bool = False, flag: str = "overwrite=True",
-                 option: str = "path") -> Path:
+def check_target(path: str | Path, *, overwrite: bool = False) -> Path:
     """Raise :class:`~onelip._errors.OutputError` unless a run can be written at ``path``;
     returns ``path``.
 
@@ -110,42 +113,42 @@ def check_target(path: str | Path, *, overwrite: bool = False, flag: str = "over
     folder only with ``overwrite``. Never the current folder or one above it, a file, a
     symbolic link, or a folder that is not a run folder (or holds sub-folders, or files that
     no run writes: :data:`RUN_FILES`), whatever ``overwrite``; and the folder it goes in must
-    be writable (probed). ``flag`` and ``option`` name the overwrite switch and the path in
-    messages (``--force``, ``--out``).
+    be writable (probed). The messages name the arguments ``path`` and ``overwrite`` as
+    :class:`~onelip._errors.Argument` parts (``onelip train`` shows ``--out``, ``--force``).
     """
     path = Path(path)
     full = Path(os.path.abspath(path))
     cwd, real = Path.cwd().resolve(), path.resolve()
     if real == cwd or real in cwd.parents:
         raise OutputError(f"{path} is the current folder or a folder above it; a run needs a "
-                          f"folder of its own: choose another {option}, e.g. runs/NAME")
+                          "folder of its own: choose another ", _PATH, ", e.g. runs/NAME")
     if path.is_symlink():
-        raise OutputError(f"{path} is a symbolic link; give the folder it points to as {option}")
+        raise OutputError(f"{path} is a symbolic link; give the folder it points to as ", _PATH)
     if path.exists():
         if not path.is_dir():
-            raise OutputError(f"{path} is a file, not a run folder; choose another {option}")
+            raise OutputError(f"{path} is a file, not a run folder; choose another ", _PATH)
         entries = list(path.iterdir())
         if entries:
             if not is_run_folder(path):
                 raise OutputError(
                     f"{path} exists and is not a onelip run folder (no config.json with an "
-                    f"onelip_version and model.safetensors)"
-                    + (f"; {flag} replaces only run folders" if overwrite else "")
-                    + f": choose another {option}")
+                    "onelip_version and model.safetensors)",
+                    *(("; ", _OVERWRITE, " replaces only run folders") if overwrite else ()),
+                    ": choose another ", _PATH)
             folders = sorted(e.name for e in entries if e.is_dir())
             if folders:
                 raise OutputError(f"{path} holds folders that no run writes "
-                                  f"({', '.join(folders[:3])}); move them or choose another "
-                                  f"{option}")
+                                  f"({', '.join(folders[:3])}); move them or choose another ",
+                                  _PATH)
             others = sorted(e.name for e in entries if e.name not in RUN_FILES)
             if others:  # a user's file saved in the run: replacing the run would delete it
                 raise OutputError(f"{path} holds files that no run writes "
                                   f"({', '.join(others[:3])}"
                                   f"{', ...' if len(others) > 3 else ''}); move them or "
-                                  f"choose another {option}")
+                                  "choose another ", _PATH)
             if not overwrite:
-                raise OutputError(f"{path} already exists; choose another {option} or pass "
-                                  f"{flag} to overwrite it")
+                raise OutputError(f"{path} already exists; choose another ", _PATH,
+                                  " or pass ", _OVERWRITE, " to overwrite it")
     reason = unwritable_reason(full.parent)
     if reason is not None:
         raise OutputError(f"cannot write a run at {path}: {reason}")
@@ -153,8 +156,7 @@ def check_target(path: str | Path, *, overwrite: bool = False, flag: str = "over
 
 
 @contextmanager
-def new_run(path: str | Path, *, overwrite: bool = False, flag: str = "overwrite=True",
-            option: str = "path") -> Iterator[Path]:
+def new_run(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a new empty folder beside ``path``; when the block succeeds it becomes ``path``.
 
     ``path`` is checked first (:func:`check_target`) and again before the rename. If the
@@ -172,13 +174,12 @@ def new_run(path: str | Path, *, overwrite: bool = False, flag: str = "overwrite
         'hello'
     """
     path = Path(path)
-    check_target(path, overwrite=overwrite, flag=flag, option=option)
+    check_target(path, overwrite=overwrite)
     full = Path(os.path.abspath(path))
     full.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
-    with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite, flag=flag,
-                        option=option):
+    with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite):
         yield tmp
 
 
@@ -193,7 +194,7 @@ def _finished_into(tmp: Path, path: Path, *, keep: Callable[[], bool], **target)
         try:
             check_target(path, **target)
         except OutputError as e:
-            raise _Kept(f"{e}; the new run is kept in {tmp}") from None
+            raise _Kept(*e.parts, f"; the new run is kept in {tmp}") from None
         _commit(tmp, Path(os.path.abspath(path)))
     except _Kept:
         raise
@@ -233,8 +234,8 @@ def discard_partial(path: str | Path) -> None:
 
 
 @contextmanager
-def resumable_run(path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                  flag: str = "overwrite=True", option: str = "path") -> Iterator[Path]:
+def resumable_run(path: str | Path, *, overwrite: bool = False,
+                  resume: bool = False) -> Iterator[Path]:
     """:func:`new_run` for a run that may be killed and resumed: yield the fixed folder
     :func:`partial_path` of ``path`` (created, or the existing one with ``resume``); when the
     block succeeds it becomes ``path`` (an existing run replaced only with ``overwrite``).
@@ -246,7 +247,7 @@ def resumable_run(path: str | Path, *, overwrite: bool = False, resume: bool = F
     discarded); one killed before its first checkpoint is replaced.
     """
     path = Path(path)
-    check_target(path, overwrite=overwrite, flag=flag, option=option)
+    check_target(path, overwrite=overwrite)
     tmp = partial_path(path)
     if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
         raise OutputError(f"{tmp} is in the way of the run {path} (not a folder); move it")
@@ -254,15 +255,16 @@ def resumable_run(path: str | Path, *, overwrite: bool = False, resume: bool = F
         shutil.rmtree(tmp)  # killed before its first checkpoint: nothing to resume
     if tmp.exists() and not resume:
         if not overwrite:
-            raise OutputError(f"an unfinished run of {path} is in {tmp}; resume it with "
-                              f"--resume {path} or pass {flag} to start over")
+            raise OutputError(f"an unfinished run of {path} is in {tmp}; resume it with ",
+                              Argument("resume", "resume=True", value=path), " or pass ",
+                              _OVERWRITE, " to start over")
         shutil.rmtree(tmp)
     if not tmp.exists():
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         os.chmod(tmp, 0o777 & ~_umask())
     with _finished_into(tmp, path, keep=lambda: (tmp / CHECKPOINT).is_file(),
-                        overwrite=overwrite, flag=flag, option=option):
+                        overwrite=overwrite):
         yield tmp
 
 
@@ -450,8 +452,9 @@ def load_config(path: str | Path) -> dict:
     digests: :func:`load` verifies those)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"No run folder at {path}; train one with "
-                              f"`onelip train --out {path}`")
+        raise CheckpointError(f"No run folder at {path}; ",
+                              Argument("train_run", "train one and write it there "
+                                       "(onelip.runs.write_model)", value=path))
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a run folder (expected a directory)")
     cfg_path = path / CONFIG

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from onelip import __version__
 from onelip._errors import CheckpointError
 from onelip.cli import certify, export, inspect, reproduce, train
-from onelip.cli._common import CLIError, Parser
+from onelip.cli._common import CLIError, Parser, error_text
 
 __all__ = ["COMMANDS", "CLIError", "build_parser", "main"]
 
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    return " ".join(error_text(e).split()) or type(e).__name__

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from types import MappingProxyType
+from typing import Any, Callable
 
-__all__ = ["MAX_EPS", "CLIError", "HelpFormatter", "Parser", "device", "eps_float",
-           "nonneg_float", "positive_float", "positive_int", "set_item", "typed_value", "warn"]
+__all__ = ["FLAGS", "MAX_EPS", "CLIError", "HelpFormatter", "LazyDefault", "Parser", "device",
+           "eps_float", "error_text", "nonneg_float", "positive_float", "positive_int",
+           "set_item", "typed_value", "warn"]
 
 MAX_EPS = 1e6
 """Largest ``--eps``: an L2 radius in input units (inputs are in [0, 1] or standardised)."""
@@ -18,11 +21,54 @@ class CLIError(Exception):
     """A user error: printed as one line ``onelip: error: ...``, exit status 2."""
 
 
+FLAGS = MappingProxyType({
+    "lr": "--lr",
+    "amp": "--amp",
+    "epochs": "--epochs {value}",
+    "path": "--out",
+    "overwrite": "--force",
+    "resume": "--resume {value}",
+    "train_run": "train one with `onelip train --out {value}`",
+})
+"""Library argument (:class:`onelip._errors.Argument` ``name``) -> how the command line says
+it, in the messages of the library errors the CLI shows (``{value}``: the argument's value)."""
+
+
+def error_text(err: BaseException) -> str:
+    """The message of a library error as the CLI shows it: the library arguments it names
+    (:class:`onelip._errors.NamesArguments`) spelled as flags (:data:`FLAGS`)."""
+    from onelip._errors import NamesArguments
+
+    return err.message(FLAGS) if isinstance(err, NamesArguments) else str(err)
+
+
 def warn(message: str) -> None:
     """One line ``onelip: warning: ...`` on stderr."""
     import sys
 
     print(f"onelip: warning: {message}", file=sys.stderr)
+
+
+class LazyDefault:
+    """An option's default read only when needed: by ``--help``, or by :meth:`resolve` once
+    the command runs (so that building the parser loads nothing heavy, e.g. torch)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+
+    @property
+    def value(self) -> Any:
+        return self._read()
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @staticmethod
+    def resolve(args: argparse.Namespace) -> None:
+        """Replace the options of ``args`` left at a lazy default by its value."""
+        for dest, v in vars(args).items():
+            if isinstance(v, LazyDefault):
+                setattr(args, dest, v.value)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -32,7 +78,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default in (None, False, [], argparse.SUPPRESS) or action.required
+        default = action.default
+        default = default.value if isinstance(default, LazyDefault) else default
+        if (default in (None, False, [], argparse.SUPPRESS) or action.required
                 or "%(default)" in text or not action.option_strings):
             return text
         return text + " (default: %(default)s)"

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from onelip.cli._common import (
     CLIError,
+    LazyDefault,
     Parser,
     device,
+    error_text,
     nonneg_float,
     positive_float,
     positive_int,
@@ -34,9 +36,23 @@ from onelip.cli.launch import launch, without_nproc
 
 __all__ = ["add_arguments", "run", "run_data"]
 
-# Options a resumed run may change; every other one must be the original's.
-_MAY_DIFFER = frozenset({"out", "resume", "force", "quiet", "nproc", "device", "epochs",
-                         "eval_test", "compile"})
+# onelip train's options that are library arguments of other names: the resume rule
+# (onelip.train.resume) names the library's; the TrainConfig fields have their own names.
+_AS_LIBRARY = {"out": "checkpoint_dir", "resume": "resume_from", "force": "overwrite",
+               "quiet": "progress", "eval_test": "final_test", "nproc": "world_size"}
+
+
+def _default(name: str) -> LazyDefault:
+    """The default of :class:`~onelip.train.TrainConfig`'s field ``name`` (read when needed)."""
+
+    def read():
+        from dataclasses import fields
+
+        from onelip.train import TrainConfig
+
+        return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+    return LazyDefault(read)
 
 
 def fraction(s: str) -> float:
@@ -66,19 +82,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau", type=positive_float, default=8.0, help="τ of cross-entropy")
     p.add_argument("--hinge-mode", default="one_vs_all", choices=["top2", "one_vs_all"],
                    help="multiclass hinge on the top-2 margin or one-vs-all")
-    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the data")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="samples per step")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+    # the training options' defaults are TrainConfig's (_Default); their choices its
+    p.add_argument("--epochs", type=positive_int, default=_default("epochs"),
+                   help="passes over the data")
+    p.add_argument("--batch-size", type=positive_int, default=_default("batch_size"),
+                   help="samples per step")
+    p.add_argument("--lr", type=positive_float, default=_default("lr"), help="peak learning rate")
+    p.add_argument("--optimizer", default=_default("optimizer"), choices=["adam", "sgd"],
                    help="AdamW or SGD with momentum 0.9")
-    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "constant"],
-                   help="learning-rate schedule")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--schedule", default=_default("schedule"),
+                   choices=["onecycle", "cosine", "constant"], help="learning-rate schedule")
+    p.add_argument("--seed", type=int, default=_default("seed"),
                    help="initial weights and data order: same seed, same weights")
-    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", type=device, default=_default("device"),
+                   help="cpu, cuda, cuda:N or mps")
     p.add_argument("--n-samples", type=positive_int, default=None,
                    help="points for the 2-D toy sets")
-    p.add_argument("--val-fraction", type=fraction, default=0.0,
+    p.add_argument("--val-fraction", type=fraction, default=_default("val_fraction"),
                    help="carve this fraction of the training data as a validation split "
                         "(fixed seed, stratified) and measure every epoch on it")
     p.add_argument("--augment", default=None, metavar="LIST",
@@ -86,14 +106,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "crop), flip (horizontal), comma-separated, e.g. crop,flip")
     p.add_argument("--resize", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                    help="resize the images of folder:DIR to H x W")
-    p.add_argument("--warmup-epochs", type=nonneg_float, default=0.0,
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=_default("warmup_epochs"),
                    help="learning-rate warm-up in epochs (onecycle: its rising phase, 0 = 30 "
                         "%% of the run; cosine/constant: a linear ramp)")
-    p.add_argument("--grad-clip", type=nonneg_float, default=0.0,
+    p.add_argument("--grad-clip", type=nonneg_float, default=_default("grad_clip"),
                    help="clip the gradient norm to this value (0: off)")
-    p.add_argument("--amp", action="store_true",
+    p.add_argument("--amp", action="store_true", default=_default("amp"),
                    help="bf16 autocast on CUDA (refused on CPU); certificates stay float32")
-    p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--compile", action="store_true", default=_default("compile"),
+                   help="train through torch.compile")
     p.add_argument("--eval-test", action="store_true",
                    help="measure the test split once, after training (never per epoch)")
     p.add_argument("--out", default=None, type=Path,
@@ -203,7 +224,7 @@ def _flag(dest: str) -> str:
 def _resume_args(args: argparse.Namespace, out: Path):
     """(args merged with the original run's, its training state, "partial" or "finished")."""
     from onelip import runs
-    from onelip.train import load_state
+    from onelip.train import load_state, resume
 
     part = runs.partial_path(out)
     if (part / runs.CHECKPOINT).is_file():
@@ -223,16 +244,17 @@ def _resume_args(args: argparse.Namespace, out: Path):
         raise CLIError(f"{source} was not written by `onelip train` (no arguments recorded); "
                        "resume it from Python with fit(..., resume_from=...)")
     given = _given(args.argv)
-    diffs = []
-    for dest in sorted(given - _MAY_DIFFER):
-        now, was = _jsonable(getattr(args, dest)), saved.get(dest)
-        if now != was:
-            diffs.append(f"{_flag(dest)} {now} (was {was})")
+    lib = {dest: _AS_LIBRARY.get(dest, dest) for dest in given}  # the rule's names
+    dest_of = {name: dest for dest, name in lib.items()}
+    diffs = resume.differences({lib[d]: saved.get(d) for d in given},
+                               {lib[d]: _jsonable(getattr(args, d)) for d in sorted(given)})
     if diffs:
         raise CLIError(f"--resume {args.resume}: arguments differ from the original run's: "
-                       f"{', '.join(diffs)}; leave them out or start a new run")
+                       + ", ".join(f"{_flag(dest_of[d.name])} {d.now} (was {d.saved})"
+                                   for d in diffs)
+                       + "; leave them out or start a new run")
     for dest, value in saved.items():
-        if dest in given and dest in _MAY_DIFFER:
+        if dest in given and resume.may_differ(lib[dest]):
             continue
         if dest in ("out", "resume"):
             continue
@@ -240,16 +262,18 @@ def _resume_args(args: argparse.Namespace, out: Path):
     if args.resize is not None:
         args.resize = list(args.resize)
     done = int(state["epoch"])
-    if kind == "finished":
-        if args.epochs <= done:
+    try:
+        resume.check_epochs(done, args.epochs, finished=kind == "finished")
+    except resume.ResumeError as e:
+        if e.finished:
             raise CLIError(f"{source} is a finished run of {done} epochs: nothing to resume; "
                            f"pass --epochs N > {done} to continue training it (with --force "
-                           "to replace it, or --out NEW)")
+                           "to replace it, or --out NEW)") from None
+        raise CLIError(f"--epochs {args.epochs}: the unfinished run has already trained "
+                       f"{done} epochs") from None
+    if kind == "finished":
         args.force = "force" in given and args.force
     else:
-        if args.epochs < done:
-            raise CLIError(f"--epochs {args.epochs}: the unfinished run has already trained "
-                           f"{done} epochs")
         args.force = bool(args.force or saved.get("force"))
     return args, state, kind
 
@@ -340,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
     from onelip.nn import serial_kernel_build
     from onelip.train import TrainConfig, TrainingDiverged, fit
 
+    LazyDefault.resolve(args)
     if args.out is None and args.resume is None:
         raise CLIError("the following arguments are required: --out (or --resume RUN)")
     out: Path = args.out if args.out is not None else args.resume
@@ -353,7 +378,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise CLIError(str(e)) from None
     # before any training step: a place a run may not go, or cannot be written
-    runs.check_target(out, overwrite=args.force, flag="--force", option="--out")
+    try:
+        runs.check_target(out, overwrite=args.force)
+    except runs.OutputError as e:
+        raise CLIError(error_text(e)) from None
     part = runs.partial_path(out)
     if kind != "partial" and (part / runs.CHECKPOINT).is_file() and not args.force:
         raise CLIError(f"an unfinished run of {out} is in {part}; continue it with `onelip "
@@ -381,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
                           warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
                           amp=args.amp, compile=args.compile)
     except ValueError as e:
-        raise CLIError(str(e).replace("amp (bf16 autocast)", "--amp (bf16 autocast)")) from None
+        raise CLIError(error_text(e)) from None
     if augment and len(data.input_shape) != 3:
         raise CLIError(f"--augment is for images, but {args.data} has samples of shape "
                        f"{tuple(data.input_shape)}; drop --augment for this data")
@@ -393,8 +421,7 @@ def run(args: argparse.Namespace) -> int:
     # The run is written into .NAME.partial beside --out (created now, so that an unwritable
     # place fails before training), checkpointed after every epoch, renamed into place when
     # complete; a killed run leaves it for --resume.
-    with (runs.resumable_run(out, overwrite=args.force, resume=kind == "partial",
-                             flag="--force", option="--out") if main
+    with (runs.resumable_run(out, overwrite=args.force, resume=kind == "partial") if main
           else nullcontext()) as folder:
         t0 = time.perf_counter()
         serial = serial_kernel_build() if torch.device(cfg.device).type == "cpu" \
@@ -407,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
         except TrainingDiverged as e:
             if main:
                 runs.discard_partial(out)  # nothing worth resuming
-            raise CLIError(str(e)) from None
+            raise CLIError(error_text(e)) from None
         except KeyboardInterrupt:
             if main and folder is not None and (folder / runs.CHECKPOINT).is_file():
                 print(f"onelip: continue with `onelip train --resume {out}`", file=sys.stderr)
