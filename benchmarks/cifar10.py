@@ -304,7 +304,7 @@ def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, 
     import torch
 
     from onelip.data.augment import augment
-    from onelip.nn import batched_kernel_build, retract_
+    from onelip.nn.utils import batched_kernel_build, retract_
 
     cuda = device.startswith("cuda")
     model.to(device).train()
@@ -967,7 +967,7 @@ def time_steps(model, loss_fn, x, y, *, device: str, steps: int, warmup: int, re
     import torch
 
     from onelip.data.augment import augment
-    from onelip.nn import batched_kernel_build, retract_
+    from onelip.nn.utils import batched_kernel_build, retract_
 
     cuda = device.startswith("cuda")
     model.to(device).train()

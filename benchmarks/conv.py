@@ -157,7 +157,7 @@ class Task:
 def _serial_scope(name: str):
     """``onelip.nn.serial_kernel_build()`` for onelip's layers, nothing for the others."""
     if name in (O_ORTHO, O_SPECTRAL):
-        from onelip.nn import serial_kernel_build
+        from onelip.nn.utils import serial_kernel_build
 
         return serial_kernel_build()
     return contextlib.nullcontext()

@@ -317,7 +317,7 @@ def train(model, loss_fn, x, y, *, epochs: int, batch_size: int, lr: float, sche
     (the schedule then follows the larger of the step and time fractions)."""
     import torch
 
-    from onelip.nn import retract_
+    from onelip.nn.utils import retract_
 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]

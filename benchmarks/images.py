@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from onelip import models as M
     from onelip.data.augment import augment
     from onelip.data.images import read_image_folder
-    from onelip.nn import batched_kernel_build, retract_
+    from onelip.nn.utils import batched_kernel_build, retract_
     from onelip.train import _Tensors
 
     res: dict = {"command": "python benchmarks/images.py " + " ".join(argv or sys.argv[1:]),

@@ -68,7 +68,8 @@ def aten_ops(fn) -> tuple[int, int]:
 def measure(name: str, args, *, timing: bool = True) -> dict:
     import torch
 
-    from onelip.nn import OrthoConv2d, batched_kernel_build, retract_
+    from onelip.nn import OrthoConv2d
+    from onelip.nn.utils import batched_kernel_build, retract_
 
     model, preset = NETWORKS[name]
     net = build(model, preset, args.device)

@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 from checks import jacobian_at, operator_matrix
+from layer_table import CASES, public_layers
 
 import onelip.nn as onn
 from onelip.certify import (
@@ -28,48 +29,18 @@ from onelip.certify import (
     split_last_linear,
 )
 from onelip.nn import LipschitzModule, check_bound_applies, module_lipschitz_bound
+from onelip.nn.utils import export_tree, retract_
 
 # ==== (a) every public layer states its bound ===============================================
 
 
 def _examples() -> dict[str, LipschitzModule]:
-    """One instance of every public onelip layer: a new layer must be added here."""
-    return {
-        "Abs": onn.Abs(),
-        "BatchCentering": onn.BatchCentering(3),
-        "ConvexResidual": onn.ConvexResidual(onn.Abs(), 0.3),
-        "FirstChannels": onn.FirstChannels(2),
-        "Flatten": onn.Flatten(),
-        "FrobeniusLinear": onn.FrobeniusLinear(4, 2, per_row=True),
-        "FullSort": onn.FullSort(),
-        "GlobalL2NormPool2d": onn.GlobalL2NormPool2d(),
-        "GroupSort": onn.GroupSort(2),
-        "InvertibleDownsample": onn.InvertibleDownsample(2),
-        "L2NormPool2d": onn.L2NormPool2d(3, 2),
-        "LayerCentering": onn.LayerCentering(),
-        "MaxMin": onn.MaxMin(),
-        "Normalize": onn.Normalize([0.5, 0.4, 0.3], [0.25, 0.5, 1.0]),
-        "OrthoConv2d": onn.OrthoConv2d(2, 4, 3, stride=2),
-        "OrthoLinear": onn.OrthoLinear(3, 5),
-        "SLLBlock": onn.SLLBlock(3, 4),
-        "SLLConv2d": onn.SLLConv2d(2, 3),
-        "ScaledAvgPool2d": onn.ScaledAvgPool2d(3, 2),
-        "Sequential": onn.Sequential(onn.OrthoLinear(3, 3), onn.MaxMin()),
-        "SpectralConv2d": onn.SpectralConv2d(2, 2, 3, input_size=(5, 5)),
-        "SpectralLinear": onn.SpectralLinear(3, 2),
-        "ToImage": onn.ToImage((1, 2, 2)),
-        "ZeroChannelPad": onn.ZeroChannelPad(4),
-    }
+    """One instance of every public onelip layer, from the one layer table."""
+    return {name: case.build() for name, case in CASES.items()}
 
 
 def _public_layers() -> dict[str, type]:
-    out = {}
-    for name in onn.__all__:
-        obj = getattr(onn, name)
-        if isinstance(obj, type) and issubclass(obj, LipschitzModule) and \
-                obj is not LipschitzModule:
-            out[name] = obj
-    return out
+    return public_layers()
 
 
 def test_every_public_layer_states_its_own_bound():
@@ -120,7 +91,7 @@ def _adam_steps(layer: torch.nn.Module, shape: tuple[int, ...], steps: int = 3,
         opt.zero_grad()
         (layer(x) - 1).square().mean().backward()
         opt.step()
-        onn.retract_(layer)
+        retract_(layer)
     return layer.eval()
 
 
@@ -169,7 +140,7 @@ def test_trained_mlp_exact_jacobian_norm_at_most_1():
                                onn.OrthoLinear(32, 32))
         _adam_steps(model, (16,), steps=5)
         assert model.lipschitz_bound() == 1.0
-        plain = onn.export_tree(model).double()  # exact: float32 weights as applied
+        plain = export_tree(model).double()  # exact: float32 weights as applied
         for _ in range(8):
             x = torch.randn(16, dtype=torch.float64)
             worst = max(worst, float(torch.linalg.matrix_norm(jacobian_at(plain, x), ord=2)))

@@ -17,7 +17,8 @@ from checks import adversarial_lipschitz_ratio, exact_singular_values, operator_
 from conv_reference import conv2d_power_iteration, conv2d_top_singular_vector
 
 from onelip import functional as F
-from onelip.nn import OrthoConv2d, SpectralConv2d, retract_, serial_kernel_build
+from onelip.nn import OrthoConv2d, SpectralConv2d
+from onelip.nn.utils import retract_, serial_kernel_build
 
 # Tolerances, each with its reason.
 TOL_F64 = 1e-9  # float64 kernels: rounding of the conv and the SVD only

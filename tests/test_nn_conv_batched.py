@@ -13,7 +13,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from onelip import functional as F
-from onelip.nn import MaxMin, OrthoConv2d, batched_kernel_build, retract_
+from onelip.nn import MaxMin, OrthoConv2d
+from onelip.nn.utils import batched_kernel_build, retract_
 from onelip.train import TrainConfig, fit
 
 
@@ -59,7 +60,7 @@ def test_batched_build_same_function_and_gradients(dtype):
 
 
 def test_batched_build_uses_one_build_per_group(monkeypatch):
-    import onelip.nn.conv as conv
+    import onelip.nn._kernels as conv
 
     sizes = []
     real = conv._build_group

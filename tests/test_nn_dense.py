@@ -32,6 +32,7 @@ from torch import nn
 import onelip.functional as OF
 import onelip.nn as onn
 from onelip.losses import HKRLoss
+from onelip.nn.utils import retract_
 
 # ==== tolerances (each with its reason) =====================================================
 
@@ -76,7 +77,7 @@ def adam_steps(layer: nn.Module, *, steps: int = 25, lr: float = 0.05, retract: 
         loss.backward()
         opt.step()
         if retract:
-            onn.retract_(model)
+            retract_(model)
     return layer
 
 
@@ -644,7 +645,7 @@ def test_sequential_model_is_within_its_bound(layer, mode):
         opt.zero_grad()
         HKRLoss(alpha=10.0, margin=0.5)(net(x), y).backward()
         opt.step()
-        onn.retract_(net)
+        retract_(net)
     if layer == "spectral" and mode == "train":
         pytest.skip("SpectralLinear train tolerance after training: see the xfail test")
     getattr(net, mode)()

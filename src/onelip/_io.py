@@ -130,13 +130,15 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
         source: the file they came from (named in the message).
         architecture: what ``expected`` was built from (named in the message).
     """
-    missing = sorted(set(expected) - set(state))
+    # A layer's hidden training state (``*._extra_state``, e.g. OrthoLinear's certified
+    # copies) is optional: files written before the layer saved it still load.
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("_extra_state"))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source} does not match {architecture}: missing keys "
                               f"{missing[:5]}, unexpected keys {unexpected[:5]}")
     bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
+           if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if bad:
         raise CheckpointError(f"{source} has other shapes than {architecture}: {bad[:5]}")
     for k, v in state.items():

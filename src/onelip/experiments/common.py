@@ -28,7 +28,7 @@ from onelip import __version__
 from onelip._io import atomic_path
 from onelip._validation import binary_signs, is_binary_output
 from onelip.data import DataSplit
-from onelip.nn import eval_mode
+from onelip.nn.utils import eval_mode
 
 __all__ = [
     "SCHEMA",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from onelip._io import _umask, atomic_path
 from onelip.export.plain import to_plain
-from onelip.nn import eval_mode
+from onelip.nn.utils import eval_mode
 
 __all__ = ["onnx_max_error", "to_onnx"]
 

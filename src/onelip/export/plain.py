@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onelip.nn import LipschitzModule, export_tree
+from onelip.nn import LipschitzModule
 from onelip.nn.plain import own_tensors
+from onelip.nn.utils import export_tree
 
 __all__ = ["to_plain"]
 

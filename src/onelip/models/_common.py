@@ -27,7 +27,6 @@ def activation(name: str, *, group_size: int = 2) -> nn.Module:
     return acts[name]()
 
 
-_LAYERS = ("ortho", "spectral")
 _HEADS = ("flatten", "global_l2")
 
 
@@ -46,8 +45,9 @@ def check_common(cfg) -> None:
         raise ValueError(
             f"Expected width divisible by the group size {cfg.group_size}, but got {cfg.width}"
         )
-    if cfg.layer not in _LAYERS:
-        raise ValueError(f"Unknown layer {cfg.layer!r}; expected one of {', '.join(_LAYERS)}")
+    if cfg.layer not in onn.CONV_LAYERS:
+        raise ValueError(f"Unknown layer {cfg.layer!r}; expected one of "
+                         f"{', '.join(onn.CONV_LAYERS)}")
     if cfg.head not in _HEADS:
         raise ValueError(f"Unknown head {cfg.head!r}; expected one of {', '.join(_HEADS)}")
 
@@ -108,10 +108,8 @@ class Builder:
 
     def conv(self, out_channels: int, *, stride: int = 1) -> nn.Module:
         c, h, w = self.shape
-        if self.cfg.layer == "ortho":
-            layer = onn.OrthoConv2d(c, out_channels, 3, stride=stride)
-        else:
-            layer = onn.SpectralConv2d(c, out_channels, 3, input_size=(h, w), stride=stride)
+        layer = onn.CONV_LAYERS[self.cfg.layer].for_shape(c, out_channels, 3, stride=stride,
+                                                          input_size=(h, w))
         self.shape = (out_channels, (h - 1) // stride + 1, (w - 1) // stride + 1)
         return layer
 

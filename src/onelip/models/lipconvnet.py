@@ -90,8 +90,9 @@ class LipConvNetConfig:
         if h % 2 ** self.blocks or w % 2 ** self.blocks:
             raise ValueError(f"{self.blocks} blocks halve H and W {self.blocks} times: "
                              f"{h}×{w} must be divisible by {2 ** self.blocks}")
-        if self.layer not in ("ortho", "spectral"):
-            raise ValueError(f"Unknown layer {self.layer!r}; expected 'ortho' or 'spectral'")
+        if self.layer not in onn.CONV_LAYERS:
+            raise ValueError(f"Unknown layer {self.layer!r}; expected one of "
+                             f"{', '.join(onn.CONV_LAYERS)}")
         if self.num_outputs < 1:
             raise ValueError(f"Expected num_outputs >= 1, but got {self.num_outputs}")
         if len(self.mean) != len(self.std) or (self.mean and len(self.mean) != c):
@@ -101,9 +102,7 @@ class LipConvNetConfig:
 
 
 def _conv(cfg: LipConvNetConfig, channels: int, kernel: int, size: tuple[int, int]):
-    if cfg.layer == "ortho":
-        return onn.OrthoConv2d(channels, channels, kernel)
-    return onn.SpectralConv2d(channels, channels, kernel, input_size=size)
+    return onn.CONV_LAYERS[cfg.layer].for_shape(channels, channels, kernel, input_size=size)
 
 
 def lipconvnet(cfg: LipConvNetConfig) -> onn.Sequential:

@@ -12,7 +12,7 @@ from onelip.models._common import activation
 
 __all__ = ["MLPConfig", "mlp"]
 
-_LINEAR = {"ortho": onn.OrthoLinear, "spectral": onn.SpectralLinear}
+_LINEAR = onn.DENSE_LAYERS
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class MLPConfig:
 
 
 def mlp(cfg: MLPConfig) -> onn.Sequential:
-    lin = _LINEAR[cfg.layer]
+    lin = _LINEAR[cfg.layer].for_shape
     layers: list[nn.Module] = [nn.Flatten()]
     width = cfg.in_features
     for h in cfg.hidden:

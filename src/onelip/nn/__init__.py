@@ -3,33 +3,35 @@
 
 A onelip layer is an instance of :class:`LipschitzModule`: it states its bound
 (``lipschitz_bound()``, abstract) and, when it holds weights, its plain twin (``export()``).
+Layers with weights follow the contract of :class:`ConstrainedLayer` (``docs/architecture.md``
+shows how to add one). The families that models choose by name are listed once, here:
+:data:`DENSE_LAYERS` and :data:`CONV_LAYERS`.
+
+The utilities that work on layers (``retract_``, the kernel builds, ``eval_mode``,
+``full_precision``, ``float32_forward``, ``export_tree``) live in :mod:`onelip.nn.utils`;
+their old names here still work until 0.4, with a ``DeprecationWarning``.
 This package imports only :mod:`onelip.functional` and the private leaves.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import warnings
+from types import MappingProxyType
 
 from onelip.nn._base import (
+    ConstrainedLayer,
+    ConvLayer,
+    DenseLayer,
     LipschitzModule,
     check_bound_applies,
-    eval_mode,
-    float32_forward,
-    full_precision,
 )
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
-from onelip.nn.conv import (
-    OrthoConv2d,
-    SpectralConv2d,
-    batched_kernel_build,
-    retract_ortho_convs_,
-    serial_kernel_build,
-)
+from onelip.nn.conv import OrthoConv2d, SpectralConv2d
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn.normalization import BatchCentering, LayerCentering
 from onelip.nn.normalize import Normalize
-from onelip.nn.plain import ChannelShift, Residual, export_tree
+from onelip.nn.plain import ChannelShift, Residual
 from onelip.nn.pooling import (
     Flatten,
     GlobalL2NormPool2d,
@@ -41,11 +43,32 @@ from onelip.nn.pooling import (
 from onelip.nn.residual import ConvexResidual, SLLBlock, SLLConv2d
 from onelip.nn.sequential import Sequential, module_lipschitz_bound
 
+# ==== the families models choose by name (``layer=`` of onelip.models) ======================
+# A new family: its file under nn/, its import above and one line in one of these tables.
+
+DENSE_LAYERS: MappingProxyType[str, type[DenseLayer]] = MappingProxyType({
+    "ortho": OrthoLinear,
+    "spectral": SpectralLinear,
+})
+"""Dense families by name (``MLPConfig.layer``), each built by ``cls.for_shape(in, out)``."""
+
+CONV_LAYERS: MappingProxyType[str, type[ConvLayer]] = MappingProxyType({
+    "ortho": OrthoConv2d,
+    "spectral": SpectralConv2d,
+})
+"""Convolution families by name (``layer=`` of the convolutional models), each built by
+``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))``."""
+
 __all__ = [
     "Abs",
     "BatchCentering",
+    "CONV_LAYERS",
     "ChannelShift",
+    "ConstrainedLayer",
+    "ConvLayer",
     "ConvexResidual",
+    "DENSE_LAYERS",
+    "DenseLayer",
     "FirstChannels",
     "Flatten",
     "FrobeniusLinear",
@@ -58,8 +81,6 @@ __all__ = [
     "LipschitzModule",
     "MaxMin",
     "Normalize",
-    "float32_forward",
-    "full_precision",
     "OrthoConv2d",
     "OrthoLinear",
     "Residual",
@@ -71,29 +92,28 @@ __all__ = [
     "SpectralLinear",
     "ToImage",
     "ZeroChannelPad",
-    "batched_kernel_build",
     "check_bound_applies",
-    "eval_mode",
-    "export_tree",
     "module_lipschitz_bound",
-    "retract_",
-    "serial_kernel_build",
 ]
 
+# ==== names that moved to onelip.nn.utils in 0.3 (importable here until 0.4) ================
+_MOVED = frozenset({"batched_kernel_build", "eval_mode", "export_tree", "float32_forward",
+                    "full_precision", "retract_", "serial_kernel_build"})
 
-def retract_(model: nn.Module) -> None:
-    """Call ``retract_()`` on every submodule that has one (after an optimiser step).
 
-    Retraction moves latent weights towards their constrained values without changing the
-    function computed in eval mode; it keeps the fast training forward close to exact. The
-    :class:`OrthoConv2d` layers of equal latent shapes are retracted together, in one batched
-    float64 Cholesky QR per latent (:func:`~onelip.nn.conv.retract_ortho_convs_`).
-    """
-    convs = []
-    for m in model.modules():
-        fn = getattr(m, "retract_", None)
-        if isinstance(m, OrthoConv2d) and type(m).retract_ is OrthoConv2d.retract_:
-            convs.append(m)
-        elif isinstance(m, LipschitzModule) and callable(fn):
-            fn()
-    retract_ortho_convs_(convs)
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(f"onelip.nn.{name} moved to onelip.nn.utils.{name} in 0.3; the old name "
+                      "goes in 0.4", DeprecationWarning, stacklevel=2)
+        from onelip.nn import utils
+
+        return getattr(utils, name)
+    if name == "retract_ortho_convs_":
+        from onelip.nn.conv import retract_ortho_convs_
+
+        return retract_ortho_convs_
+    raise AttributeError(f"module 'onelip.nn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

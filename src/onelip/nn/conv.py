@@ -5,216 +5,22 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import LipschitzModule, full_precision
+from onelip.nn._base import ConvLayer
+from onelip.nn._kernels import batch_kernel, build_threads, serial
+from onelip.nn._precision import full_precision
 from onelip.nn.plain import plain_conv
 
-__all__ = ["OrthoConv2d", "SpectralConv2d", "batched_kernel_build", "retract_ortho_convs_",
-           "serial_kernel_build"]
-
-
-def _check_input(x: Tensor, channels: int, name: str) -> None:
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(
-            f"{name} expected input of shape (N, {channels}, H, W), but got {tuple(x.shape)}"
-        )
+__all__ = ["OrthoConv2d", "SpectralConv2d", "retract_ortho_convs_"]
 
 
 # SpectralConv2d's training-mode tracking: frequencies refreshed per step (see _frequencies).
 _TRACK_TOP = 8
 _TRACK_SWEEP = 32
-
-
-# Opt-in serial kernel builds (serial_kernel_build). Off by default: torch.set_num_threads is
-# process-wide, so a layer must not call it on its own.
-_SERIAL_BUILD: ContextVar[bool] = ContextVar("onelip_serial_kernel_build", default=False)
-
-
-@contextmanager
-def serial_kernel_build() -> Iterator[None]:
-    """Build the kernels of :class:`OrthoConv2d` and :class:`SpectralConv2d` on one CPU thread
-    while in the block (opt-in; outside it the layers never change the thread count).
-
-    A constrained kernel is built from ~100 small operations (Cholesky, triangular solves,
-    small products). With several intra-op threads on a loaded CPU, each small parallel
-    operation waits until all its threads are scheduled, so the build can be much slower than
-    on one thread, while the convolution itself gains from every thread
-    (``benchmarks/results/conv.md`` times the layers with 2 threads and with 1). Inside the
-    block, on CPU, each kernel build — the training forward, its recomputation in a backward
-    run inside the block (like ``torch.utils.checkpoint``), :meth:`OrthoConv2d.retract_` —
-    runs under ``torch.set_num_threads(1)``, and the previous count is restored straight
-    after; the convolutions keep every thread. The function and its gradients are unchanged.
-
-    The thread count is a *process-wide* setting: while a kernel is being built, torch work
-    in other Python threads of the process also runs on one thread. Enter the block around
-    the training loop of a single-threaded program, not in library code.
-
-    Example:
-        >>> conv = OrthoConv2d(4, 4, 3)
-        >>> threads = torch.get_num_threads()
-        >>> with serial_kernel_build():
-        ...     conv(torch.randn(2, 4, 8, 8)).square().sum().backward()
-        >>> torch.get_num_threads() == threads
-        True
-    """
-    token = _SERIAL_BUILD.set(True)
-    try:
-        yield
-    finally:
-        _SERIAL_BUILD.reset(token)
-
-
-def _serial_wanted(device: torch.device) -> bool:
-    return _SERIAL_BUILD.get() and device.type == "cpu" and torch.get_num_threads() > 1
-
-
-@contextmanager
-def _build_threads(device: torch.device) -> Iterator[None]:
-    """One intra-op thread for a kernel build inside :func:`serial_kernel_build` (on CPU);
-    otherwise nothing."""
-    if not _serial_wanted(device):
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-class _Serial(torch.autograd.Function):
-    """``fn(*tensors)`` built on one thread; the backward recomputes ``fn`` (on one thread when
-    it runs inside :func:`serial_kernel_build`)."""
-
-    @staticmethod
-    def forward(ctx, fn, *tensors):
-        ctx.fn = fn
-        ctx.save_for_backward(*tensors)
-        with _build_threads(tensors[0].device):
-            return fn(*tensors)
-
-    @staticmethod
-    def backward(ctx, grad):
-        needs = ctx.needs_input_grad[1:]
-        inputs = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, needs)]
-        with _build_threads(inputs[0].device), torch.enable_grad():
-            out = ctx.fn(*inputs)
-            wanted = [t for t, n in zip(inputs, needs) if n]
-            grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
-        return (None, *[next(grads) if n else None for n in needs])
-
-
-@torch.compiler.disable
-def _serial(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
-    """``fn(*tensors)`` (pure, differentiable): built on one thread inside
-    :func:`serial_kernel_build` on CPU, else called as it is."""
-    if not _serial_wanted(tensors[0].device):
-        return fn(*tensors)
-    return _Serial.apply(fn, *tensors)
-
-
-# The kernel batch of the forward pass at hand (batched_kernel_build), or None.
-_BATCH: ContextVar["_KernelBatch | None"] = ContextVar("onelip_kernel_batch", default=None)
-
-
-class _KernelBatch:
-    """The training-mode kernels of a network's :class:`OrthoConv2d` layers, built group by
-    group (layers of equal :meth:`OrthoConv2d._batch_key`) at the first forward of a member:
-    the group's latents are stacked, orthonormalised and composed in one batched call.
-    A group is rebuilt when a latent changed since (an optimiser step or ``retract_`` in the
-    block: tensor versions), or when grad mode differs from the build's."""
-
-    def __init__(self, model: nn.Module) -> None:
-        groups: dict[tuple, list[OrthoConv2d]] = {}
-        for m in model.modules():
-            if isinstance(m, OrthoConv2d) and m.training:
-                groups.setdefault(m._batch_key(), []).append(m)
-        self._group = {id(m): g for g in groups.values() for m in g}
-        self._built: dict[int, tuple[tuple, dict[int, Tensor]]] = {}  # id(group[0]) -> ...
-
-    def kernel(self, module: "OrthoConv2d") -> Tensor | None:
-        group = self._group.get(id(module))
-        if group is None or group[0]._batch_key() != module._batch_key():
-            return None  # not in the batch (added, or changed, after the block began)
-        stamp = (torch.is_grad_enabled(),) + tuple(
-            (p._version, p.data_ptr()) for m in group for p in m._cache_sources())
-        built = self._built.get(id(group[0]))
-        if built is None or built[0] != stamp:
-            kernels = _build_group(group)  # (G, C_out, C_in, k, k)
-            built = (stamp, {id(m): kernels[i] for i, m in enumerate(group)})
-            self._built[id(group[0])] = built
-        return built[1][id(module)]
-
-
-def _build_group(group: list["OrthoConv2d"]) -> Tensor:
-    """The training kernels of like layers, stacked: (G, C_out, C_in, k, k), with gradients
-    to every layer's latents."""
-    first, names = group[0], group[0]._latent_names()
-
-    def build(*flat: Tensor) -> Tensor:  # flat: the latents of layer 0, then layer 1, ...
-        stacked = {n: torch.stack(flat[i::len(names)]) for i, n in enumerate(names)}
-        return first._kernel(exact=False, latents=stacked)
-
-    flat = [getattr(m, n) for m in group for n in names]
-    return _serial(build, *flat)
-
-
-@contextmanager
-def batched_kernel_build(model: nn.Module) -> Iterator[None]:
-    """Build the training kernels of every :class:`OrthoConv2d` of ``model`` in a few batched
-    operations: wrap the **forward** pass (not the backward) of a training step in the block.
-
-    A training-mode :class:`OrthoConv2d` builds its kernel from about 30 small operations
-    (Cholesky, triangular solves, 2×2 block compositions), each a kernel launch on a GPU that
-    can take longer than the convolution itself. Inside the block, the layers whose latents
-    have the same shapes (e.g. the five 3×3 convolutions of one block of ``lipconvnet``) are
-    built together: their latents are stacked and every operation runs once for the group
-    (:func:`~onelip.functional.bcop_kernel` on a batch), with no host synchronisation. The
-    function and the gradients are those of the layers built one by one (equal up to float
-    rounding; tested); eval-mode layers are untouched. :func:`onelip.train.fit` uses it.
-
-    Each group is built at the first forward of one of its layers in the block and reused by
-    the others (and by further forwards in the block: the same graph); it is rebuilt if a
-    latent changed in the block. Every layer of a group receives a gradient (zeros if it was
-    not used). A ``backward()`` *inside* the block followed by another forward would reuse
-    the freed graph (PyTorch raises "backward through the graph a second time"): keep one
-    forward per block.
-
-    Example:
-        >>> net = torch.nn.Sequential(OrthoConv2d(4, 4), OrthoConv2d(4, 4))
-        >>> x = torch.randn(2, 4, 8, 8)
-        >>> with batched_kernel_build(net):
-        ...     y = net(x)
-        >>> bool(torch.allclose(y, net(x), atol=1e-5))
-        True
-    """
-    token = _BATCH.set(_KernelBatch(model))
-    try:
-        yield
-    finally:
-        _BATCH.reset(token)
-
-
-@torch.no_grad()
-def _retract_group_(group: list["OrthoConv2d"]) -> None:
-    """Replace every latent of the like layers ``group`` by its orthonormal factor (float64
-    Cholesky QR, batched per latent name: one host synchronisation per name)."""
-    first = group[0]
-    with _build_threads(first.mix.device):
-        for name in first._latent_names():
-            params = [getattr(m, name) for m in group]
-            q = F.cholesky_orthonormalize(torch.stack(params).double())
-            for p, qi in zip(params, q):
-                p.copy_(qi.to(p.dtype))
 
 
 def retract_ortho_convs_(modules: list["OrthoConv2d"]) -> None:
@@ -224,10 +30,10 @@ def retract_ortho_convs_(modules: list["OrthoConv2d"]) -> None:
     for m in modules:
         groups.setdefault(m._batch_key(), []).append(m)
     for group in groups.values():
-        _retract_group_(group)
+        OrthoConv2d._retract_group_(group)
 
 
-class OrthoConv2d(LipschitzModule):
+class OrthoConv2d(ConvLayer):
     r"""Orthogonal 2-D convolution: an explicit k×k kernel built by BCOP block convolutions.
 
     .. math::
@@ -316,25 +122,13 @@ class OrthoConv2d(LipschitzModule):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         k, s = int(kernel_size), int(stride)
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"Expected positive channels, but got in_channels={in_channels}, "
-                f"out_channels={out_channels}"
-            )
         if s < 1 or k < s:
             raise ValueError(
                 f"Expected 1 <= stride <= kernel_size, but got stride={s}, kernel_size={k}"
             )
         if s == 1 and k % 2 == 0:
             raise ValueError(f"Expected an odd kernel_size for stride 1, but got {k}")
-        if padding_mode not in ("zeros", "circular"):
-            raise ValueError(
-                f"Expected padding_mode 'zeros' or 'circular', but got {padding_mode!r}"
-            )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = (k, k), (s, s)
-        self.padding = ((k - 1) // 2, (k - 1) // 2)
-        self.padding_mode = padding_mode
+        self._init_conv(in_channels, out_channels, k, stride=s, padding_mode=padding_mode)
         # Channels of the stride-1 BCOP part (C_in -> C_mid), then RKO (C_mid s² -> C_out).
         self.mid_channels = out_channels if s == 1 else max(in_channels, out_channels // (s * s))
         n = max(in_channels, self.mid_channels)  # channels of the 2×2 blocks
@@ -357,10 +151,7 @@ class OrthoConv2d(LipschitzModule):
                 torch.empty(out_channels, self.mid_channels * s * s, **factory))
         else:
             self.register_parameter("down", None)
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(out_channels, bias, **factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -372,9 +163,6 @@ class OrthoConv2d(LipschitzModule):
             nn.init.orthogonal_(self.down)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
-
-    def _cache_sources(self):
-        return tuple(p for p in (self.mix, self.proj, self.down) if p is not None)
 
     def _kernel(self, exact: bool = True, latents: dict[str, Tensor] | None = None) -> Tensor:
         """The orthogonal kernel (C_out, C_in, k, k).
@@ -424,57 +212,56 @@ class OrthoConv2d(LipschitzModule):
 
     def _train_kernel(self) -> Tensor:
         """The training-mode kernel, with gradients (built on one thread inside
-        :func:`serial_kernel_build`; for the whole group of like layers at once inside
-        :func:`batched_kernel_build`)."""
-        batch = _BATCH.get()
-        if batch is not None:
-            kernel = batch.kernel(self)
-            if kernel is not None:
-                return kernel
+        :func:`~onelip.nn.utils.serial_kernel_build`; for the whole group of like layers at
+        once inside :func:`~onelip.nn.utils.batched_kernel_build`)."""
+        kernel = batch_kernel(self)
+        if kernel is not None:
+            return kernel
         names = self._latent_names()
 
         def build(*latents: Tensor) -> Tensor:
             return self._kernel(exact=False, latents=dict(zip(names, latents)))
 
-        return _serial(build, *(getattr(self, n) for n in names))
+        return serial(build, *(getattr(self, n) for n in names))
 
-    def effective_weight(self) -> Tensor:
-        """The exact (eval-mode) orthogonal kernel, shape (C_out, C_in, k, k), used with
-        ``stride``, ``padding`` and ``padding_mode``; cached in eval mode."""
-        if self.training:
-            return self._kernel(exact=True)
-        return self._cached("weight", self._kernel)
+    def applied_weight(self) -> Tensor:
+        """The exact orthogonal kernel, shape (C_out, C_in, k, k), built in float64 and
+        scaled by the float32 cast margin (certified :math:`\\sigma_{\\max} \\le 1`)."""
+        return self._kernel()
+
+    def train_weight(self) -> Tensor:
+        """The exact kernel with gradients (the training forward uses the cheaper
+        single-pass build, equal to rounding: :meth:`_train_kernel`)."""
+        return self._kernel(exact=True)
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        return self.apply_weight(x, self._train_kernel())
+
+    @classmethod
+    @torch.no_grad()
+    def _retract_group_(cls, group: list["OrthoConv2d"]) -> None:
+        """Replace every latent of the like layers ``group`` by its orthonormal factor
+        (float64 Cholesky QR, batched per latent name: one host synchronisation per name)."""
+        first = group[0]
+        with build_threads(first.mix.device):
+            for name in first._latent_names():
+                params = [getattr(m, name) for m in group]
+                q = F.cholesky_orthonormalize(torch.stack(params).double())
+                for p, qi in zip(params, q):
+                    p.copy_(qi.to(p.dtype))
 
     @torch.no_grad()
     def retract_(self) -> None:
         """Replace each latent by its orthonormal factor; the function is unchanged.
-        (:func:`onelip.nn.retract_` does this for all the like layers of a network at once.)"""
-        _retract_group_([self])
+        (:func:`onelip.nn.utils.retract_` does this for all the like layers of a network at
+        once.)"""
+        type(self)._retract_group_([self])
 
     def lipschitz_bound(self) -> float:
         return 1.0  # eval: BCOP kernel of norm ≤ 1, shrunk by the float32 cast margin
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels, "OrthoConv2d")
-        w = self._train_kernel() if self.training else self.effective_weight()
-        if self.padding_mode == "circular":
-            ph, pw = self.padding
-            x = TF.pad(x, (pw, pw, ph, ph), mode="circular")
-            return TF.conv2d(x, w, self.bias, stride=self.stride)
-        return TF.conv2d(x, w, self.bias, stride=self.stride, padding=self.padding)
 
-    @torch.no_grad()
-    def export(self) -> nn.Conv2d:
-        """A plain ``nn.Conv2d`` with the eval-mode kernel folded in."""
-        return plain_conv(self, self.effective_weight(), padding_mode=self.padding_mode)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, "
-                f"padding_mode={self.padding_mode!r}, bias={self.bias is not None}")
-
-
-class SpectralConv2d(LipschitzModule):
+class SpectralConv2d(ConvLayer):
     r"""Convolution normalised by its operator norm: padding, stride and input size included.
 
     .. math::
@@ -553,24 +340,26 @@ class SpectralConv2d(LipschitzModule):
             )
         if len(input_size) != 2 or min(input_size) < 1:
             raise ValueError(f"Expected input_size (H, W), but got {input_size}")
-        p = (k - 1) // 2 if padding is None else int(padding)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (k, k), (s, s), (p, p)
+        self._init_conv(in_channels, out_channels, k, stride=s, padding=padding)
+        p = self.padding[0]
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.n_power_iterations = n_power_iterations
         self.grid = F.circular_grid(self.kernel_size, self.input_size, stride=s, padding=p)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, k, k, **factory))
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(out_channels, bias, **factory)
         # Per-frequency right singular vectors (complex, stored as (..., 2) real) and the
         # latest estimate of σ_max at each frequency.
         n_freq = (self.grid[0], self.grid[1] // 2 + 1)
         self.register_buffer("v", torch.empty(*n_freq, in_channels * s * s, 2, **factory))
         self.register_buffer("freq_sigma", torch.empty(n_freq[0] * n_freq[1], **factory))
-        self._sweep = 0  # round-robin position of the frequency refresh
+        self._sweep = 0  # round-robin position of the frequency refresh (get_extra_state)
         self.reset_parameters()
+
+    @classmethod
+    def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
+                  stride: int = 1, input_size: tuple[int, int]) -> "SpectralConv2d":
+        return cls(in_channels, out_channels, kernel_size, stride=stride,
+                   input_size=input_size)
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -587,25 +376,27 @@ class SpectralConv2d(LipschitzModule):
         self.v.copy_(torch.view_as_real(v).to(self.v.dtype))
         self.freq_sigma.copy_(sv[..., 0].flatten())
 
-    def _cache_sources(self):
-        return (self.weight,)
+    def get_extra_state(self) -> Tensor:
+        """(1,) int64: the round-robin position of the frequency refresh, so that a resumed
+        run refreshes the frequencies the uninterrupted one would."""
+        return torch.tensor([self._sweep], dtype=torch.int64)
 
-    def sigma_bound(self, input_size: tuple[int, int] | None = None) -> float:
-        """The certified bound β of the latent kernel's operator norm at ``input_size``."""
-        size = self.input_size if input_size is None else tuple(input_size)
-        return float(F.conv2d_operator_norm_bound(self.weight, size, stride=self.stride[0],
-                                                  padding=self.padding[0]))
+    def set_extra_state(self, state: Tensor) -> None:
+        self._sweep = int(torch.as_tensor(state).reshape(-1)[0]) % max(
+            self.freq_sigma.numel(), 1)
 
     def _normalised(self, size: tuple[int, int]) -> Tensor:
         with full_precision(self.weight.device):
-            return self._normalised_full(size)
+            w = self.weight.detach().double()
+            w = w / F.conv2d_operator_norm_bound(w, size, stride=self.stride[0],
+                                                 padding=self.padding[0])
+            margin = F.float32_cast_margin(w) if self.weight.dtype != torch.float64 else 0.0
+            return (w * (1 - margin)).to(self.weight.dtype)
 
-    def _normalised_full(self, size: tuple[int, int]) -> Tensor:
-        w = self.weight.detach().double()
-        w = w / F.conv2d_operator_norm_bound(w, size, stride=self.stride[0],
-                                             padding=self.padding[0])
-        margin = F.float32_cast_margin(w) if self.weight.dtype != torch.float64 else 0.0
-        return (w * (1 - margin)).to(self.weight.dtype)
+    def applied_weight(self, input_size: tuple[int, int] | None = None) -> Tensor:
+        """The certified normalised kernel for inputs of ``input_size`` (default: the
+        constructor's), shape (C_out, C_in, k, k)."""
+        return self._normalised(self.input_size if input_size is None else input_size)
 
     def effective_weight(self, input_size: tuple[int, int] | None = None) -> Tensor:
         """The certified normalised kernel for inputs of ``input_size`` (default: the
@@ -615,6 +406,13 @@ class SpectralConv2d(LipschitzModule):
         if self.training:
             return self._normalised(size)
         return self._cached(f"weight{size[0]}x{size[1]}", lambda: self._normalised(size))
+
+    def eval_weight(self, input_size: tuple[int, int] | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.effective_weight(input_size)
+
+    def train_weight(self) -> Tensor:
+        return self._train_weight()
 
     def _frequencies(self) -> Tensor:
         """Frequencies refreshed at this training step: the ``_TRACK_TOP`` largest by their
@@ -642,7 +440,7 @@ class SpectralConv2d(LipschitzModule):
                 est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
                 return weight / est.amax()
 
-        with torch.no_grad(), _build_threads(self.weight.device), \
+        with torch.no_grad(), build_threads(self.weight.device), \
                 full_precision(self.weight.device):
             sel = self._frequencies()  # (S,)
             taps = (-(-self.kernel_size[0] // stride), -(-self.kernel_size[1] // stride))
@@ -656,24 +454,22 @@ class SpectralConv2d(LipschitzModule):
             v_all[sel] = v
             est = torch.linalg.vector_norm(sym @ v[..., None], dim=(-2, -1))  # (S,)
             self.freq_sigma[sel] = est.to(self.freq_sigma.dtype)
-        return _serial(normalised, self.weight, v, phases)  # differentiable in the weight
+        return serial(normalised, self.weight, v, phases)  # differentiable in the weight
 
     def lipschitz_bound(self) -> float:
         return 1.0  # eval: kernel / certified operator-norm bound, with the cast margin
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_channels, "SpectralConv2d")
+    def eval_forward(self, x: Tensor) -> Tensor:
+        return self.apply_weight(x, self.effective_weight((x.shape[-2], x.shape[-1])))
+
+    def train_forward(self, x: Tensor) -> Tensor:
         size = (x.shape[-2], x.shape[-1])
-        if not self.training:
-            return TF.conv2d(x, self.effective_weight(size), self.bias, stride=self.stride,
-                             padding=self.padding)
         if size != self.input_size:
             raise ValueError(
                 f"SpectralConv2d was built for inputs of size {self.input_size} (its norm "
                 f"depends on it), but got {size} in training"
             )
-        return TF.conv2d(x, self._train_weight(), self.bias, stride=self.stride,
-                         padding=self.padding)
+        return self.apply_weight(x, self._train_weight())
 
     @torch.no_grad()
     def export(self, input_size: tuple[int, int] | None = None) -> nn.Conv2d:

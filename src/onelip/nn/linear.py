@@ -11,8 +11,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import LipschitzModule, float32_forward
-from onelip.nn.plain import plain_linear
+from onelip.nn._base import DenseLayer, tensor_digest
 
 __all__ = ["FrobeniusLinear", "OrthoLinear", "SpectralLinear"]
 
@@ -20,23 +19,9 @@ __all__ = ["FrobeniusLinear", "OrthoLinear", "SpectralLinear"]
 # before a training forward; the one-step Björck map used in training is ≤ 1 for any
 # σ_max(W) ≤ 2 (see OrthoLinear).
 _TRAIN_GUARD = 4.0
-
-
-def _init_linear(layer: nn.Module, in_features: int, out_features: int, bias: bool,
-                 device, dtype) -> None:
-    factory = {"device": device, "dtype": dtype}
-    if in_features < 1 or out_features < 1:
-        raise ValueError(
-            f"Expected positive in_features and out_features, but got "
-            f"in_features={in_features}, out_features={out_features}"
-        )
-    layer.in_features = in_features
-    layer.out_features = out_features
-    layer.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-    if bias:
-        layer.bias = nn.Parameter(torch.zeros(out_features, **factory))
-    else:
-        layer.register_parameter("bias", None)
+# The copies of the latent that OrthoLinear has certified (the fast training path, the guard):
+# which of them equal the latent is its hidden training state (get_extra_state).
+_SNAPSHOTS = ("_retracted_latent", "_guarded_latent")
 
 
 class _RetractedLinear(torch.autograd.Function):
@@ -87,7 +72,7 @@ class _RetractedLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-class OrthoLinear(LipschitzModule):
+class OrthoLinear(DenseLayer):
     r"""Linear layer with an orthogonal weight: all singular values equal to 1.
 
     .. math::
@@ -164,6 +149,12 @@ class OrthoLinear(LipschitzModule):
       graph of a training forward (a CUDA graph). ``torch.compile`` is not affected: the
       checks are graph breaks, run at every call.
 
+    **Saved with the weights.** Which certified copy the latent equals is the layer's hidden
+    training state: it goes into the ``state_dict`` (``_extra_state``: the two flags and the
+    SHA-256 of the latent they were computed for) and is restored by ``load_state_dict``
+    only for a latent with that digest, so a resumed run takes the same path at its first
+    step as the uninterrupted one.
+
     ``torch.func.vmap`` over the weight is refused (no batching rule for the comparison), not
     left unchecked. Eval mode is unaffected: its cache may keep a stale Q after a ``.data``
     write (still orthogonal; see :class:`~onelip.nn.LipschitzModule`).
@@ -186,7 +177,7 @@ class OrthoLinear(LipschitzModule):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__()
-        _init_linear(self, in_features, out_features, bias, device, dtype)
+        self._init_dense(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -196,22 +187,15 @@ class OrthoLinear(LipschitzModule):
         if self.weight.device.type != "meta":
             self.retract_()  # certifies the initial latent: training starts on the fast path
 
-    def _cache_sources(self):
-        return (self.weight,)
+    def applied_weight(self) -> Tensor:
+        """The orthogonal Q = polar(W), shape (out, in), rounded so that σ_max of the weight
+        applied is ≤ 1 (:func:`~onelip.functional.unit_norm_cast`)."""
+        return self.cast_unit(F.polar_bjorck(self.weight.detach())[0])
 
-    def effective_weight(self) -> Tensor:
-        """The orthogonal Q = polar(W), shape (out, in); in eval mode cached, and rounded so
-        that σ_max of the weight applied is ≤ 1 (:func:`~onelip.functional.unit_norm_cast`)."""
-        if self.training:
-            return F.polar_bjorck(self.weight)[0]
-        return self._cached("weight", self._polar_cast)
-
-    def _polar_cast(self) -> Tensor:
-        return F.unit_norm_cast(F.polar_bjorck(self.weight.detach())[0], self.weight.dtype)
-
-    def _eval_weight(self) -> Tensor:
-        return self._cached("weight", self._polar_cast) if not self.training else \
-            self._polar_cast()
+    def train_weight(self) -> Tensor:
+        """polar(W) with gradients (the training forward applies the retracted latent or a
+        Björck step instead: see the class)."""
+        return F.polar_bjorck(self.weight)[0]
 
     def lipschitz_bound(self) -> float:
         return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
@@ -262,25 +246,35 @@ class OrthoLinear(LipschitzModule):
                 pass
         return torch.equal(w, snap)
 
+    def get_extra_state(self) -> Tensor:
+        """(34,) uint8: for each certified copy (``_SNAPSHOTS``) whether the latent equals
+        it, then the SHA-256 of the latent."""
+        flags = torch.tensor([self._latent_equals(k) for k in _SNAPSHOTS], dtype=torch.uint8)
+        return torch.cat((flags, tensor_digest(self.weight)))
+
+    def set_extra_state(self, state: Tensor) -> None:
+        """Restore the certified copies saved by :meth:`get_extra_state` (called by
+        ``load_state_dict`` after the weight): only for the latent they were saved with."""
+        state = torch.as_tensor(state).to("cpu", torch.uint8).reshape(-1)
+        ok = state.numel() == len(_SNAPSHOTS) + 32 and torch.equal(
+            state[len(_SNAPSHOTS):], tensor_digest(self.weight))
+        for key, flag in zip(_SNAPSHOTS, state[:len(_SNAPSHOTS)].tolist() if ok else ()):
+            if flag:
+                self.__dict__[key] = self.weight.detach().clone()
+            else:
+                self.__dict__.pop(key, None)
+
     def __getstate__(self):
         state = super().__getstate__()
-        for key in ("_retracted_latent", "_guarded_latent"):  # copies of W, rebuilt on use
+        for key in _SNAPSHOTS:  # copies of W, rebuilt on use
             state.pop(key, None)
         return state
 
-    @float32_forward
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"Expected input with last dimension {self.in_features}, "
-                f"but got shape {tuple(x.shape)}"
-            )
-        if self.training:
-            if self._retracted():
-                return _RetractedLinear.apply(x, self.weight, self.bias)[0]
-            self._guard()
-            return F.bjorck1_linear(x, self.weight, self.bias)
-        return TF.linear(x, self.effective_weight(), self.bias)
+    def train_forward(self, x: Tensor) -> Tensor:
+        if self._retracted():
+            return _RetractedLinear.apply(x, self.weight, self.bias)[0]
+        self._guard()
+        return F.bjorck1_linear(x, self.weight, self.bias)
 
     @torch.compiler.disable
     @torch.no_grad()
@@ -298,17 +292,8 @@ class OrthoLinear(LipschitzModule):
             w.copy_(F.polar_bjorck(w)[0])
         self.__dict__["_guarded_latent"] = w.detach().clone()
 
-    @torch.no_grad()
-    def export(self) -> nn.Linear:
-        """An ``nn.Linear`` applying the eval-mode weight (in either mode)."""
-        return plain_linear(self._eval_weight(), self.bias)
 
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
-
-
-class SpectralLinear(LipschitzModule):
+class SpectralLinear(DenseLayer):
     r"""Linear layer normalised by its largest singular value.
 
     .. math::
@@ -345,7 +330,7 @@ class SpectralLinear(LipschitzModule):
                 "Expected n_power_iterations to be positive, but got "
                 f"n_power_iterations={n_power_iterations}"
             )
-        _init_linear(self, in_features, out_features, bias, device, dtype)
+        self._init_dense(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.n_power_iterations = n_power_iterations
         factory = {"device": device, "dtype": dtype}
         self.register_buffer("u", torch.empty(out_features, **factory))
@@ -361,57 +346,32 @@ class SpectralLinear(LipschitzModule):
             self.u.copy_(u[:, 0])
             self.v.copy_(vh[0])
 
-    def _cache_sources(self):
-        return (self.weight,)
+    def applied_weight(self) -> Tensor:
+        """W / σ_max(W), shape (out, in), computed in float64 and rounded so that σ_max of
+        the weight applied is ≤ 1."""
+        w64 = self.weight.detach().double()
+        return self.cast_unit(w64 / F.spectral_norm_exact(w64))
 
-    def _exact_weight(self) -> Tensor:
+    def train_weight(self) -> Tensor:
+        """W / σ_max(W) (exact SVD) with gradients; the training forward divides by the
+        power-iteration estimate instead (see the class)."""
         return self.weight / F.spectral_norm_exact(self.weight)
-
-    def _normalised_cast(self) -> Tensor:
-        w = self.weight.detach()
-        return F.unit_norm_cast(w.double() / F.spectral_norm_exact(w.double()), w.dtype)
-
-    def _eval_weight(self) -> Tensor:
-        return self._cached("weight", self._normalised_cast) if not self.training else \
-            self._normalised_cast()
-
-    def effective_weight(self) -> Tensor:
-        """W / σ_max(W), shape (out, in): with gradients in training mode; in eval mode cached,
-        computed in float64 and rounded so that σ_max of the weight applied is ≤ 1."""
-        if self.training:
-            return self._exact_weight()
-        return self._eval_weight()
 
     def lipschitz_bound(self) -> float:
         return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
 
-    @float32_forward
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"Expected input with last dimension {self.in_features}, "
-                f"but got shape {tuple(x.shape)}"
-            )
-        if self.training:
-            F.power_iteration(self.weight, self.u, self.v, n_iter=self.n_power_iterations)
-            # Note: u, v are updated in place, so the graph keeps clones of them (as torch's
-            # spectral_norm does): two forwards before one backward (pairs, GANs) still work.
-            sigma = torch.dot(self.u.clone(), self.weight @ self.v.clone())  # grad through W
-            return TF.linear(x, self.weight / sigma, self.bias)
-        return TF.linear(x, self.effective_weight(), self.bias)
-
-    @torch.no_grad()
-    def export(self) -> nn.Linear:
-        """An ``nn.Linear`` applying the eval-mode weight (in either mode)."""
-        return plain_linear(self._eval_weight(), self.bias)
+    def train_forward(self, x: Tensor) -> Tensor:
+        F.power_iteration(self.weight, self.u, self.v, n_iter=self.n_power_iterations)
+        # Note: u, v are updated in place, so the graph keeps clones of them (as torch's
+        # spectral_norm does): two forwards before one backward (pairs, GANs) still work.
+        sigma = torch.dot(self.u.clone(), self.weight @ self.v.clone())  # grad through W
+        return TF.linear(x, self.weight / sigma, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, "
-                f"n_power_iterations={self.n_power_iterations}")
+        return f"{super().extra_repr()}, n_power_iterations={self.n_power_iterations}"
 
 
-class FrobeniusLinear(LipschitzModule):
+class FrobeniusLinear(DenseLayer):
     r"""Linear layer normalised by the Frobenius norm: :math:`y = W x / \|W\|_F + b`.
 
     :math:`\|W\|_2 \le \|W\|_F`, so the layer is 1-Lipschitz; for one output (a binary head)
@@ -429,7 +389,7 @@ class FrobeniusLinear(LipschitzModule):
     def __init__(self, in_features: int, out_features: int = 1, *, bias: bool = True,
                  per_row: bool = False, device=None, dtype=None) -> None:
         super().__init__()
-        _init_linear(self, in_features, out_features, bias, device, dtype)
+        self._init_dense(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.per_row = per_row
         self.reset_parameters()
 
@@ -438,53 +398,26 @@ class FrobeniusLinear(LipschitzModule):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def _cache_sources(self):
-        return (self.weight,)
-
-    def _normalised(self) -> Tensor:
+    def train_weight(self) -> Tensor:
+        """W/‖W‖_F (or per row), shape (out, in), with gradients."""
         if self.per_row:
             return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return self.weight / self.weight.norm().clamp_min(1e-12)
 
-    def _normalised_cast(self) -> Tensor:
-        w = self.weight.detach()
-        if self.per_row:  # the bound is measured on the applied weight (lipschitz_bound)
-            return self._normalised().detach()
-        w64 = w.double()
-        return F.unit_norm_cast(w64 / w64.norm().clamp_min(1e-300), w.dtype)
-
-    def _eval_weight(self) -> Tensor:
-        return self._cached("weight", self._normalised_cast) if not self.training else \
-            self._normalised_cast()
-
-    def effective_weight(self) -> Tensor:
-        """W/‖W‖_F (or per row), shape (out, in): with gradients in training mode; in eval mode
-        cached and rounded so that σ_max of the weight applied is ≤ 1 (``per_row=False``)."""
-        if self.training:
-            return self._normalised()
-        return self._eval_weight()
+    def applied_weight(self) -> Tensor:
+        """W/‖W‖_F rounded so that σ_max of the weight applied is ≤ 1 (``per_row=False``);
+        per row: the rows normalised (the bound is measured on it: :meth:`lipschitz_bound`)."""
+        if self.per_row:
+            return self.train_weight().detach()
+        w64 = self.weight.detach().double()
+        return self.cast_unit(w64 / w64.norm().clamp_min(1e-300))
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         if not self.per_row:
             return 1.0  # eval: σ_max of the applied (rounded) weight ≤ 1 by unit_norm_cast
         # σ_max of the applied weight (float64 SVD of the stored values), rounded up.
-        return float(F.spectral_norm_exact(self._eval_weight().double())) * (1 + 1e-9)
-
-    @float32_forward
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"Expected input with last dimension {self.in_features}, "
-                f"but got shape {tuple(x.shape)}"
-            )
-        return TF.linear(x, self.effective_weight(), self.bias)
-
-    @torch.no_grad()
-    def export(self) -> nn.Linear:
-        """An ``nn.Linear`` applying the eval-mode weight (in either mode)."""
-        return plain_linear(self._eval_weight(), self.bias)
+        return float(F.spectral_norm_exact(self.eval_weight().double())) * (1 + 1e-9)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, per_row={self.per_row}")
+        return f"{super().extra_repr()}, per_row={self.per_row}"

@@ -69,7 +69,8 @@ class Normalize(LipschitzModule):
     def export(self) -> nn.Module:
         """A depthwise 1×1 ``nn.Conv2d`` (weight 1/σ, bias −μ/σ) for image inputs."""
         c = len(self.std)
-        conv = nn.Conv2d(c, c, 1, groups=c, bias=True, device=self._mean.device)
+        conv = nn.Conv2d(c, c, 1, groups=c, bias=True, device=self._mean.device,
+                         dtype=self._mean.dtype)
         conv.weight.copy_(self._inv_std.view(c, 1, 1, 1))
         conv.bias.copy_(-self._mean * self._inv_std)
         return conv

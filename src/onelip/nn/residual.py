@@ -12,14 +12,11 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
-from onelip.nn._base import (
-    LipschitzModule,
-    check_bound_applies,
-    float32_forward,
-    full_precision,
-)
-from onelip.nn.plain import Residual, export_tree
+from onelip.nn._base import ConstrainedLayer, LipschitzModule, check_bound_applies
+from onelip.nn._precision import float32_forward, full_precision
+from onelip.nn.plain import Residual
 from onelip.nn.sequential import module_lipschitz_bound
+from onelip.nn.utils import export_tree
 
 __all__ = ["ConvexResidual", "SLLBlock", "SLLConv2d"]
 
@@ -100,7 +97,7 @@ class ConvexResidual(LipschitzModule):
             f"learnable={self.logit is not None}"
 
 
-class SLLBlock(LipschitzModule):
+class SLLBlock(ConstrainedLayer):
     r"""Dense SDP-based Lipschitz layer (SLL), a 1-Lipschitz residual block.
 
     .. math::
@@ -147,47 +144,46 @@ class SLLBlock(LipschitzModule):
         nn.init.uniform_(self.bias, -bound, bound)
         nn.init.zeros_(self.log_q)
 
-    def _cache_sources(self):
-        return (self.weight, self.log_q)
+    full_precision_forward = True
+
+    @property
+    def in_features(self) -> int:
+        return self.features
 
     def _t_inv(self) -> Tensor:
         return F.sll_scaling(self.weight.mT @ self.weight, self.log_q)
 
-    def _eval_terms(self) -> tuple[float, Tensor]:
-        return self._cached("eval", lambda: F.sll_cast(self.weight, self.log_q))
+    def applied_weight(self) -> tuple[float, Tensor]:
+        """``(a, w_out)``: the skip factor 1 − η and :math:`2aWT^{-1}` (d, m) from float64,
+        rounded as the class says (:func:`onelip.functional.sll_cast`)."""
+        return F.sll_cast(self.weight, self.log_q)
+
+    def train_weight(self) -> tuple[float, Tensor]:
+        """``(1, 2WT⁻¹)`` with gradients."""
+        return 1.0, 2 * self.weight * self._t_inv()
 
     def skip_factor(self) -> float:
         """a in :math:`y = a\\,x - \\dots`: 1 in training, 1 − η in eval mode (the class)."""
-        return 1.0 if self.training else self._eval_terms()[0]
+        return 1.0 if self.training else self.eval_weight()[0]
 
     def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(w_in, b, w_out)`` with :math:`y = a\\,x - \\mathrm{ReLU}(x w_{in}^\\top + b)
         w_{out}^\\top` (a = :meth:`skip_factor`): w_in (m, d) = Wᵀ, w_out (d, m) = 2a W T⁻¹,
         in eval mode rounded as the class says. Built in full precision under autocast."""
         with full_precision(self.weight.device):
-            if self.training:
-                return self.weight.mT, self.bias, 2 * self.weight * self._t_inv()
-            return self.weight.mT, self.bias, self._eval_terms()[1]
+            return self.weight.mT, self.bias, self.effective_weight()[1]
 
     def lipschitz_bound(self) -> float:
         return 1.0  # Araujo et al. 2023, Thm 3; eval: rounding absorbed by a (sll_cast)
 
-    @float32_forward
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.features:
-            raise ValueError(
-                f"Expected input with last dimension {self.features}, "
-                f"but got shape {tuple(x.shape)}"
-            )
-        w_in, b, w_out = self.effective_weights()
-        a = self.skip_factor()
-        return (x if a == 1.0 else a * x) - TF.linear(torch.relu(TF.linear(x, w_in, b)), w_out)
+    def apply_weight(self, x: Tensor, weight: tuple[float, Tensor]) -> Tensor:
+        a, w_out = weight
+        h = torch.relu(TF.linear(x, self.weight.mT, self.bias))
+        return (x if a == 1.0 else a * x) - TF.linear(h, w_out)
 
-    @torch.no_grad()
-    def export(self) -> nn.Module:
-        """The eval-mode block (in either mode): :class:`~onelip.nn.plain.Residual` of
-        Linear → ReLU → Linear, skip a, scale −1."""
-        a, w_out = self._eval_terms()
+    def plain_twin(self, weight: tuple[float, Tensor]) -> nn.Module:
+        """:class:`~onelip.nn.plain.Residual` of Linear → ReLU → Linear, skip a, scale −1."""
+        a, w_out = weight
         w_in, b = self.weight.detach().mT.clone(), self.bias.detach().clone()
         first = nn.Linear(self.features, self.inner, device=w_in.device, dtype=w_in.dtype)
         second = nn.Linear(self.inner, self.features, bias=False, device=w_in.device,
@@ -201,7 +197,7 @@ class SLLBlock(LipschitzModule):
         return f"features={self.features}, inner={self.inner}"
 
 
-class SLLConv2d(LipschitzModule):
+class SLLConv2d(ConstrainedLayer):
     r"""Convolutional SLL block: a 1-Lipschitz residual block with zero "same" padding.
 
     .. math::
@@ -257,18 +253,28 @@ class SLLConv2d(LipschitzModule):
         nn.init.uniform_(self.bias, -bound, bound)
         nn.init.zeros_(self.log_q)
 
-    def _cache_sources(self):
-        return (self.weight, self.log_q)
+    input_layout = "image"
+    full_precision_forward = True
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
 
     def _t_inv(self) -> Tensor:
         return F.sll_scaling(F.sll_conv_gram(self.weight), self.log_q)
 
-    def _eval_terms(self) -> tuple[float, Tensor]:
-        return self._cached("eval", lambda: F.sll_cast(self.weight, self.log_q))
+    def applied_weight(self) -> tuple[float, Tensor]:
+        """``(a, out)``: the skip factor 1 − η and :math:`2aK\\,t` (m, C, k, k) from
+        float64, rounded as the class says (:func:`onelip.functional.sll_cast`)."""
+        return F.sll_cast(self.weight, self.log_q)
+
+    def train_weight(self) -> tuple[float, Tensor]:
+        """``(1, 2K t)`` with gradients."""
+        return 1.0, 2 * self.weight * self._t_inv()[:, None, None, None]
 
     def skip_factor(self) -> float:
         """a in :math:`y = a\\,x - \\dots`: 1 in training, 1 − η in eval mode (the class)."""
-        return 1.0 if self.training else self._eval_terms()[0]
+        return 1.0 if self.training else self.eval_weight()[0]
 
     def effective_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(w_in, b, w_out)`` with :math:`y = a\\,x - \\mathrm{conv}(\\mathrm{ReLU}(
@@ -277,35 +283,26 @@ class SLLConv2d(LipschitzModule):
         kernel of :math:`2a\\,T_K^\\top\\,\\mathrm{diag}(t)` (transposed and flipped), in eval
         mode rounded as the class says. Built in full precision under autocast."""
         with full_precision(self.weight.device):
-            if self.training:
-                out = 2 * self.weight * self._t_inv()[:, None, None, None]
-            else:
-                out = self._eval_terms()[1]
+            out = self.effective_weight()[1]
         return self.weight, self.bias, out.transpose(0, 1).flip(-2, -1)
 
     def lipschitz_bound(self) -> float:
         return 1.0  # Araujo et al. 2023, Thm 3; eval: rounding absorbed by a (sll_cast)
 
-    @float32_forward
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"SLLConv2d expected input of shape (N, {self.channels}, H, W), but got "
-                f"{tuple(x.shape)}"
-            )
+    def train_forward(self, x: Tensor) -> Tensor:
         h = torch.relu(TF.conv2d(x, self.weight, self.bias, padding=self.padding))
-        if self.training:
-            t_inv = self._t_inv()
-            return x - 2 * TF.conv_transpose2d(h * t_inv[:, None, None], self.weight,
-                                               padding=self.padding)
-        a, out = self._eval_terms()  # out = 2a K t, rounded
+        t_inv = self._t_inv()
+        return x - 2 * TF.conv_transpose2d(h * t_inv[:, None, None], self.weight,
+                                           padding=self.padding)
+
+    def apply_weight(self, x: Tensor, weight: tuple[float, Tensor]) -> Tensor:
+        a, out = weight  # out = 2a K t, rounded
+        h = torch.relu(TF.conv2d(x, self.weight, self.bias, padding=self.padding))
         return (x if a == 1.0 else a * x) - TF.conv_transpose2d(h, out, padding=self.padding)
 
-    @torch.no_grad()
-    def export(self) -> nn.Module:
-        """The eval-mode block (in either mode): :class:`~onelip.nn.plain.Residual` of
-        Conv2d → ReLU → Conv2d, skip a, scale −1."""
-        a, out = self._eval_terms()
+    def plain_twin(self, weight: tuple[float, Tensor]) -> nn.Module:
+        """:class:`~onelip.nn.plain.Residual` of Conv2d → ReLU → Conv2d, skip a, scale −1."""
+        a, out = weight
         w_in, b = self.weight.detach().clone(), self.bias.detach().clone()
         w_out = out.transpose(0, 1).flip(-2, -1).clone()
         k = self.kernel_size
