@@ -171,14 +171,59 @@ def pixel_grid(cfg: SnowflakeConfig) -> np.ndarray:
 # ==== the sub-run ===========================================================================
 
 
+class _Focus:
+    """The data order of a focused epoch (a :data:`onelip.train.Sampler`): ``n_focus``
+    samples drawn with replacement from the pixels with :math:`y f(x) < 2m`, found from the
+    latest f (:meth:`update`), and ``n − n_focus`` uniformly without replacement, shuffled
+    together; all drawn from fit's generator."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, sign: torch.Tensor,
+                 margin: float, n_focus: int) -> None:
+        self.model, self.x, self.sign, self.margin = model, x, sign, margin
+        self.n_focus = n_focus
+        self.f = self.evaluate() if n_focus else None
+        self.focused = int(x.shape[0])
+
+    @torch.no_grad()
+    def evaluate(self) -> torch.Tensor:
+        """f on every pixel (the model as it is: the training forward)."""
+        x = self.x
+        return torch.cat([self.model(x[i:i + 8192]).reshape(-1)
+                          for i in range(0, x.shape[0], 8192)])
+
+    def update(self) -> torch.Tensor:
+        """f after an epoch: the focus set of the next one."""
+        self.f = self.evaluate()
+        return self.f
+
+    def __call__(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        order = torch.randperm(n, generator=gen)
+        self.focused = n
+        if self.n_focus:
+            near = torch.nonzero(self.sign * self.f < 2 * self.margin).reshape(-1).cpu()
+            self.focused = int(near.numel())
+            if self.focused:
+                draw = near[torch.randint(self.focused, (self.n_focus,), generator=gen)]
+                order = torch.cat([draw, order[: n - self.n_focus]])
+                order = order[torch.randperm(n, generator=gen)]
+        return order
+
+
+class _SignedDistanceMSE(torch.nn.Module):
+    """Mean squared error of f (N, 1) against the signed distance s (N,)."""
+
+    def forward(self, out: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(out.reshape(-1), s)
+
+
 def train_focused(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   cfg: SnowflakeConfig, *, target: torch.Tensor | None = None,
                   device: str = "cpu", on_epoch=None) -> list[dict]:
     r"""Fit ``model`` to the pixels ``x`` (N, 2) with labels ``y`` (N,) in {0, 1}: by HKR
     (α = ``cfg.alpha``, m = ``cfg.margin_pixels`` pixel steps), or with ``cfg.loss == "mse"``
-    by the mean squared error of f against ``target`` (N,), the signed distance; AdamW with a
-    one-cycle schedule peaking at ``cfg.lr``, orthogonal latents retracted after each step
-    (:func:`onelip.nn.retract_`).
+    by the mean squared error of f against ``target`` (N,), the signed distance; through
+    :func:`onelip.train.fit` (AdamW with a one-cycle schedule peaking at ``cfg.lr``,
+    orthogonal latents retracted after each step), its data order given by ``sampler=``.
 
     Focused epochs: before each epoch f is evaluated on every pixel (no gradient); the epoch
     is ``cfg.focus``·N samples drawn with replacement from the pixels with
@@ -190,68 +235,39 @@ def train_focused(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     Returns one record per epoch: ``acc`` (sign(f) against y over all N pixels, measured
     after the epoch, in the training forward), ``loss`` (mean training loss) and ``focused``
-    (the size of the focus set the epoch drew from; N when ``cfg.focus`` is 0).
+    (the size of the focus set the epoch drew from; N when ``cfg.focus`` is 0). The model is
+    left in train mode.
     """
     from onelip.losses import HKRLoss
-    from onelip.nn import retract_
+    from onelip.train import TrainConfig, fit
 
     n = x.shape[0]
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    model.to(device).train()
-    x, y = x.to(device), y.to(device)
-    sign = y.to(x.dtype) * 2 - 1
     margin = cfg.margin_pixels * cfg.step
     if cfg.loss == "mse":
         if target is None or target.shape != y.shape:
             raise ValueError("loss 'mse' needs target, the signed distance of each pixel (N,)")
-        dist = target.to(device=device, dtype=x.dtype)
-
-        def loss_fn(out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.mse_loss(out.reshape(-1), dist[b])
+        labels, loss = target.to(x.dtype), _SignedDistanceMSE()
     else:
-        hkr = HKRLoss(cfg.alpha, margin)
+        labels, loss = y, HKRLoss(cfg.alpha, margin)
+    model.to(device).train()
+    inside = y.to(device) > 0
+    focus = _Focus(model, x.to(device), inside.to(x.dtype) * 2 - 1, margin,
+                   int(round(cfg.focus * n)))
+    hist: list[dict] = []
 
-        def loss_fn(out: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return hkr(out, y[b])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
-                                                total_steps=steps_per_epoch * cfg.epochs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n_focus = int(round(cfg.focus * n))
-
-    def evaluate() -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([model(x[i:i + 8192]).reshape(-1) for i in range(0, n, 8192)])
-
-    f = evaluate() if n_focus else None
-    hist = []
-    for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(n, generator=gen)
-        focused = n
-        if n_focus:
-            near = torch.nonzero(sign * f < 2 * margin).reshape(-1).cpu()
-            focused = int(near.numel())
-            if focused:
-                draw = near[torch.randint(focused, (n_focus,), generator=gen)]
-                order = torch.cat([draw, order[: n - n_focus]])
-                order = order[torch.randperm(n, generator=gen)]
-        order = order.to(device)
-        total = torch.zeros((), device=device)
-        for s in range(steps_per_epoch):
-            b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            loss = loss_fn(model(x[b]), b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            retract_(model)
-            total += loss.detach()
-        f = evaluate()
-        record = {"epoch": epoch, "acc": float(((f > 0) == (y > 0)).float().mean()),
-                  "loss": float(total) / steps_per_epoch, "focused": focused}
+    def epoch_done(r: dict) -> None:
+        f = focus.update()
+        record = {"epoch": r["epoch"], "acc": float(((f > 0) == inside).float().mean()),
+                  "loss": r["loss"], "focused": focus.focused}
         hist.append(record)
         if on_epoch is not None:
             on_epoch(record)
+
+    config = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                         seed=cfg.seed, device=device, divergence_guard=False)
+    fit(model, (x, labels), loss, config, sampler=focus, progress=False,
+        on_epoch=epoch_done, final_test=False)
+    model.train()  # as the records measured it
     return hist
 
 
