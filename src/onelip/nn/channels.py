@@ -13,7 +13,20 @@ from onelip.nn._base import LipschitzModule
 __all__ = ["FirstChannels", "ZeroChannelPad"]
 
 
-class ZeroChannelPad(LipschitzModule):
+class _ChannelCount(LipschitzModule):
+    """A parameter-free layer set by one channel count (``channels`` ≥ 1)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"Expected channels >= 1, but got channels={channels}")
+        self.channels = int(channels)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}"
+
+
+class ZeroChannelPad(_ChannelCount):
     r"""Append zero channels up to ``channels``: :math:`x \mapsto (x, 0)`, an isometry.
 
     Args:
@@ -29,12 +42,6 @@ class ZeroChannelPad(LipschitzModule):
         True
     """
 
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"Expected channels >= 1, but got channels={channels}")
-        self.channels = int(channels)
-
     def lipschitz_bound(self) -> float:
         return 1.0  # an isometry: ‖(x, 0)‖ = ‖x‖
 
@@ -46,11 +53,9 @@ class ZeroChannelPad(LipschitzModule):
         pad = [0, 0] * (x.dim() - 2) + [0, self.channels - c]  # last pair pads dim 1
         return TF.pad(x, pad)
 
-    def extra_repr(self) -> str:
-        return f"{self.channels}"
 
 
-class FirstChannels(LipschitzModule):
+class FirstChannels(_ChannelCount):
     r"""Keep the first ``channels`` channels: :math:`x \mapsto x_{1..c}`, an orthogonal
     projection (norm 1).
 
@@ -61,12 +66,6 @@ class FirstChannels(LipschitzModule):
         :math:`(N, C, *) \to (N, c, *)`, c ≤ C.
     """
 
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"Expected channels >= 1, but got channels={channels}")
-        self.channels = int(channels)
-
     def lipschitz_bound(self) -> float:
         return 1.0  # a coordinate projection
 
@@ -75,7 +74,5 @@ class FirstChannels(LipschitzModule):
             raise ValueError(f"FirstChannels({self.channels}) got only {x.shape[1]} channels")
         return x[:, :self.channels]
 
-    def extra_repr(self) -> str:
-        return f"{self.channels}"
 
 
