@@ -11,25 +11,34 @@ import json
 import platform
 import sys
 import time
-from importlib import import_module
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 
 from onelip._io import atomic_path
+from onelip.experiments import (  # the claim modules (none of them imports this one)
+    consistency,
+    expressivity,
+    generalization,
+    memorization,
+    optimal_transport,
+    pareto,
+    snowflake,
+    tradeoff,
+)
 
 __all__ = ["CLAIMS", "claim_config", "claim_module", "redraw", "run_claim", "write_report"]
 
-CLAIMS = {
-    "expressivity": ("expressivity", "ExpressivityConfig"),
-    "optimal-transport": ("optimal_transport", "OptimalTransportConfig"),
-    "generalization": ("generalization", "GeneralizationConfig"),
-    "tradeoff": ("tradeoff", "TradeoffConfig"),
-    "pareto": ("pareto", "ParetoConfig"),
-    "consistency": ("consistency", "ConsistencyConfig"),
-    "snowflake": ("snowflake", "SnowflakeConfig"),
-    "memorization": ("memorization", "MemorizationConfig"),
-}
-"""Claim name -> (module in onelip.experiments, config class), in the paper's order."""
+CLAIMS = MappingProxyType({
+    "expressivity": (expressivity, expressivity.ExpressivityConfig),
+    "optimal-transport": (optimal_transport, optimal_transport.OptimalTransportConfig),
+    "generalization": (generalization, generalization.GeneralizationConfig),
+    "tradeoff": (tradeoff, tradeoff.TradeoffConfig),
+    "pareto": (pareto, pareto.ParetoConfig),
+    "consistency": (consistency, consistency.ConsistencyConfig),
+    "snowflake": (snowflake, snowflake.SnowflakeConfig),
+    "memorization": (memorization, memorization.MemorizationConfig),
+})
+"""Claim name -> (its module in onelip.experiments, its config class), in the paper's order."""
 
 _TITLES = {
     "expressivity": "1. Expressivity — 1-Lipschitz networks fit any boundary",
@@ -52,7 +61,7 @@ def claim_module(name: str) -> ModuleType:
     """The module of claim ``name`` (``ValueError`` for an unknown one)."""
     if name not in CLAIMS:
         raise ValueError(f"Unknown claim {name!r}; expected one of {', '.join(CLAIMS)} or all")
-    return import_module(f"onelip.experiments.{CLAIMS[name][0]}")
+    return CLAIMS[name][0]
 
 
 def claim_config(name: str, *, quick: bool = False, data: str | None = None,
@@ -63,7 +72,8 @@ def claim_config(name: str, *, quick: bool = False, data: str | None = None,
     for a field the config lacks)."""
     import dataclasses
 
-    cfg_cls = getattr(claim_module(name), CLAIMS[name][1])
+    claim_module(name)  # ValueError for an unknown claim
+    cfg_cls = CLAIMS[name][1]
     cfg = cfg_cls.quick() if quick else cfg_cls.full()
     names = {f.name for f in dataclasses.fields(cfg)}
     if data is not None and "data" in names:
