@@ -6,6 +6,6 @@ trade-off (:mod:`onelip.losses`), certificates (:mod:`onelip.certify`), data
 (:mod:`onelip.data`), training (:mod:`onelip.train`) and a CLI (``onelip``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]

@@ -72,6 +72,10 @@ __all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "
            "partial_path", "read_checkpoint", "resumable_run", "save", "write_checkpoint",
            "write_json", "write_model"]
 
+READS_VERSIONS = frozenset({("0", "1"), ("0", "2"), ("0", "3")})
+"""The (major, minor) versions whose run folders this version loads: 0.3 reads what 0.1 and
+0.2 wrote (their state dicts lack only the layers' optional ``_extra_state``)."""
+
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -471,7 +475,7 @@ def load_config(path: str | Path) -> dict:
         raise CheckpointError(f"{cfg_path}: the data section is not an object; the run folder "
                               "is corrupt")
     version = cfg.get("onelip_version")
-    if not isinstance(version, str) or version.split(".")[:2] != __version__.split(".")[:2]:
+    if not isinstance(version, str) or tuple(version.split(".")[:2]) not in READS_VERSIONS:
         raise CheckpointError(
             f"{path} was written by onelip {version}, this is onelip {__version__}; "
             "load it with that version or retrain"
