@@ -20,7 +20,7 @@ from onelip.certify._inputs import (
 )
 from onelip.certify.bounds import lipschitz_bound, split_last_linear
 from onelip.certify.radius import certified_radius, last_layer_radius
-from onelip.nn import eval_mode
+from onelip.nn.utils import eval_mode
 
 __all__ = ["certified_accuracy"]
 

@@ -17,7 +17,7 @@ from onelip.certify._inputs import (
     checked_labels,
     no_autocast_for,
 )
-from onelip.nn import eval_mode
+from onelip.nn.utils import eval_mode
 
 __all__ = ["AttackResult", "attack_l2"]
 

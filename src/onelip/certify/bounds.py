@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from onelip.certify._inputs import no_autocast_for
-from onelip.nn import LipschitzModule, check_bound_applies, eval_mode, export_tree
+from onelip.nn import DenseLayer, LipschitzModule, check_bound_applies
 from onelip.nn.sequential import module_lipschitz_bound
+from onelip.nn.utils import eval_mode, export_tree
 
 __all__ = ["estimate_lipschitz", "lipschitz_bound", "split_last_linear"]
 
@@ -22,7 +23,10 @@ _F64_SLACK = 1e-10
 
 
 def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | None] | None:
-    """Split a sequential model into (body, W, b) if it ends in a linear layer, else None.
+    """Split a sequential model into (body, W, b) if it ends in a linear layer, else None: an
+    ``nn.Linear`` (its weight) or a :class:`~onelip.nn.DenseLayer` (its certified eval-mode
+    weight, :meth:`~onelip.nn.ConstrainedLayer.eval_weight`, in either mode), W of shape
+    (out, in).
 
     Only a container whose ``forward`` is ``nn.Sequential``'s (the composition of its
     children) splits: one with a ``forward`` of its own and a restated bound gives None, one
@@ -39,8 +43,8 @@ def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | Non
     if type(model).forward is not nn.Sequential.forward:
         return None  # not the composition of its children: body @ W is another function
     last = model[-1]
-    if hasattr(last, "effective_weight"):
-        w = last.effective_weight()
+    if isinstance(last, DenseLayer):  # applies its certified weight (out, in) as nn.Linear
+        w = last.eval_weight()
     elif isinstance(last, nn.Linear):
         w = last.weight
     else:

@@ -15,7 +15,7 @@ from onelip.certify._inputs import check_eps, check_points, check_positive_int, 
 from onelip.certify.accuracy import certified_accuracy
 from onelip.certify.attack import AttackResult, attack_l2
 from onelip.certify.bounds import lipschitz_bound, split_last_linear
-from onelip.nn import eval_mode
+from onelip.nn.utils import eval_mode
 
 __all__ = ["AttackReport", "AttackSettings", "CertifyReport", "evaluate"]
 
