@@ -55,6 +55,19 @@ def _default(name: str) -> LazyDefault:
     return LazyDefault(read)
 
 
+def _hinge_mode_default() -> LazyDefault:
+    """The default ``mode`` of :class:`~onelip.losses.MulticlassHingeLoss` (read when needed)."""
+
+    def read():
+        import inspect
+
+        from onelip.losses import MulticlassHingeLoss
+
+        return inspect.signature(MulticlassHingeLoss).parameters["mode"].default
+
+    return LazyDefault(read)
+
+
 def fraction(s: str) -> float:
     v = nonneg_float(s)
     if v >= 1:
@@ -80,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=nonneg_float, default=10.0, help="HKR weight of the hinge")
     p.add_argument("--margin", type=nonneg_float, default=1.0, help="hinge margin m (full)")
     p.add_argument("--tau", type=positive_float, default=8.0, help="τ of cross-entropy")
-    p.add_argument("--hinge-mode", default="one_vs_all", choices=["top2", "one_vs_all"],
+    p.add_argument("--hinge-mode", default=_hinge_mode_default(), choices=["top2", "one_vs_all"],
                    help="multiclass hinge on the top-2 margin or one-vs-all")
     # the training options' defaults are TrainConfig's (_Default); their choices its
     p.add_argument("--epochs", type=positive_int, default=_default("epochs"),
