@@ -397,6 +397,7 @@ def test_one_default_hinge_mode():
     import inspect
 
     from onelip.cli import build_parser
+    from onelip.cli._common import LazyDefault
 
     mode = inspect.signature(L.MulticlassHingeLoss).parameters["mode"].default
     assert mode == "one_vs_all"
@@ -407,7 +408,12 @@ def test_one_default_hinge_mode():
         .parameters["mode"].default,
         "MulticlassHKRLoss": inspect.signature(L.MulticlassHKRLoss).parameters["mode"].default,
         "build_loss": inspect.signature(L.build_loss).parameters["hinge_mode"].default,
-        "onelip train --hinge-mode": build_parser().parse_args(
-            ["train", "--data", "two-moons"]).hinge_mode,
+        "onelip train --hinge-mode": _resolved(build_parser().parse_args(
+            ["train", "--data", "two-moons"]), LazyDefault).hinge_mode,
     }
     assert all(d == mode for d in defaults.values()), f"{mode=} but {defaults}"
+
+
+def _resolved(args, lazy):
+    lazy.resolve(args)  # the defaults the command reads when it runs
+    return args
