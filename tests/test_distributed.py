@@ -153,3 +153,25 @@ def test_a_loss_gets_frequency_only_if_it_declares_it():
 
     assert not distributed.Context._frequency_kw(Undeclared())
     assert distributed.Context._frequency_kw(Declared())
+
+
+def test_check_nproc_names_the_library_argument_and_the_cli_its_flag(monkeypatch):
+    """The library's message says ``nproc=N``; the CLI spells the same parts ``--nproc N``."""
+    from onelip._errors import ArgumentError
+    from onelip.cli._common import error_text
+
+    monkeypatch.setattr(distributed, "_cores", lambda: 2)
+    with pytest.raises(ArgumentError) as info:
+        distributed.check_nproc(3)
+    assert str(info.value).startswith("nproc=3 is more processes than the 2 CPU cores"), info.value
+    assert str(info.value).endswith("pass nproc=2 or less"), info.value
+    assert "--" not in str(info.value)
+    assert info.value.arguments == ("nproc", "nproc")
+    cli = error_text(info.value)
+    assert cli.startswith("--nproc 3 is more") and cli.endswith("pass --nproc 2 or less"), cli
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ArgumentError) as info:
+        distributed.check_nproc(2, "cuda")
+    assert error_text(info.value) == ("--nproc 2 needs 2 GPUs, but 0 are visible: pass "
+                                      "--nproc 1 or less on CUDA (one GPU each)"), info.value
+    distributed.check_nproc(2)  # as many as the cores: allowed

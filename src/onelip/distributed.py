@@ -33,6 +33,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from onelip._errors import Argument, ArgumentError
 from onelip._validation import is_binary_output
 
 __all__ = ["Context", "check_nproc", "in_worker", "is_main", "process_group"]
@@ -58,21 +59,27 @@ def check_nproc(nproc: int, device: str = "cpu") -> None:
     (NCCL needs one each).
 
     Raises:
-        ValueError: in one line, saying how many are possible.
+        ArgumentError: in one line, naming ``nproc`` and saying how many are possible.
     """
     if nproc < 1:
         raise ValueError(f"Expected nproc >= 1, but got nproc={nproc}")
     if torch.device(device).type == "cuda":
         n_gpu = torch.cuda.device_count()
         if nproc > n_gpu:
-            raise ValueError(f"--nproc {nproc} needs {nproc} GPUs, but {n_gpu} are visible: "
-                             f"pass --nproc {max(n_gpu, 1)} or less on CUDA (one GPU each)")
+            raise ArgumentError(_nproc(nproc), f" needs {nproc} GPUs, but {n_gpu} are "
+                                "visible: pass ", _nproc(max(n_gpu, 1)),
+                                " or less on CUDA (one GPU each)")
         return
     cores = _cores()
     if nproc > cores:
-        raise ValueError(f"--nproc {nproc} is more processes than the {cores} CPU core"
-                         f"{'s' if cores != 1 else ''} this machine gives onelip: they would "
-                         f"share cores and run slower than fewer; pass --nproc {cores} or less")
+        raise ArgumentError(_nproc(nproc), f" is more processes than the {cores} CPU core"
+                            f"{'s' if cores != 1 else ''} this machine gives onelip: they "
+                            "would share cores and run slower than fewer; pass ", _nproc(cores),
+                            " or less")
+
+
+def _nproc(n: int) -> Argument:
+    return Argument("nproc", f"nproc={n}", value=n)
 
 
 def _dist_ready() -> bool:

@@ -29,6 +29,7 @@ FLAGS = MappingProxyType({
     "overwrite": "--force",
     "resume": "--resume {value}",
     "train_run": "train one with `onelip train --out {value}`",
+    "nproc": "--nproc {value}",
 })
 """Library argument (:class:`onelip._errors.Argument` ``name``) -> how the command line says
 it, in the messages of the library errors the CLI shows (``{value}``: the argument's value)."""

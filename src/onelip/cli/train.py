@@ -389,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             distributed.check_nproc(args.nproc, args.device)
         except ValueError as e:
-            raise CLIError(str(e)) from None
+            raise CLIError(error_text(e)) from None
     # before any training step: a place a run may not go, or cannot be written
     try:
         runs.check_target(out, overwrite=args.force)
