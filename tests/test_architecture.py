@@ -18,7 +18,9 @@ lowest first; a unit may always import itself, and may import what ``ALLOWED`` l
 * rank 4: ``runs``, ``checkpoint``, ``distributed``, ``export`` -- anything of rank <= 3, and
   not each other, except that ``export`` and ``checkpoint`` (an alias of runs) may import
   ``runs``.
-* rank 5: ``train`` -- anything of rank <= 4.
+* rank 5: ``train`` -- anything of rank <= 4. A package (``config``, ``sources``, ``optim``,
+  ``state``, ``resume``, ``loop``, ``evaluate``; ``fit`` in its ``__init__``) whose modules
+  never import its ``__init__``: the facade sits on top of them.
 * rank 6: ``experiments`` -- anything of rank <= 5.
 * rank 7: ``cli`` and ``__main__`` -- anything of rank <= 6; ``__main__`` may import ``cli``.
 
@@ -187,6 +189,12 @@ def test_no_import_cycles():
                                      for a, b in zip(c, c[1:]))
             for c in _cycles()]
     assert not msgs, "import cycles between onelip modules:\n" + "\n".join(msgs)
+
+
+def test_train_modules_do_not_import_the_train_facade():
+    bad = [f"{m} (line {line})" for m in MODULES if m.startswith("onelip.train.")
+           for name, line in _imports(m) if name == "onelip.train"]
+    assert not bad, f"modules of onelip.train import its __init__: {bad}"
 
 
 @pytest.mark.parametrize(
