@@ -52,7 +52,12 @@ def _compare(single: Path, multi: Path) -> tuple[float, float]:
     w1 = load_file(str(single / "model.safetensors"))
     w2 = load_file(str(multi / "model.safetensors"))
     assert w1.keys() == w2.keys()
-    w_err = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    # Floating tensors within TOL_WEIGHTS; the layers' hidden state (``_extra_state``, uint8:
+    # flags and the SHA-256 of the latent) has the same shape, its digest differing with the
+    # last bits of the latent.
+    assert all(w1[k].shape == w2[k].shape for k in w1)
+    w_err = max((w1[k].double() - w2[k].double()).abs().max().item() for k in w1
+                if w1[k].is_floating_point())
     assert w_err <= TOL_WEIGHTS, f"final weights differ by {w_err:.2e} > {TOL_WEIGHTS:.0e}"
     for a, b in zip(h1, h2):
         assert a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 1000)
