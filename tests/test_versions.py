@@ -65,3 +65,52 @@ def test_a_newer_run_folder_is_refused(tmp_path):
     (run / runs.CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="written by onelip 0.4.0"):
         runs.load(run)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _mlp():
+    import torch
+
+    import onelip.nn as onn
+
+    torch.manual_seed(0)
+    return onn.Sequential(onn.OrthoLinear(2, 8), onn.MaxMin(), onn.OrthoLinear(8, 2))
+
+
+def test_a_checkpoint_of_0_2_resumes_bit_for_bit(tmp_path):
+    """0.2 checkpoints named OrthoLinear's certified copies in ``snapshots`` (no
+    ``_extra_state``): a run resumed from one takes the uninterrupted run's path."""
+    import torch
+
+    from onelip.losses import MulticlassHingeLoss
+    from onelip.train import TrainConfig, fit, load_state
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
+    data = torch.utils.data.TensorDataset(x, y)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2)
+    loss = MulticlassHingeLoss(margin=0.5)
+    ref = _mlp()
+    fit(ref, data, loss, cfg, progress=False, final_test=False)
+
+    def stop(record):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(_mlp(), data, loss, cfg, progress=False, final_test=False,
+            checkpoint_dir=tmp_path / "ckpt", on_epoch=stop)
+    state = load_state(tmp_path / "ckpt")
+    extra = {k: v for k, v in state["model"].items() if k.endswith("_extra_state")}
+    assert extra
+    names = ("_retracted_latent", "_guarded_latent")  # 0.2's names, position = the flag's
+    state["model"] = {k: v for k, v in state["model"].items() if k not in extra}
+    state["snapshots"] = {k.removesuffix("._extra_state"): [n for n, f in zip(names, v[:2])
+                                                            if f] for k, v in extra.items()}
+    assert any(state["snapshots"].values())
+    resumed = _mlp()
+    fit(resumed, data, loss, cfg, progress=False, final_test=False, resume_from=state)
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

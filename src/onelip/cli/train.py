@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onelip import data as datasets
     from onelip import distributed, losses, models, runs
-    from onelip.nn import serial_kernel_build
+    from onelip.nn.utils import serial_kernel_build
     from onelip.train import TrainConfig, TrainingDiverged, fit
 
     LazyDefault.resolve(args)

@@ -264,6 +264,15 @@ class OrthoLinear(DenseLayer):
             else:
                 self.__dict__.pop(key, None)
 
+    @torch.no_grad()
+    def load_legacy_snapshots(self, keys: list[str]) -> None:
+        """Restore the certified copies named ``keys`` as checkpoints of onelip 0.1/0.2
+        recorded them (``fit``'s ``snapshots``: the copies equal to the latent saved with
+        them); 0.3 saves them in :meth:`get_extra_state`."""
+        for key in _SNAPSHOTS:
+            if key in keys:
+                self.__dict__[key] = self.weight.detach().clone()
+
     def __getstate__(self):
         state = super().__getstate__()
         for key in _SNAPSHOTS:  # copies of W, rebuilt on use

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from onelip.distributed import Context
-from onelip.nn import batched_kernel_build
+from onelip.nn.utils import batched_kernel_build
 from onelip.train.config import TrainConfig
 from onelip.train.evaluate import _measure, evaluate_accuracy
 from onelip.train.loop import Loop, TrainingDiverged, _Progress, epoch_line

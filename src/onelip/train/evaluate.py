@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from onelip._validation import binary_scores_and_signs, class_indices, is_binary_output
-from onelip.nn import eval_mode
+from onelip.nn.utils import eval_mode
 
 __all__ = ["evaluate_accuracy"]
 

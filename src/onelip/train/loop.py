@@ -14,7 +14,7 @@ from torch import nn
 
 from onelip._errors import Argument, NamesArguments
 from onelip.distributed import Context
-from onelip.nn import retract_
+from onelip.nn.utils import retract_
 from onelip.train.config import TrainConfig
 from onelip.train.evaluate import _class_counts, _hits
 from onelip.train.sources import _Prepare, _Tensors

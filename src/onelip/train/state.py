@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from onelip.train import resume
 from onelip.train.config import TrainConfig
@@ -64,7 +64,7 @@ class TrainingState:
                                  f"{saved['n_train']}, {saved['steps_per_epoch']})")
             self.schedule_steps = saved["schedule_steps"]
             model.load_state_dict(saved["model"])
-            _restore_snapshots(model, saved.get("snapshots", {}))
+            _restore_legacy_snapshots(model, saved.get("snapshots", {}))
         self.opt, self.sched = make_optimizer(model, config, self.schedule_steps,
                                               steps_per_epoch)
         self.aug_gen = None
@@ -90,7 +90,7 @@ class TrainingState:
             "step": self.step, "steps_per_epoch": self.steps_per_epoch, "n_train": self.n_train,
             "schedule_steps": self.schedule_steps, "first_loss": self.first_loss,
             "history": self.history, "extra": extra or {},
-            "model": model.state_dict(), "snapshots": _snapshots(model),
+            "model": model.state_dict(),  # layers' hidden state included (_extra_state)
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "generators": {"order": self.gen.get_state(),
@@ -99,34 +99,12 @@ class TrainingState:
         }
 
 
-# ==== OrthoLinear's snapshots (to delete once the layer saves them in its state_dict) =======
-# Copies of a latent that OrthoLinear keeps (outside its state_dict) to know which values it has
-# certified; which of them it trains through depends on them, so a checkpoint records those
-# equal to the latent and a resumed run restores them: its first step takes the same path.
-
-_SNAPSHOTS = ("_retracted_latent", "_guarded_latent")
-
-
-def _snapshots(model: nn.Module) -> dict[str, list[str]]:
-    """{module name: the snapshot keys equal, value for value, to its weight}."""
-    out: dict[str, list[str]] = {}
-    for name, m in model.named_modules():
-        w = getattr(m, "weight", None)
-        if not isinstance(w, Tensor):
-            continue
-        keys = [k for k in _SNAPSHOTS if isinstance(m.__dict__.get(k), Tensor)
-                and m.__dict__[k].shape == w.shape and torch.equal(m.__dict__[k], w.detach())]
-        if keys:
-            out[name] = keys
-    return out
-
-
-def _restore_snapshots(model: nn.Module, saved: dict[str, list[str]]) -> None:
+def _restore_legacy_snapshots(model: nn.Module, saved: dict[str, list[str]]) -> None:
+    """Checkpoints written by onelip 0.1/0.2 named, per module, the copies of its latent that
+    OrthoLinear had certified (``snapshots``); since 0.3 the layer saves them in its own
+    ``state_dict``. Each named module restores them through its own hook."""
     modules = dict(model.named_modules())
     for name, keys in saved.items():
-        m = modules.get(name)
-        if m is not None:
-            for k in keys:
-                m.__dict__[k] = m.weight.detach().clone()
-
-# ==== end of OrthoLinear's snapshots ========================================================
+        hook = getattr(modules.get(name), "load_legacy_snapshots", None)
+        if callable(hook):
+            hook(keys)
