@@ -228,3 +228,29 @@ def test_checkpoint_format_round_trips_without_pickle_and_detects_changes(tmp_pa
         runs.read_checkpoint(path)
     with pytest.raises(TypeError, match="cannot store object"):
         runs.write_checkpoint(tmp_path, {"x": object()})
+
+
+SPECTRAL = ["train", "--data", "digits", "--model", "convnet", "--set", "layer=spectral",
+            "--set", "width=4", "--set", "stages=1", "--set", "depth=1", "--batch-size", "128",
+            "--epochs", "2", "--quiet"]
+
+
+def test_cli_resume_of_a_spectral_conv_net_on_more_than_40_frequencies(tmp_path, capsys,
+                                                                      monkeypatch):
+    """SpectralConv2d refreshes a round-robin slice of its frequencies per step when its grid
+    has more than 40 (digits: 8×8 inputs, a 9 × 5 grid of 45): the slice's position is saved
+    in its state_dict, so the resumed run refreshes what the uninterrupted one does (before
+    0.3 it restarted at 0 and the weights differed)."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    real = _interrupt_after_first_checkpoint(monkeypatch)
+    assert main([*SPECTRAL, "--out", str(run)]) == 130
+    monkeypatch.setattr(runs, "write_checkpoint", real)
+    state = load_state(runs.partial_path(run))
+    convs = [k for k in state["model"] if k.endswith("_extra_state") and
+             int(state["model"][k][0]) != 0]
+    assert convs, "no SpectralConv2d moved its refresh position: the test tests nothing"
+    grids = [v.numel() for k, v in state["model"].items() if k.endswith("freq_sigma")]
+    assert max(grids) > 40
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert main([*SPECTRAL, "--out", str(ref)]) == 0
+    _assert_same_weights(ref, run)
