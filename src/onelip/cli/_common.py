@@ -30,6 +30,10 @@ FLAGS = MappingProxyType({
     "resume": "--resume {value}",
     "train_run": "train one with `onelip train --out {value}`",
     "nproc": "--nproc {value}",
+    "resize": "--resize H W",
+    "n_samples": "--n-samples",
+    "data": "--data folder:DIR",
+    "quick": "--quick",
 })
 """Library argument (:class:`onelip._errors.Argument` ``name``) -> how the command line says
 it, in the messages of the library errors the CLI shows (``{value}``: the argument's value)."""

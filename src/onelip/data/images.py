@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onelip._errors import Argument, ArgumentError
 from onelip.data._split import DataSplit
 
 __all__ = ["EXTENSIONS", "ImageArrays", "load_folder", "load_npz", "read_image_folder"]
@@ -124,8 +125,9 @@ def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | 
         if first is None:
             first, first_name = hw, str(f)
         elif hw != first:
-            raise ValueError(f"images have different sizes: {f} is {hw[0]}×{hw[1]}, "
-                             f"{first_name} is {first[0]}×{first[1]}; pass --resize H W")
+            raise ArgumentError(f"images have different sizes: {f} is {hw[0]}×{hw[1]}, "
+                                f"{first_name} is {first[0]}×{first[1]}; pass ",
+                                Argument("resize", "resize=(H, W)"))
         arrays.append(a)
         if bar is not None and (i % 500 == 0 or i + 1 == len(entries)):
             bar(i + 1)
@@ -216,8 +218,9 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
 def _to_split(name: str, train: ImageArrays, test: ImageArrays | None) -> DataSplit:
     c, h, w = train.x.shape[1:]
     if test is not None and test.x.shape[1:] != train.x.shape[1:]:
-        raise ValueError(f"{name}: test images are {tuple(test.x.shape[1:])} (C, H, W) but "
-                         f"training images {tuple(train.x.shape[1:])}; pass --resize H W")
+        raise ArgumentError(f"{name}: test images are {tuple(test.x.shape[1:])} (C, H, W) but "
+                            f"training images {tuple(train.x.shape[1:])}; pass ",
+                            Argument("resize", "resize=(H, W)"))
 
     def flat(a: ImageArrays | None) -> tuple[torch.Tensor, torch.Tensor]:
         if a is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onelip._errors import Argument, ArgumentError
 from onelip.data._split import DataSplit
 from onelip.data._split import split as _split
 
@@ -23,9 +24,9 @@ MIN_SAMPLES = 10
 def _check_n(name: str, n_samples) -> int:
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
             or n_samples < MIN_SAMPLES:
-        raise ValueError(
-            f"{name} needs n_samples >= {MIN_SAMPLES} (--n-samples), got {n_samples!r}: a fifth "
-            f"of the points is the test set, which needs at least one point of each class"
+        raise ArgumentError(
+            f"{name} needs ", Argument("n_samples"), f" >= {MIN_SAMPLES}, got {n_samples!r}: a "
+            "fifth of the points is the test set, which needs at least one point of each class"
         )
     return int(n_samples)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from onelip import losses
+from onelip._errors import Argument, ArgumentError
 from onelip.experiments import common, vision
 from onelip.experiments.common import SubRuns, Verdict, table
 
@@ -139,8 +140,10 @@ class ConsistencyConfig:
 
 def _data(cfg: ConsistencyConfig) -> vision.ImageData:
     if cfg.data is None:
-        raise ValueError("consistency's full protocol trains on CIFAR-10: pass --data "
-                         "folder:DIR (the training images as an image folder), or use --quick")
+        raise ArgumentError("consistency's full protocol trains on CIFAR-10: pass ",
+                            Argument("data", "data='folder:DIR'"),
+                            " (the training images as an image folder), or use ",
+                            Argument("quick", "quick=True"))
     d = vision.load(cfg.data, val_fraction=cfg.val_fraction, n_val=cfg.n_val, seed=cfg.seed)
     s = vision.subset(d, cfg.n_pool, seed=cfg.seed)
     # One fixed order of the pool: fraction f trains on its first round(f·N) images, so the

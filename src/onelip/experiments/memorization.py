@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from onelip import data as datasets
+from onelip._errors import Argument, ArgumentError
 from onelip.experiments import common
 from onelip.experiments.common import SubRuns, Verdict, rounded, table
 
@@ -108,8 +109,9 @@ def random_labels(y: torch.Tensor, *, seed: int) -> torch.Tensor:
 
 def _data(cfg: MemorizationConfig):
     if cfg.data is None:
-        raise ValueError("memorization's full protocol needs images: pass --data folder:DIR "
-                         "(CIFAR-10 as image files), or use --quick")
+        raise ArgumentError("memorization's full protocol needs images: pass ",
+                            Argument("data", "data='folder:DIR'"),
+                            " (CIFAR-10 as image files), or use ", Argument("quick", "quick=True"))
     data = datasets.load(cfg.data)
     if cfg.n_train is not None and cfg.n_train < data.x_train.shape[0]:
         gen = torch.Generator().manual_seed(cfg.seed)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onelip import losses
+from onelip._errors import Argument, ArgumentError
 from onelip.experiments import common, vision
 from onelip.experiments.common import SubRuns, Verdict, table
 
@@ -178,8 +179,10 @@ def _loss(cfg: ParetoConfig, sweep: str, value: float):
 
 def _data(cfg: ParetoConfig) -> vision.ImageData:
     if cfg.data is None:
-        raise ValueError("pareto's full protocol trains on CIFAR-10: pass --data folder:DIR "
-                         "(the training images as an image folder), or use --quick")
+        raise ArgumentError("pareto's full protocol trains on CIFAR-10: pass ",
+                            Argument("data", "data='folder:DIR'"),
+                            " (the training images as an image folder), or use ",
+                            Argument("quick", "quick=True"))
     return vision.load(cfg.data, val_fraction=cfg.val_fraction, n_val=cfg.n_val, seed=cfg.seed)
 
 

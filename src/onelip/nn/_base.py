@@ -83,8 +83,8 @@ class LipschitzModule(nn.Module, metaclass=abc.ABCMeta):
         return new
 
 
-def _owner(cls: type, name: str) -> type:
-    return next(c for c in cls.__mro__ if name in c.__dict__)
+def _owner(cls: type, name: str) -> type | None:
+    return next((c for c in cls.__mro__ if name in c.__dict__), None)
 
 
 # The methods that decide the eval-mode function: a subclass overriding one of them below the
@@ -104,6 +104,8 @@ def check_bound_applies(module: nn.Module) -> None:
     """
     cls = type(module)
     bound = _owner(cls, "lipschitz_bound")
+    if bound is None:  # not a onelip layer: no bound stated, nothing to check
+        return
     for name in _BOUND_DEPENDS_ON:
         if not hasattr(cls, name):
             continue
