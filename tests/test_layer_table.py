@@ -190,3 +190,26 @@ def test_resume_gives_the_uninterrupted_weights(name, tmp_path):
     a, b = ref.state_dict(), resumed.state_dict()
     diff = [k for k in a if not torch.equal(a[k], b[k])]
     assert not diff, f"{name}: resumed weights differ from the uninterrupted run's: {diff}"
+
+
+WEIGHTED = [n for n in NAMES if isinstance(CASES[n].build(), onn.ConstrainedLayer)]
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_weights_under_autocast_are_the_full_precision_ones(name):
+    """Under an ambient bf16 autocast (``--amp``) a constrained layer applies, bit for bit, the
+    eval weight its bound was proved for; a layer of ``full_precision_forward`` runs in
+    float32 (its output is float32)."""
+    layer = _trained(name).eval()
+    ref = layer.eval_weight()
+    layer.clear_cache()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer.eval_weight()
+        out = layer(_input(name))
+    for r, g in zip(*(w if isinstance(w, tuple) else (w,) for w in (ref, got))):
+        if isinstance(r, torch.Tensor):
+            assert g.dtype == r.dtype == torch.float32 and torch.equal(g, r), name
+        else:
+            assert g == r, name
+    if layer.full_precision_forward:
+        assert out.dtype == torch.float32, name
