@@ -184,3 +184,13 @@ def test_export_tree_unwraps_torch_compile_by_type():
     with eval_mode(net):
         x = torch.randn(2, 3)
         assert torch.allclose(plain(x), net(x), atol=1e-6)
+
+
+def test_export_keeps_the_dtype_of_a_float64_model():
+    """A float64 model exports float64 plain layers (Normalize exported a float32 conv)."""
+    net = onn.Sequential(onn.Normalize([0.5, 0.5], [0.25, 0.5]), onn.OrthoConv2d(2, 2),
+                         onn.Flatten(), onn.OrthoLinear(2 * 4 * 4, 3)).double().eval()
+    plain = export_tree(net)
+    assert {p.dtype for p in plain.parameters()} == {torch.float64}
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    assert torch.allclose(plain(x), net(x), atol=1e-12)
