@@ -62,7 +62,7 @@ def test_folder_train_test_layout_and_datasplit(tmp_path):
     ("missing", "does not exist"),
     ("empty", "no class sub-folders"),
     ("empty-class", "holds no images"),
-    ("sizes", "different sizes.*--resize"),
+    ("sizes", r"different sizes.*resize=\(H, W\)"),
     ("unreadable", "cannot read image .*bad.png"),
 ])
 def test_folder_errors_say_what_is_wrong(tmp_path, case, match):
