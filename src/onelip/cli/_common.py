@@ -31,7 +31,7 @@ FLAGS = MappingProxyType({
     "train_run": "train one with `onelip train --out {value}`",
     "nproc": "--nproc {value}",
     "resize": "--resize H W",
-    "n_samples": "--n-samples",
+    "n_samples": " (--n-samples)",  # after "n_samples >= 10" in the library's message
     "data": "--data folder:DIR",
     "quick": "--quick",
 })

@@ -24,9 +24,10 @@ MIN_SAMPLES = 10
 def _check_n(name: str, n_samples) -> int:
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
             or n_samples < MIN_SAMPLES:
-        raise ArgumentError(
-            f"{name} needs ", Argument("n_samples"), f" >= {MIN_SAMPLES}, got {n_samples!r}: a "
-            "fifth of the points is the test set, which needs at least one point of each class"
+        raise ArgumentError(  # the CLI adds its flag after the name: " (--n-samples)"
+            f"{name} needs n_samples >= {MIN_SAMPLES}", Argument("n_samples", ""),
+            f", got {n_samples!r}: a fifth of the points is the test set, which needs at least "
+            "one point of each class"
         )
     return int(n_samples)
 
