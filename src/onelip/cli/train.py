@@ -368,29 +368,16 @@ def run_data(cfg: dict, data, split: str, *, own_data: bool):
     return (parts.x_val, parts.y_val) if split == "val" else (parts.x_train, parts.y_train)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train a 1-Lipschitz network and write a run folder."""
-    import torch
+def _check_place(args: argparse.Namespace, out: Path, kind: str | None) -> None:
+    """Before any training step: the processes, and a place the run may go and can be
+    written to."""
+    from onelip import distributed, runs
 
-    from onelip import data as datasets
-    from onelip import distributed, losses, models, runs
-    from onelip.nn.utils import serial_kernel_build
-    from onelip.train import TrainConfig, TrainingDiverged, fit
-
-    LazyDefault.resolve(args)
-    if args.out is None and args.resume is None:
-        raise CLIError("the following arguments are required: --out (or --resume RUN)")
-    out: Path = args.out if args.out is not None else args.resume
-    state, kind = None, None
-    if args.resume is not None:
-        args, state, kind = _resume_args(args, out)
-    worker = distributed.in_worker()
-    if args.nproc > 1 and not worker:
+    if args.nproc > 1 and not distributed.in_worker():
         try:
             distributed.check_nproc(args.nproc, args.device)
         except ValueError as e:
             raise CLIError(error_text(e)) from None
-    # before any training step: a place a run may not go, or cannot be written
     try:
         runs.check_target(out, overwrite=args.force)
     except runs.OutputError as e:
@@ -399,9 +386,16 @@ def run(args: argparse.Namespace) -> int:
     if kind != "partial" and (part / runs.CHECKPOINT).is_file() and not args.force:
         raise CLIError(f"an unfinished run of {out} is in {part}; continue it with `onelip "
                        f"train --resume {out}` or pass --force to start over")
-    augment = tuple(a.strip() for a in (args.augment or "").split(",") if a.strip())
-    if args.nproc > 1 and not worker:  # re-run in N processes (torchrun-like)
-        return launch(without_nproc(args.argv), args.nproc)
+
+
+def _build(args: argparse.Namespace):
+    """(data, its loader options, model, model config, loss, TrainConfig) of the command."""
+    import torch
+
+    from onelip import data as datasets
+    from onelip import losses, models
+    from onelip.train import TrainConfig
+
     extra = _data_kwargs(args)
     data = datasets.load(args.data, **extra)
     if len(data.x_test) == 0 and args.val_fraction <= 0:
@@ -415,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
     model, model_cfg = models.build(args.model, **model_kw)
     loss = losses.build_loss(args.loss, num_classes=model_kw["num_outputs"], alpha=args.alpha,
                              margin=args.margin, tau=args.tau, hinge_mode=args.hinge_mode)
+    augment = tuple(a.strip() for a in (args.augment or "").split(",") if a.strip())
     try:
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
@@ -426,8 +421,62 @@ def run(args: argparse.Namespace) -> int:
     if augment and len(data.input_shape) != 3:
         raise CLIError(f"--augment is for images, but {args.data} has samples of shape "
                        f"{tuple(data.input_shape)}; drop --augment for this data")
+    return data, extra, model, model_cfg, loss, cfg
+
+
+def _record(args: argparse.Namespace, data, extra: dict, cfg) -> dict:
+    """What config.json records of the data, its splits, the loss and the training."""
+    from onelip import data as datasets
+
+    n_val = 0
+    if args.val_fraction > 0:
+        n_val = len(datasets.validation_indices(data.y_train, args.val_fraction)[1])
+    classes = _folder_classes(args.data)
+    return {
+        "data": {"name": args.data, **extra},
+        "splits": {"val_fraction": args.val_fraction, "val_seed": datasets.VAL_SEED,
+                   "n_train": int(len(data.x_train)) - n_val, "n_val": n_val,
+                   "n_test": int(len(data.x_test)), "num_classes": data.num_classes,
+                   "input_shape": list(data.input_shape),
+                   **({"classes": classes} if classes else {})},
+        "loss": {"name": args.loss, "alpha": args.alpha, "margin": args.margin,
+                 "tau": args.tau, "hinge_mode": args.hinge_mode},
+        "train": asdict(cfg),
+    }
+
+
+def _summary(args: argparse.Namespace, history: list[dict], seconds: float, out: Path) -> str:
+    last = history[-1]
+    line = f"trained {args.model} on {args.data} in {seconds:.1f}s: train acc " \
+           f"{last['train_acc']:.4f} (running)"
+    if "val_acc" in last:
+        line += f", val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}"
+    if "test_acc" in last:
+        line += f", test acc {last['test_acc']:.4f}"
+    return f"{line} -> {out}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a 1-Lipschitz network and write a run folder."""
+    import torch
+
+    from onelip import distributed, runs
+    from onelip.nn.utils import serial_kernel_build
+    from onelip.train import TrainingDiverged, fit
+
+    LazyDefault.resolve(args)
+    if args.out is None and args.resume is None:
+        raise CLIError("the following arguments are required: --out (or --resume RUN)")
+    out: Path = args.out if args.out is not None else args.resume
+    state, kind = None, None
+    if args.resume is not None:
+        args, state, kind = _resume_args(args, out)
+    _check_place(args, out, kind)
+    if args.nproc > 1 and not distributed.in_worker():  # re-run in N processes (torchrun-like)
+        return launch(without_nproc(args.argv), args.nproc)
+    data, extra, model, model_cfg, loss, cfg = _build(args)
     main = distributed.is_main()  # only rank 0 writes files and prints
-    saved_args = _recorded_args(args)
+    part = runs.partial_path(out)
     if not args.quiet and main:
         print(f"onelip: a checkpoint after every epoch in {part} (continue a killed run with "
               f"`onelip train --resume {out}`)", file=sys.stderr)
@@ -443,7 +492,8 @@ def run(args: argparse.Namespace) -> int:
             with distributed.process_group(cfg.device), serial:
                 history = fit(model, data, loss, cfg, progress=not args.quiet,
                               final_test=args.eval_test, checkpoint_dir=folder,
-                              checkpoint_extra={"args": saved_args}, resume_from=state)
+                              checkpoint_extra={"args": _recorded_args(args)},
+                              resume_from=state)
         except TrainingDiverged as e:
             if main:
                 runs.discard_partial(out)  # nothing worth resuming
@@ -457,34 +507,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if state is not None and state.get("history"):
             seconds += sum(r.get("seconds", 0.0) for r in state["history"])
-        n_val = 0
-        if args.val_fraction > 0:
-            n_val = len(datasets.validation_indices(data.y_train, args.val_fraction)[1])
         runs.write_model(folder, model.cpu(), model_name=args.model, model_config=model_cfg,
-                         extra={
-                             "data": {"name": args.data, **extra},
-                             "splits": {"val_fraction": args.val_fraction,
-                                        "val_seed": datasets.VAL_SEED,
-                                        "n_train": int(len(data.x_train)) - n_val,
-                                        "n_val": n_val, "n_test": int(len(data.x_test)),
-                                        "num_classes": data.num_classes,
-                                        "input_shape": list(data.input_shape),
-                                        **({"classes": c} if (c := _folder_classes(args.data))
-                                           else {})},
-                             "loss": {"name": args.loss, "alpha": args.alpha,
-                                      "margin": args.margin, "tau": args.tau,
-                                      "hinge_mode": args.hinge_mode},
-                             "train": asdict(cfg),
-                         })
-        metrics = {"history": history, "train_seconds": seconds,
-                   "final": history[-1] if history else {}}
-        runs.write_json(folder / "metrics.json", metrics)
-    last = history[-1]
-    line = f"trained {args.model} on {args.data} in {seconds:.1f}s: train acc " \
-           f"{last['train_acc']:.4f} (running)"
-    if "val_acc" in last:
-        line += f", val acc {last['val_acc']:.4f}, val loss {last['val_loss']:.4f}"
-    if "test_acc" in last:
-        line += f", test acc {last['test_acc']:.4f}"
-    print(f"{line} -> {out}")
+                         extra=_record(args, data, extra, cfg))
+        runs.write_json(folder / "metrics.json", {"history": history, "train_seconds": seconds,
+                                                  "final": history[-1] if history else {}})
+    print(_summary(args, history, seconds, out))
     return 0
