@@ -204,7 +204,9 @@ class ConstrainedLayer(LipschitzModule):
             self.register_parameter("bias", None)
 
     def _cache_sources(self) -> tuple[Tensor, ...]:
-        return tuple(p for n, p in self.named_parameters(recurse=False) if n != "bias")
+        # Read at every eval forward (the cache key): the registry itself, not the
+        # named_parameters generator.
+        return tuple(p for n, p in self._parameters.items() if p is not None and n != "bias")
 
     def _param_dtype(self) -> torch.dtype:
         return next((p.dtype for p in self.parameters(recurse=False)), torch.float32)
