@@ -161,7 +161,9 @@ class ConstrainedLayer(LipschitzModule):
     ``train()``, an optimiser step, ``load_state_dict``, ``.to()`` and ``deepcopy``;
     :meth:`eval_weight`, :meth:`effective_weight`, :meth:`export` (the plain twin of the
     eval-mode function, in either mode); the float32 cast margin (:meth:`cast_unit`); and the
-    suite's generic attacks, once the layer has its line in ``tests/layer_table.py``.
+    suite's generic attacks (``tests/test_layer_table.py``), at once for a family listed in
+    :data:`~onelip.nn.DENSE_LAYERS` / :data:`~onelip.nn.CONV_LAYERS`, through its line in
+    ``tests/layer_table.py`` for any other public layer.
 
     Class attributes:
         input_layout: ``"features"`` (input :math:`(*, H_{in})`, ``self.in_features``) or
@@ -170,6 +172,28 @@ class ConstrainedLayer(LipschitzModule):
             residual blocks, cheap beside the convolutions); ``False`` (the convolutions)
             builds only the weight in full precision and applies it under the ambient
             autocast.
+
+    Example (a whole family: :math:`y = Wx/\|W\|_F + b`, 1-Lipschitz as
+    :math:`\|W\|_2 \le \|W\|_F`):
+        >>> class Frobenius(DenseLayer):
+        ...     def __init__(self, in_features, out_features):
+        ...         super().__init__()
+        ...         self._init_dense(in_features, out_features, bias=True)
+        ...         torch.nn.init.normal_(self.weight)
+        ...     def train_weight(self):
+        ...         return self.weight / self.weight.norm()
+        ...     def applied_weight(self):
+        ...         w64 = self.weight.detach().double()
+        ...         return self.cast_unit(w64 / w64.norm())
+        ...     def lipschitz_bound(self):
+        ...         return 1.0  # ‖W‖₂ ≤ ‖W‖_F; eval: the rounding by cast_unit
+        >>> layer = Frobenius(6, 3).eval()
+        >>> plain = layer.export()  # an nn.Linear with the weight as applied
+        >>> bool(torch.linalg.matrix_norm(plain.weight.double(), ord=2) <= 1)
+        True
+        >>> x = torch.randn(4, 6)
+        >>> bool(torch.equal(plain(x), layer(x)))
+        True
     """
 
     input_layout: ClassVar[str] = "features"
