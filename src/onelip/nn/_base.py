@@ -15,6 +15,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip import functional as F
+from onelip.nn._precision import float32_call, param_dtype
 from onelip.nn.plain import plain_conv, plain_linear
 
 __all__ = ["ConstrainedLayer", "ConvLayer", "DenseLayer", "LipschitzModule",
@@ -233,7 +234,7 @@ class ConstrainedLayer(LipschitzModule):
         return tuple(p for n, p in self._parameters.items() if p is not None and n != "bias")
 
     def _param_dtype(self) -> torch.dtype:
-        return next((p.dtype for p in self.parameters(recurse=False)), torch.float32)
+        return param_dtype(self)
 
     def cast_unit(self, w64: Tensor) -> Tensor:
         r"""``w64`` (float64, :math:`\sigma_{\max} \le 1`) rounded to the parameter dtype
@@ -265,11 +266,11 @@ class ConstrainedLayer(LipschitzModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        dt = x.device.type
-        if self.full_precision_forward and torch.is_autocast_enabled(dt):
-            with torch.autocast(dt, enabled=False):
-                x = x.to(self._param_dtype()) if x.is_floating_point() else x
-                return self.train_forward(x) if self.training else self.eval_forward(x)
+        if self.full_precision_forward:
+            return float32_call(self, self._mode_forward, x)
+        return self._mode_forward(x)
+
+    def _mode_forward(self, x: Tensor) -> Tensor:
         return self.train_forward(x) if self.training else self.eval_forward(x)
 
     def train_forward(self, x: Tensor) -> Tensor:
@@ -296,7 +297,7 @@ class ConstrainedLayer(LipschitzModule):
 
 class DenseLayer(ConstrainedLayer):
     r"""A :class:`ConstrainedLayer` applying a weight of shape (out, in) as ``nn.Linear``:
-    :math:`y = x W^	op + b`, :math:`(*, H_{in}) 	o (*, H_{out})`; it exports to
+    :math:`y = x W^\top + b`, :math:`(*, H_{in}) \to (*, H_{out})`; it exports to
     ``nn.Linear`` and runs in full precision under autocast."""
 
     input_layout: ClassVar[str] = "features"
@@ -339,7 +340,7 @@ _PADDING_MODES = ("zeros", "circular")
 class ConvLayer(ConstrainedLayer):
     r"""A :class:`ConstrainedLayer` applying a kernel (C_out, C_in, k, k) as ``nn.Conv2d``
     with ``stride``, ``padding`` and ``padding_mode``:
-    :math:`(N, C_{in}, H, W) 	o (N, C_{out}, H', W')`; it exports to ``nn.Conv2d``. The
+    :math:`(N, C_{in}, H, W) \to (N, C_{out}, H', W')`; it exports to ``nn.Conv2d``. The
     weight is built in full precision; the convolution runs under the ambient autocast."""
 
     input_layout: ClassVar[str] = "image"

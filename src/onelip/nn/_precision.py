@@ -9,9 +9,9 @@ from contextlib import nullcontext
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["float32_forward", "full_precision"]
+__all__ = ["float32_call", "float32_forward", "full_precision", "param_dtype"]
 
 
 def full_precision(device: torch.device):
@@ -41,11 +41,22 @@ def float32_forward(forward: Callable) -> Callable:
 
     @functools.wraps(forward)
     def wrapped(self, x: Tensor) -> Tensor:
-        dt = x.device.type
-        if not torch.is_autocast_enabled(dt):
-            return forward(self, x)
-        dtype = next((p.dtype for p in self.parameters()), torch.float32)
-        with torch.autocast(dt, enabled=False):
-            return forward(self, x.to(dtype) if x.is_floating_point() else x)
+        return float32_call(self, functools.partial(forward, self), x)
 
     return wrapped
+
+
+def param_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first parameter (float32 without parameters)."""
+    return next((p.dtype for p in module.parameters()), torch.float32)
+
+
+def float32_call(module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)``; under an ambient autocast of ``x``'s device, with autocast off and ``x``
+    upcast to ``module``'s parameter dtype (the full-precision forward of
+    :func:`float32_forward` and of :class:`~onelip.nn.ConstrainedLayer`)."""
+    dt = x.device.type
+    if not torch.is_autocast_enabled(dt):
+        return fn(x)
+    with torch.autocast(dt, enabled=False):
+        return fn(x.to(param_dtype(module)) if x.is_floating_point() else x)

@@ -25,12 +25,10 @@ _TRACK_SWEEP = 32
 
 def retract_ortho_convs_(modules: list["OrthoConv2d"]) -> None:
     """:meth:`OrthoConv2d.retract_` of many layers, batched over the layers of equal
-    latent shapes (the same result up to float64 rounding)."""
-    groups: dict[tuple, list[OrthoConv2d]] = {}
-    for m in modules:
-        groups.setdefault(m._batch_key(), []).append(m)
-    for group in groups.values():
-        OrthoConv2d._retract_group_(group)
+    latent shapes (0.2's name of :func:`onelip.nn.utils.retract_modules_`)."""
+    from onelip.nn.utils import retract_modules_
+
+    retract_modules_(modules)
 
 
 class OrthoConv2d(ConvLayer):

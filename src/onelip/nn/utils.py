@@ -18,18 +18,18 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from onelip.nn._base import LipschitzModule
+from onelip.nn._base import LipschitzModule, _owner
 from onelip.nn._kernels import batched_kernel_build, serial_kernel_build
 from onelip.nn._precision import float32_forward, full_precision
 from onelip.nn.plain import own_tensors
 
 __all__ = ["batched_kernel_build", "eval_mode", "export_tree", "float32_forward",
-           "full_precision", "retract_", "serial_kernel_build"]
+           "full_precision", "retract_", "retract_modules_", "serial_kernel_build"]
 
 
 def retract_(model: nn.Module) -> None:
@@ -42,22 +42,24 @@ def retract_(model: nn.Module) -> None:
     and share a ``_batch_key()`` are retracted together, in one batched float64 Cholesky QR
     per latent.
     """
+    retract_modules_(model.modules())
+
+
+def retract_modules_(modules: Iterable[nn.Module]) -> None:
+    """:func:`retract_` of the layers in ``modules`` (not of their children)."""
     groups: dict[tuple, list[nn.Module]] = {}
-    for m in model.modules():
+    for m in modules:
         if not isinstance(m, LipschitzModule) or not callable(getattr(m, "retract_", None)):
             continue
-        group_fn = getattr(type(m), "_retract_group_", None)
-        if callable(group_fn) and _owner_of(type(m), "retract_") is _owner_of(
-                type(m), "_retract_group_"):
-            groups.setdefault((type(m),) + tuple(m._batch_key()), []).append(m)
+        cls = type(m)
+        # batched only while the class's retract_ is the one its group retraction matches
+        if callable(getattr(cls, "_retract_group_", None)) and \
+                _owner(cls, "retract_") is _owner(cls, "_retract_group_"):
+            groups.setdefault((cls,) + tuple(m._batch_key()), []).append(m)
         else:
             m.retract_()
     for group in groups.values():
         type(group[0])._retract_group_(group)
-
-
-def _owner_of(cls: type, name: str) -> type:
-    return next(c for c in cls.__mro__ if name in c.__dict__)
 
 
 @contextmanager
