@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from onelip.certify._inputs import no_autocast_for
-from onelip.nn import DenseLayer, LipschitzModule, check_bound_applies
+from onelip.nn import DenseLayer, check_bound_applies
 from onelip.nn.sequential import module_lipschitz_bound
 from onelip.nn.utils import eval_mode, export_tree
 
@@ -38,8 +38,7 @@ def split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor, Tensor | Non
     """
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         return None
-    if isinstance(model, LipschitzModule):  # a plain nn.Sequential states no bound to check
-        check_bound_applies(model)
+    check_bound_applies(model)  # a plain nn.Sequential states no bound: nothing to check
     if type(model).forward is not nn.Sequential.forward:
         return None  # not the composition of its children: body @ W is another function
     last = model[-1]
