@@ -26,9 +26,11 @@ from onelip.nn._base import (
     check_bound_applies,
 )
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
+from onelip.nn.aol import AOLConv2d, AOLLinear
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
 from onelip.nn.conv import OrthoConv2d, SpectralConv2d
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
+from onelip.nn.liresnet import LiResConv2d
 from onelip.nn.normalization import BatchCentering, LayerCentering
 from onelip.nn.normalize import Normalize
 from onelip.nn.plain import ChannelShift, Residual
@@ -49,17 +51,23 @@ from onelip.nn.sequential import Sequential, module_lipschitz_bound
 DENSE_LAYERS: MappingProxyType[str, type[DenseLayer]] = MappingProxyType({
     "ortho": OrthoLinear,
     "spectral": SpectralLinear,
+    "aol": AOLLinear,
 })
 """Dense families by name (``MLPConfig.layer``), each built by ``cls.for_shape(in, out)``."""
 
-CONV_LAYERS: MappingProxyType[str, type[ConvLayer]] = MappingProxyType({
+CONV_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "ortho": OrthoConv2d,
     "spectral": SpectralConv2d,
+    "aol": AOLConv2d,
+    "liresnet": LiResConv2d,
+    "sll": SLLConv2d,
 })
 """Convolution families by name (``layer=`` of the convolutional models), each built by
 ``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))``."""
 
 __all__ = [
+    "AOLConv2d",
+    "AOLLinear",
     "Abs",
     "BatchCentering",
     "CONV_LAYERS",
@@ -78,6 +86,7 @@ __all__ = [
     "InvertibleDownsample",
     "L2NormPool2d",
     "LayerCentering",
+    "LiResConv2d",
     "LipschitzModule",
     "MaxMin",
     "Normalize",
