@@ -29,6 +29,7 @@ from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
 from onelip.nn.aol import AOLConv2d, AOLLinear
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
 from onelip.nn.conv import OrthoConv2d, SpectralConv2d
+from onelip.nn.cpl import CPLConv2d, CPLLinear
 from onelip.nn.linear import FrobeniusLinear, OrthoLinear, SpectralLinear
 from onelip.nn.liresnet import LiResConv2d
 from onelip.nn.normalization import BatchCentering, LayerCentering
@@ -44,6 +45,7 @@ from onelip.nn.pooling import (
 )
 from onelip.nn.residual import ConvexResidual, SLLBlock, SLLConv2d
 from onelip.nn.sequential import Sequential, module_lipschitz_bound
+from onelip.nn.soc import ConvSeries2d, SOCConv2d
 
 # ==== the families models choose by name (``layer=`` of onelip.models) ======================
 # A new family: its file under nn/, its import above and one line in one of these tables.
@@ -52,6 +54,7 @@ DENSE_LAYERS: MappingProxyType[str, type[DenseLayer]] = MappingProxyType({
     "ortho": OrthoLinear,
     "spectral": SpectralLinear,
     "aol": AOLLinear,
+    "cpl": CPLLinear,
 })
 """Dense families by name (``MLPConfig.layer``), each built by ``cls.for_shape(in, out)``."""
 
@@ -59,8 +62,10 @@ CONV_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "ortho": OrthoConv2d,
     "spectral": SpectralConv2d,
     "aol": AOLConv2d,
+    "cpl": CPLConv2d,
     "liresnet": LiResConv2d,
     "sll": SLLConv2d,
+    "soc": SOCConv2d,
 })
 """Convolution families by name (``layer=`` of the convolutional models), each built by
 ``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))``."""
@@ -71,9 +76,12 @@ __all__ = [
     "Abs",
     "BatchCentering",
     "CONV_LAYERS",
+    "CPLConv2d",
+    "CPLLinear",
     "ChannelShift",
     "ConstrainedLayer",
     "ConvLayer",
+    "ConvSeries2d",
     "ConvexResidual",
     "DENSE_LAYERS",
     "DenseLayer",
@@ -95,6 +103,7 @@ __all__ = [
     "Residual",
     "SLLBlock",
     "SLLConv2d",
+    "SOCConv2d",
     "ScaledAvgPool2d",
     "Sequential",
     "SpectralConv2d",
