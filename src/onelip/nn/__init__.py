@@ -27,6 +27,7 @@ from onelip.nn._base import (
 )
 from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
 from onelip.nn.aol import AOLConv2d, AOLLinear
+from onelip.nn.bro import BROConv2d, BROLinear
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
 from onelip.nn.conv import OrthoConv2d, SpectralConv2d
 from onelip.nn.cpl import CPLConv2d, CPLLinear
@@ -55,6 +56,7 @@ DENSE_LAYERS: MappingProxyType[str, type[DenseLayer]] = MappingProxyType({
     "spectral": SpectralLinear,
     "aol": AOLLinear,
     "cpl": CPLLinear,
+    "bro": BROLinear,
 })
 """Dense families by name (``MLPConfig.layer``), each built by ``cls.for_shape(in, out)``."""
 
@@ -66,6 +68,7 @@ CONV_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "liresnet": LiResConv2d,
     "sll": SLLConv2d,
     "soc": SOCConv2d,
+    "bro": BROConv2d,
 })
 """Convolution families by name (``layer=`` of the convolutional models), each built by
 ``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))``."""
@@ -74,6 +77,8 @@ __all__ = [
     "AOLConv2d",
     "AOLLinear",
     "Abs",
+    "BROConv2d",
+    "BROLinear",
     "BatchCentering",
     "CONV_LAYERS",
     "CPLConv2d",

@@ -89,6 +89,7 @@ class AOLLinear(DenseLayer):
                  learnable_q: bool = False, device=None, dtype=None) -> None:
         super().__init__()
         self._init_dense(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.learnable_q = bool(learnable_q)
         if learnable_q:
             self.log_q = nn.Parameter(torch.zeros(in_features, device=device, dtype=dtype))
         else:
@@ -116,7 +117,7 @@ class AOLLinear(DenseLayer):
         return 1.0  # AOL rescaling (Prach & Lampert 2022, Thm 1); eval: cast_unit rounding
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", learnable_q={self.log_q is not None}"
+        return super().extra_repr() + f", learnable_q={self.learnable_q}"
 
 
 class AOLConv2d(ConvLayer):
@@ -185,6 +186,7 @@ class AOLConv2d(ConvLayer):
         self._init_conv(in_channels, out_channels, k, stride=s, padding=padding,
                         padding_mode=padding_mode)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, k, k, **factory))
+        self.learnable_q = bool(learnable_q)
         if learnable_q:
             self.log_q = nn.Parameter(torch.zeros(in_channels, **factory))
         else:
@@ -233,4 +235,4 @@ class AOLConv2d(ConvLayer):
         return 1.0  # AOL rescaling (Prach & Lampert 2022, Thm 1); eval: float32 cast margin
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", learnable_q={self.log_q is not None}"
+        return super().extra_repr() + f", learnable_q={self.learnable_q}"
