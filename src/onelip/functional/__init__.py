@@ -26,6 +26,7 @@ from onelip.functional.activations import (
     full_sort,
     group_sort,
 )
+from onelip.functional.bro import bro_factor, bro_symbol_factor
 from onelip.functional.conv import (
     bcop_kernel,
     circular_grid,
@@ -73,12 +74,21 @@ from onelip.functional.residual import (
     sll_linear,
     sll_scaling,
 )
+from onelip.functional.soc import (
+    exp_series_max,
+    skew_conv_kernel,
+    skew_conv_norm_bound,
+    skew_exp_series,
+    square_adapter_in,
+)
 
 __all__ = [
     "avg_pool_norm",
     "bcop_kernel",
     "bjorck1_linear",
     "bjorck_step",
+    "bro_factor",
+    "bro_symbol_factor",
     "cholesky_orthonormalize",
     "circular_grid",
     "compose_kernels",
@@ -87,6 +97,7 @@ __all__ = [
     "conv2d_polyphase",
     "conv2d_symbol",
     "dft_phases",
+    "exp_series_max",
     "float32_cast_margin",
     "full_sort",
     "global_l2_norm_pool2d",
@@ -105,12 +116,16 @@ __all__ = [
     "rounding_margin",
     "small_gram",
     "scaled_avg_pool2d",
+    "skew_conv_kernel",
+    "skew_conv_norm_bound",
+    "skew_exp_series",
     "sll_cast",
     "sll_conv2d",
     "sll_conv_gram",
     "sll_linear",
     "sll_scaling",
     "spectral_norm_exact",
+    "square_adapter_in",
     "unit_norm_cast",
     "symbol_power_iteration",
     "tau_cross_entropy_loss",

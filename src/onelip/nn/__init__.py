@@ -25,7 +25,7 @@ from onelip.nn._base import (
     LipschitzModule,
     check_bound_applies,
 )
-from onelip.nn.activations import Abs, FullSort, GroupSort, MaxMin
+from onelip.nn.activations import Abs, BetaAbs, FullSort, GroupSort, MaxMin
 from onelip.nn.aol import AOLConv2d, AOLLinear
 from onelip.nn.bro import BROConv2d, BROLinear
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
@@ -46,6 +46,7 @@ from onelip.nn.pooling import (
 )
 from onelip.nn.residual import ConvexResidual, SLLBlock, SLLConv2d
 from onelip.nn.sequential import Sequential, module_lipschitz_bound
+from onelip.nn.shift import PositionBias, ShiftConv2d, SpatialShift
 from onelip.nn.soc import ConvSeries2d, SOCConv2d
 
 # ==== the families models choose by name (``layer=`` of onelip.models) ======================
@@ -66,6 +67,7 @@ CONV_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "aol": AOLConv2d,
     "cpl": CPLConv2d,
     "liresnet": LiResConv2d,
+    "shift": ShiftConv2d,
     "sll": SLLConv2d,
     "soc": SOCConv2d,
     "bro": BROConv2d,
@@ -80,6 +82,7 @@ __all__ = [
     "BROConv2d",
     "BROLinear",
     "BatchCentering",
+    "BetaAbs",
     "CONV_LAYERS",
     "CPLConv2d",
     "CPLLinear",
@@ -105,12 +108,15 @@ __all__ = [
     "Normalize",
     "OrthoConv2d",
     "OrthoLinear",
+    "PositionBias",
     "Residual",
     "SLLBlock",
     "SLLConv2d",
+    "ShiftConv2d",
     "SOCConv2d",
     "ScaledAvgPool2d",
     "Sequential",
+    "SpatialShift",
     "SpectralConv2d",
     "SpectralLinear",
     "ToImage",
