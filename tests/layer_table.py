@@ -46,6 +46,7 @@ _CONV = dict(in_channels=2, out_channels=3, input_size=(8, 8), input_shape=(2, 2
 _OTHERS: dict[str, Case] = {
     "Abs": Case(lambda: onn.Abs(), (2, 5)),
     "BatchCentering": Case(lambda: onn.BatchCentering(3), (4, 3, 2, 2)),
+    "BetaAbs": Case(lambda: onn.BetaAbs(0.5), (2, 6)),
     "ConvexResidual": Case(
         lambda: onn.ConvexResidual(onn.OrthoLinear(4, 4), 0.3, learnable=True), (2, 4)),
     "FirstChannels": Case(lambda: onn.FirstChannels(2), (2, 3, 2, 2)),

@@ -9,7 +9,7 @@ from torch import Tensor
 from onelip import functional as F
 from onelip.nn._base import LipschitzModule
 
-__all__ = ["Abs", "FullSort", "GroupSort", "MaxMin"]
+__all__ = ["Abs", "BetaAbs", "FullSort", "GroupSort", "MaxMin"]
 
 
 class GroupSort(LipschitzModule):
@@ -74,3 +74,45 @@ class Abs(LipschitzModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.abs(x)
+
+
+class BetaAbs(LipschitzModule):
+    r"""β-Abs (LipNeXt, Hu, Hu, Fredrikson, ICLR 2026): :math:`|x_i|` on the first
+    :math:`\lfloor \beta C\rfloor` channels, :math:`x_i` on the others.
+
+    Norm preserving and 1-Lipschitz (:math:`\big||a| - |b|\big| \le |a - b|` per coordinate),
+    gradient-norm preserving (a diagonal ±1 Jacobian); with a suitable orthogonal R,
+    :math:`\mathrm{MaxMin}(x) = R^\top \beta\text{-Abs}(Rx)` at β = ½.
+
+    Args:
+        beta: β ∈ [0, 1], the fraction of channels taken in absolute value. Default: 0.5.
+        dim: the channel dimension. Default: 1.
+
+    Shape:
+        :math:`(N, C, *) \to (N, C, *)`.
+
+    Example:
+        >>> BetaAbs(0.5)(torch.tensor([[-1.0, -2.0, -3.0, -4.0]]))
+        tensor([[ 1.,  2., -3., -4.]])
+    """
+
+    def __init__(self, beta: float = 0.5, *, dim: int = 1) -> None:
+        super().__init__()
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"Expected beta in [0, 1], but got beta={beta}")
+        self.beta = float(beta)
+        self.dim = dim
+
+    def lipschitz_bound(self) -> float:
+        return 1.0  # |·| or the identity per coordinate
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[self.dim]
+        k = int(self.beta * n)
+        if k == 0:
+            return x
+        return torch.cat((x.narrow(self.dim, 0, k).abs(), x.narrow(self.dim, k, n - k)),
+                         self.dim)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, dim={self.dim}"
