@@ -27,12 +27,13 @@ from onelip.models.convnet import (
     convnet,
 )
 from onelip.models.lipconvnet import LIPCONVNET_PRESETS, LipConvNetConfig, lipconvnet
-from onelip.models.lipresnet import LipResNetConfig, lipresnet
+from onelip.models.lipresnet import LIRESNET, LipResNetConfig, lipresnet
 from onelip.models.mlp import MLPConfig, mlp
 
 __all__ = [
     "BETHUNE_VGG",
     "LIPCONVNET_PRESETS",
+    "LIRESNET",
     "LipConvNetConfig",
     "MODELS",
     "PRESETS",
@@ -70,6 +71,9 @@ PRESETS: MappingProxyType[str, MappingProxyType] = MappingProxyType({
     }),
     "lipconvnet": MappingProxyType({k: MappingProxyType(v) for k, v in
                                     LIPCONVNET_PRESETS.items()}),
+    "lipresnet": MappingProxyType({
+        "liresnet": MappingProxyType(LIRESNET),
+    }),
 })
 """model name -> preset name -> config fields."""
 

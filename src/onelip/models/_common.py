@@ -21,6 +21,7 @@ def activation(name: str, *, group_size: int = 2) -> nn.Module:
         "maxmin": lambda: onn.MaxMin(),
         "fullsort": lambda: onn.FullSort(),
         "abs": lambda: onn.Abs(),
+        "betaabs": lambda: onn.BetaAbs(0.5),
     }
     if name not in acts:
         raise ValueError(f"Unknown activation {name!r}; expected one of {', '.join(acts)}")

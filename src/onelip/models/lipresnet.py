@@ -1,16 +1,24 @@
 # SPDX-License-Identifier: MIT
-"""``lipresnet``: a 1-Lipschitz residual network (SLL or convex residual blocks)."""
+"""``lipresnet``: a 1-Lipschitz residual network (SLL, convex or LiResNet residual blocks),
+and its preset ``liresnet``."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from onelip import nn as onn
 from onelip.models._common import Builder, check_channels, check_common, check_stages
 
-__all__ = ["LipResNetConfig", "lipresnet"]
+__all__ = ["LIRESNET", "LipResNetConfig", "lipresnet"]
 
-_BLOCKS = ("sll", "convex")
+_BLOCKS = ("sll", "convex", "liresnet")
+
+# LiResNet (Hu et al., NeurIPS 2023) in onelip layers: stages of linear residual convolutions
+# (LiResConv2d, γ = 1/√blocks, each followed by the activation), certified instead of
+# power-iterated. The reference keeps one width after a stride-2 stem (its model.py default:
+# 12 blocks of 128 channels); this small CPU-sized preset keeps lipresnet's stages.
+LIRESNET = {"block": "liresnet", "width": 32, "blocks": (2, 4, 4)}
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,8 @@ class LipResNetConfig:
     first halves H and W, which needs a feature map of at least 2×2, and the last stage may
     have at most :data:`~onelip.models._common.MAX_CHANNELS` (4096) channels)."""
     block: str = "sll"
-    """'sll' (SLLConv2d) or 'convex' (ConvexResidual around conv-activation-conv)."""
+    """'sll' (SLLConv2d), 'convex' (ConvexResidual around conv-activation-conv) or 'liresnet'
+    (LiResConv2d with γ = 1/√(blocks of the stage), then the activation: LiResNet)."""
     inner_factor: int = 1
     """Inner channels of an SLL block, as a multiple of its channels."""
     layer: str = "ortho"
@@ -72,6 +81,9 @@ def lipresnet(cfg: LipResNetConfig) -> onn.Sequential:
         for _ in range(n_blocks):
             if cfg.block == "sll":
                 b.layers.append(onn.SLLConv2d(c, c * cfg.inner_factor))
+            elif cfg.block == "liresnet":
+                b.layers += [onn.LiResConv2d(c, c, 3, input_size=b.shape[1:],
+                                             gamma=1 / math.sqrt(n_blocks)), b.act()]
             else:
                 body = onn.Sequential(b.conv(c), b.act(), b.conv(c))
                 b.layers.append(onn.ConvexResidual(body, 0.5, learnable=True))
