@@ -395,10 +395,13 @@ class CPLConv2d(_CPLBase):
             x = TF.pad(x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
         return x
 
-    def _core(self, z: Tensor, h) -> Tensor:
+    def _core(self, z: Tensor, h, *, fold: bool = False) -> Tensor:
         p = self.padding
         act = torch.relu(TF.conv2d(z, self.weight, self.bias, padding=p))
-        y = z - h * TF.conv_transpose2d(act, self.weight, padding=p)
+        if fold:  # training: h·W (a kernel-size product) instead of h·(a batch-size output)
+            y = z - TF.conv_transpose2d(act, h * self.weight, padding=p)
+        else:
+            y = z - h * TF.conv_transpose2d(act, self.weight, padding=p)
         return y[:, :self.out_channels] if self.out_channels < self.channels else y
 
     def train_forward(self, x: Tensor) -> Tensor:
@@ -407,7 +410,7 @@ class CPLConv2d(_CPLBase):
             raise ValueError(
                 f"CPLConv2d was built for inputs of size {self.input_size} (its norm depends "
                 f"on it), but got {tuple(x.shape[-2:])} in training")
-        return self._core(z, self.train_step_size())
+        return self._core(z, self.train_step_size(), fold=True)
 
     def _eval_h(self, inner: tuple[int, int]) -> float:
         with full_precision(self.weight.device):
