@@ -104,21 +104,26 @@ class SOCConv2d(ConvLayer):
     **Claim (train and eval, certified).** :math:`\|T_L\| \le \rho_{\max}`, so
     :math:`S_K(T_L)` is normal with singular values :math:`|S_K(i\theta)|`,
     :math:`|\theta| \le \rho_{\max}`, all at most :math:`m_K`: the layer is 1-Lipschitz (the
-    adapter is an isometry, the channel crop a projection). The series is *not* assumed to
-    be the exponential: for K = 5, :math:`\max_\theta |S_5(i\theta)| = 1.0047` (θ ≈ 1.59), so
-    the reference's training rule (5 terms, no correction) is not 1-Lipschitz; here the
-    training series is divided by :math:`m_5 = 1.00474`. The eval series (12 terms, ρ_max =
-    2.5 < 3.379) has :math:`m_{12} = 1` exactly and is the exponential to
-    :math:`\rho^{13}/13! \le 2\cdot 10^{-5}` (≤ 2e-9 at the typical ρ ≈ 1.2): with circular
-    padding, stride 1 and C_in = C_out the eval layer is orthogonal to that accuracy.
-    Eval mode computes L in float64 and scales it by :math:`1-\delta` for its float32
+    adapter is an isometry, the channel crop a projection; with zero padding too, since the
+    zero-padded :math:`T_L` is itself skew). The series is *not* assumed to be the
+    exponential: for K = 5, :math:`\max_\theta |S_5(i\theta)| = 1.0047` (θ ≈ 1.59), so the
+    reference's training rule (5 terms, no correction) is not 1-Lipschitz
+    (``train_terms=5`` here divides by :math:`m_5 = 1.00474`). The default training series
+    has K = 4: :math:`|S_4(i\theta)|^2 = 1 - \theta^6/72 + \theta^8/576 \le 1` for
+    :math:`\theta^2 \le 8`, so :math:`m_4 = 1` for ρ_max < 2√2. The eval series (12 terms,
+    ρ_max = 2.5 < 3.379) has :math:`m_{12} = 1` exactly and is the exponential to
+    :math:`\rho^{13}/13! \le 2\cdot 10^{-5}` (≤ 1e-8 at the typical ρ ≈ 1.5): with stride 1
+    and C_in = C_out the eval layer is orthogonal to that accuracy, for zero and circular
+    padding. Eval mode computes L in float64 and scales it by :math:`1-\delta` for its float32
     rounding (:func:`~onelip.functional.float32_cast_margin`; rounding keeps L skew).
 
-    **Defaults.** ``train_terms=5`` (about 7 convolution costs per training step, as the
-    reference), ``eval_terms=12``; ``max_norm`` ρ_max = 2.5 for k > 1 (β is 1.4–2.6 × the true
-    norm on random kernels, so :math:`\|T_L\| \approx 1`–1.7, like the reference's 0.7/σ) and
-    1.0 for k = 1 (β exact). The training and eval functions differ by
-    :math:`|S_5(i\theta)/m_5 - e^{i\theta}| \le 0.5\% + \theta^6/720` per singular value.
+    **Defaults.** ``train_terms=4`` (four convolutions: ~6× an ``nn.Conv2d`` training step;
+    5 terms, the reference's, cost ~7.7×), ``eval_terms=12``; ``max_norm`` ρ_max = 2.5 for
+    k > 1 (β is 1.4–2.6 × the true norm on random kernels, so :math:`\|T_L\| \approx`
+    1–1.7, like the reference's 0.7/σ) and 1.0 for k = 1 (β exact). Training contracts the
+    top of the spectrum: its singular values are :math:`|S_4(i\theta)| \in [0.96, 1]` for
+    :math:`|\theta| \le 1.5` (0.5 at θ = 2.5, reached only where β is tight), and differ from
+    the eval ones by at most :math:`\theta^5/120`.
 
     Args:
         in_channels, out_channels: C_in, C_out.
@@ -126,7 +131,7 @@ class SOCConv2d(ConvLayer):
         stride: s (by pixel unshuffle). Default: 1.
         bias: Default: ``True``.
         padding_mode: ``"zeros"`` (default) or ``"circular"``.
-        train_terms, eval_terms: K in training and in eval mode. Defaults: 5, 12.
+        train_terms, eval_terms: K in training and in eval mode. Defaults: 4, 12.
         max_norm: ρ_max. Default: 2.5 (k > 1), 1.0 (k = 1).
 
     Shape:
@@ -144,7 +149,7 @@ class SOCConv2d(ConvLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
                  stride: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 train_terms: int = 5, eval_terms: int = 12, max_norm: float | None = None,
+                 train_terms: int = 4, eval_terms: int = 12, max_norm: float | None = None,
                  device=None, dtype=None) -> None:
         super().__init__()
         k, s = int(kernel_size), int(stride)
