@@ -275,8 +275,11 @@ def plain_twin(model):
     for m in _leaves(model):
         if hasattr(m, "in_channels") and hasattr(m, "kernel_size"):
             k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            out.append(nn.Conv2d(m.in_channels, m.out_channels, k, stride=s,
+            s = getattr(m, "stride", 1)
+            s = s if isinstance(s, int) else s[0]
+            # a residual family (SLL, CPL, ...) keeps its shape: in = out channels
+            c_out = getattr(m, "out_channels", m.in_channels)
+            out.append(nn.Conv2d(m.in_channels, c_out, k, stride=s,
                                  padding=(k - 1) // 2, bias=getattr(m, "bias", None) is not None,
                                  padding_mode=getattr(m, "padding_mode", "zeros")))
         elif hasattr(m, "in_features") and hasattr(m, "out_features"):
@@ -297,10 +300,12 @@ def count_params(model) -> int:
 
 
 def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, clip: float,
-          retract: bool, device: str, seed: int, label: str, log_every_s: float = 60.0) -> dict:
+          retract: bool, device: str, seed: int, label: str, log_every_s: float = 60.0,
+          clock=time.perf_counter) -> dict:
     """Adam, one-cycle over the wall-clock budget, augmented uint8 batches, gradient clipping,
     ``retract_`` after each step (onelip). Stops when ``budget_s`` seconds of training have
-    passed. ``x`` uint8 on ``device``."""
+    passed by ``clock`` (default wall-clock; ``time.process_time`` budgets CPU time, which
+    does not depend on what else the machine runs). ``x`` uint8 on ``device``."""
     import torch
 
     from onelip.data.augment import augment
@@ -318,25 +323,25 @@ def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, 
     grad_norms: list[float] = []
     history: list[dict] = []
     epoch, stop = 0, False
-    t_start = time.perf_counter()
+    t_start = clock()
     last_log = t_start
     while not stop:
         epoch += 1
         perm = torch.randperm(n, generator=gperm).to(device)
         tot_loss = torch.zeros((), device=device, dtype=torch.float64)
         tot_ok = torch.zeros((), device=device, dtype=torch.int64)
-        count, t_epoch = 0, time.perf_counter()
+        count, t_epoch = 0, clock()
         for i in range(0, n, batch_size):
-            progress = (time.perf_counter() - t_start) / budget_s
+            progress = (clock() - t_start) / budget_s
             if progress >= 1.0:
                 stop = True
                 break
             for g in opt.param_groups:
                 g["lr"] = lr * lr_factor(progress, "onecycle")
             idx = perm[i:i + batch_size]
-            ta = time.perf_counter()
+            ta = clock()
             xb = to_float(augment(x[idx], AUGMENT, generator=gaug))
-            aug_s += time.perf_counter() - ta
+            aug_s += clock() - ta
             yb = y[idx]
             with batched_kernel_build(model):  # like OrthoConv2d kernels built together
                 out = model(xb)
@@ -359,7 +364,7 @@ def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, 
                 if not math.isfinite(float(loss)):
                     raise FloatingPointError(f"[{label}] loss became {float(loss)} at step "
                                              f"{step}")
-            now = time.perf_counter()
+            now = clock()
             if now - last_log >= log_every_s:
                 last_log = now
                 print(f"[{label}] {now - t_start:.0f}/{budget_s:.0f} s  step {step}  epoch "
@@ -370,12 +375,12 @@ def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, 
             torch.cuda.synchronize()
         if count:
             history.append({"epoch": epoch, "images": count,
-                            "seconds": time.perf_counter() - t_epoch,
+                            "seconds": clock() - t_epoch,
                             "loss": float(tot_loss) / count,
                             "train_acc_running": int(tot_ok) / count})
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t_start
+    seconds = clock() - t_start
     model.eval()
     gsorted = sorted(grad_norms)
     return {"train_seconds": seconds, "steps": step, "images_seen": images,

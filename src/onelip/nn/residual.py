@@ -246,6 +246,19 @@ class SLLConv2d(ConstrainedLayer):
         self.log_q = nn.Parameter(torch.zeros(inner, **factory))
         self.reset_parameters()
 
+    @classmethod
+    def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
+                  stride: int = 1, input_size: tuple[int, int] | None = None) -> "SLLConv2d":
+        """The block for ``layer='sll'`` of :mod:`onelip.models`: a residual block keeps its
+        shape, so only ``in_channels == out_channels`` and stride 1 are accepted."""
+        if in_channels != out_channels or stride != 1:
+            raise ValueError(
+                f"SLLConv2d is a residual block (in_channels = out_channels, stride 1), but "
+                f"a model asked for {in_channels} -> {out_channels} channels with stride "
+                f"{stride}; use layer='sll' in lipconvnet, or a shape-changing family "
+                f"(e.g. 'ortho') where the model changes the shape")
+        return cls(in_channels, kernel_size=kernel_size)
+
     def reset_parameters(self) -> None:
         nn.init.xavier_normal_(self.weight)
         fan_in = self.channels * self.kernel_size[0] * self.kernel_size[1]
