@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from onelip.functional.bro import bro_factor, bro_symbol_factor
 from onelip.nn._base import ConvLayer, DenseLayer
+from onelip.nn._kernels import serial
 from onelip.nn._precision import full_precision
 
 __all__ = ["BROConv2d", "BROLinear"]
@@ -255,9 +256,10 @@ class BROConv2d(ConvLayer):
         return TF.pad(xf, (0, 0, 0, c_out - c_in))
 
     def train_weight(self) -> Tensor:
-        """Y(ω) (F, C, r), complex64, with gradients."""
-        return self._factor(self.weight).to(torch.complex64 if self.weight.dtype !=
-                                            torch.float64 else torch.complex128)
+        """Y(ω) (F, C, r), complex64, with gradients (built on one thread inside
+        :func:`~onelip.nn.utils.serial_kernel_build`)."""
+        ctype = torch.complex64 if self.weight.dtype != torch.float64 else torch.complex128
+        return serial(lambda v: self._factor(v).to(ctype), self.weight)
 
     def train_forward(self, x: Tensor) -> Tensor:
         y = self.train_weight()

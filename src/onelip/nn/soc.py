@@ -18,6 +18,7 @@ from onelip.functional.soc import (
     square_adapter_in,
 )
 from onelip.nn._base import ConvLayer
+from onelip.nn._kernels import serial
 from onelip.nn._precision import full_precision
 
 __all__ = ["ConvSeries2d", "SOCConv2d"]
@@ -181,9 +182,13 @@ class SOCConv2d(ConvLayer):
         return skew * (self.max_norm / skew_conv_norm_bound(skew).clamp_min(1e-30))
 
     def train_weight(self) -> Tensor:
-        """L (C, C, k, k) with gradients, in the parameter dtype."""
-        with full_precision(self.weight.device):
-            return self._scaled(self.weight)
+        """L (C, C, k, k) with gradients, in the parameter dtype (built on one thread inside
+        :func:`~onelip.nn.utils.serial_kernel_build`)."""
+        def build(m: Tensor) -> Tensor:
+            with full_precision(m.device):
+                return self._scaled(m)
+
+        return serial(build, self.weight)
 
     def applied_weight(self) -> Tensor:
         """L (C, C, k, k) built in float64, scaled by :math:`1-\\delta` for its rounding to
