@@ -33,6 +33,19 @@ def _apply_adjoint(sym: Tensor, u: Tensor) -> Tensor:
     return (sym.conj() * u[..., None]).sum(-2)
 
 
+def _estimates(kp: Tensor, phases: Tensor, v: Tensor) -> Tensor:
+    """:math:`\\|\\hat K'_\\omega v_\\omega\\|` at every frequency without forming the symbols:
+    :math:`\\sum_a e^{-i\\langle\\omega, a\\rangle} (K'_a v_\\omega)`, one matrix product
+    (F, C') @ (C', taps·O) then a sum over the taps: memory F·taps·O instead of F·O·C'.
+
+    Shape: kp (O, C', qh, qw) complex, phases (F, qh, qw), v (F, C') -> (F,).
+    """
+    o, c = kp.shape[:2]
+    taps = kp.flatten(2).permute(1, 2, 0).reshape(c, -1)  # (C', taps·O)
+    u = (v @ taps).view(v.shape[0], -1, o)  # K'_a v_ω: (F, taps, O)
+    return torch.linalg.vector_norm((phases.flatten(1)[..., None] * u).sum(1), dim=-1)
+
+
 @torch.no_grad()
 def symbol_krylov_(sym: Tensor, v: Tensor, *, dim: int) -> None:
     r"""Rayleigh–Ritz on the Krylov space :math:`\mathcal K_m = \operatorname{span}\{v, Gv,
@@ -293,15 +306,15 @@ class LiResConv2d(ConvLayer):
             taps = (-(-self.kernel_size[0] // stride), -(-self.kernel_size[1] // stride))
             phases = F.dft_phases(taps, self.grid, dtype=ctype,
                                   device=self.weight.device).flatten(0, 1)  # (F, qh, qw)
-            kp = F.conv2d_polyphase(self.kernel(), stride=stride)
-            sym = torch.einsum("ocab,fab->foc", kp.to(ctype), phases)  # (F, O, C')
+            kp = F.conv2d_polyphase(self.kernel(), stride=stride).to(ctype)  # (O, C', qh, qw)
             v_all = torch.view_as_complex(self.v).view(-1, self.v.shape[-2])  # (F, C') view
-            current = torch.linalg.vector_norm(_apply(sym, v_all), dim=-1)  # (F,)
+            current = _estimates(kp, phases, v_all)  # (F,)
             sel = self._frequencies(current)  # (S,)
+            sym = torch.einsum("ocab,sab->soc", kp, phases[sel])  # (S, O, C')
             v = v_all[sel]  # (S, C') copy
-            symbol_krylov_(sym[sel], v, dim=self.krylov_dim)
+            symbol_krylov_(sym, v, dim=self.krylov_dim)
             v_all[sel] = v
-            current[sel] = torch.linalg.vector_norm(_apply(sym[sel], v), dim=-1)
+            current[sel] = torch.linalg.vector_norm(_apply(sym, v), dim=-1)
             self.freq_sigma.copy_(current.to(self.freq_sigma.dtype))
             top = int(current.argmax())  # a refreshed frequency (the largest are refreshed)
         # differentiable in W: the estimate at the argmax (the only one amax would pass a
