@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from onelip import functional as F
 from onelip.nn._base import ConvLayer
+from onelip.nn._kernels import serial
 from onelip.nn._precision import full_precision
 
 __all__ = ["PositionBias", "ShiftConv2d", "SpatialShift", "spatial_shift"]
@@ -220,8 +221,12 @@ class ShiftConv2d(ConvLayer):
 
     def _factors(self, exact: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         dtype = torch.float64 if exact else self.rotation.dtype
-        r = F.cholesky_orthonormalize(self.rotation.to(dtype), refine=exact)
-        m = F.cholesky_orthonormalize(self.mixing.to(dtype), refine=exact)
+
+        def build(rotation: Tensor, mixing: Tensor) -> Tensor:  # R and M in one batched QR
+            return F.cholesky_orthonormalize(torch.stack((rotation, mixing)).to(dtype),
+                                             refine=exact)
+
+        r, m = serial(build, self.rotation, self.mixing).unbind(0)  # (c, c) each
         c_in = self.in_channels * self.stride[0] ** 2
         first = r[:, :c_in]  # R ι: (c, C_in s²)
         last = (m @ r.mT)[:self.out_channels]  # Π M Rᵀ: (C_out, c)
