@@ -21,7 +21,7 @@ from onelip.nn import (
     SpatialShift,
     module_lipschitz_bound,
 )
-from onelip.nn.shift import _Shift, spatial_shift
+from onelip.nn.shift import _Shift, shift_permutation, spatial_shift
 from onelip.nn.utils import export_tree, retract_
 
 TOL = 1e-5  # σ within 1e-5 of 1, as applied in float32
@@ -97,9 +97,10 @@ def test_the_shift_alone_is_a_permutation():
         moved = (jac.diagonal() == 0).sum()
         assert int(moved) == 4 * g * 4 * 5  # the four shifted groups, every pixel moves
         x = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
-        assert torch.equal(_Shift.apply(x, g), spatial_shift(x, g))
+        perm = shift_permutation(*shape, g)
+        assert torch.equal(_Shift.apply(x, *perm), spatial_shift(x, g))
         gy = torch.randn(2, *shape, dtype=torch.float64)
-        a, = torch.autograd.grad(_Shift.apply(x, g), x, gy)
+        a, = torch.autograd.grad(_Shift.apply(x, *perm), x, gy)
         b, = torch.autograd.grad(spatial_shift(x, g), x, gy)
         assert torch.equal(a, b)  # the backward is the inverse permutation
 

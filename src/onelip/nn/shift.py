@@ -14,7 +14,8 @@ from onelip.nn._base import ConvLayer
 from onelip.nn._kernels import serial
 from onelip.nn._precision import full_precision
 
-__all__ = ["PositionBias", "ShiftConv2d", "SpatialShift", "spatial_shift"]
+__all__ = ["PositionBias", "ShiftConv2d", "SpatialShift", "shift_permutation",
+           "spatial_shift"]
 
 
 def spatial_shift(x: Tensor, group: int) -> Tensor:
@@ -23,8 +24,8 @@ def spatial_shift(x: Tensor, group: int) -> Tensor:
     others unchanged. A permutation of the coordinates: orthogonal.
 
     ``torch.roll`` and ``torch.cat`` (what the plain :class:`SpatialShift` runs, ONNX-exportable);
-    :class:`ShiftConv2d` uses the same permutation written in place, whose backward is the
-    inverse shift (:class:`_Shift`).
+    :class:`ShiftConv2d` applies the same permutation as one gather (:func:`shift_permutation`),
+    whose backward is the gather by the inverse.
 
     Shape: (N, C, H, W) -> (N, C, H, W), :math:`4g \le C`.
     """
@@ -36,31 +37,33 @@ def spatial_shift(x: Tensor, group: int) -> Tensor:
                       x[:, 4 * g:]), 1)
 
 
-def _shift_into(out: Tensor, x: Tensor, g: int, sign: int) -> Tensor:
-    """:func:`spatial_shift` of x written into ``out`` (sign -1: the inverse shift)."""
-    for i, (dim, step) in enumerate(((2, 1), (2, -1), (3, 1), (3, -1))):
-        src, dst = x[:, i * g:(i + 1) * g], out[:, i * g:(i + 1) * g]
-        k = step * sign % x.shape[dim]  # a circular shift by k along dim
-        n = x.shape[dim]
-        dst.narrow(dim, k, n - k).copy_(src.narrow(dim, 0, n - k))
-        dst.narrow(dim, 0, k).copy_(src.narrow(dim, n - k, k))
-    out[:, 4 * g:].copy_(x[:, 4 * g:])
-    return out
+def shift_permutation(channels: int, height: int, width: int, group: int, *,
+                      device=None) -> tuple[Tensor, Tensor]:
+    """:func:`spatial_shift` as a permutation of the C·H·W coordinates of one sample: ``perm``
+    with ``spatial_shift(x).flatten(1) == x.flatten(1)[:, perm]``, and its inverse."""
+    n = channels * height * width
+    perm = spatial_shift(torch.arange(n, device=device).view(1, channels, height, width),
+                         group).flatten()
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n, device=device)
+    return perm, inv
 
 
 class _Shift(torch.autograd.Function):
-    """:func:`spatial_shift` in one output allocation; the backward is the inverse
-    permutation (autograd through the slices of ``roll``/``cat`` fills a zero tensor per
-    slice)."""
+    """:func:`spatial_shift` as one gather by its permutation (:func:`shift_permutation`),
+    whose backward is the gather by the inverse permutation: two operations per step where
+    autograd through ``roll``/``cat`` fills a zero tensor per slice (and one op is what a
+    loaded multi-threaded CPU schedules best)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, g: int) -> Tensor:
-        ctx.g = g
-        return _shift_into(torch.empty_like(x), x, g, 1)
+    def forward(ctx, x: Tensor, perm: Tensor, inv: Tensor) -> Tensor:
+        ctx.inv = inv
+        return x.reshape(x.shape[0], -1).index_select(1, perm).view(x.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return _shift_into(torch.empty_like(grad), grad, ctx.g, -1), None
+        out = grad.reshape(grad.shape[0], -1).index_select(1, ctx.inv).view(grad.shape)
+        return out, None, None
 
 
 class SpatialShift(nn.Module):
@@ -272,8 +275,16 @@ class ShiftConv2d(ConvLayer):
         if offset is not None:
             y = y + offset
         if self.group:
-            y = _Shift.apply(y, self.group)
+            y = _Shift.apply(y, *self._permutation(y))
         return TF.conv2d(y, last[:, :, None, None], self.bias)
+
+    def _permutation(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The shift's permutation for maps of y's size (cached per size and device)."""
+        key = (tuple(y.shape[1:]), y.device)
+        cache = self.__dict__.setdefault("_shift_index", {})
+        if key not in cache:
+            cache[key] = shift_permutation(*y.shape[1:], self.group, device=y.device)
+        return cache[key]
 
     @torch.no_grad()
     def plain_twin(self, weight: tuple[Tensor, Tensor, Tensor | None]) -> nn.Module:
