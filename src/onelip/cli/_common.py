@@ -106,6 +106,11 @@ def _lists(text: str) -> str:
         from onelip import data
 
         text = text.replace("{datasets}", ", ".join(data.available()))
+    if "{conv_layers}" in text or "{dense_layers}" in text:
+        from onelip import nn as onn
+
+        text = text.replace("{conv_layers}", ", ".join(onn.CONV_LAYERS))
+        text = text.replace("{dense_layers}", ", ".join(onn.DENSE_LAYERS))
     return text
 
 

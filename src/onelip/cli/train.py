@@ -78,12 +78,14 @@ def fraction(s: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist-5k", help="data set: {datasets}")
     p.add_argument("--model", default="mlp", help="architecture: {models}")
-    p.add_argument("--layer", default=None, help="'ortho' or 'spectral' linear layers")
+    p.add_argument("--layer", default=None,
+                   help="layer family: {conv_layers} (convolutional models); {dense_layers} "
+                        "(mlp); docs/layers.md")
     p.add_argument("--width", type=positive_int, default=None,
                    help="hidden width (mlp), first-stage channels (convnet, lipresnet)")
     p.add_argument("--depth", type=positive_int, default=None,
                    help="hidden layers (mlp), convolutions per stage (convnet)")
-    p.add_argument("--activation", default=None, help="maxmin, groupsort, fullsort, abs")
+    p.add_argument("--activation", default=None, help="maxmin, groupsort, fullsort, abs, betaabs")
     p.add_argument("--set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any field of the model's config, repeatable, e.g. --set stages=2 "
                         "--set hidden=64 --set downsample=l2pool (lists: comma-separated); "

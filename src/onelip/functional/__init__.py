@@ -36,6 +36,7 @@ from onelip.functional.conv import (
     conv2d_polyphase,
     conv2d_symbol,
     dft_phases,
+    square_adapter_in,
     symbol_power_iteration,
 )
 from onelip.functional.losses import (
@@ -79,7 +80,6 @@ from onelip.functional.soc import (
     skew_conv_kernel,
     skew_conv_norm_bound,
     skew_exp_series,
-    square_adapter_in,
 )
 
 __all__ = [

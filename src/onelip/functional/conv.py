@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "square_adapter_in",
     "bcop_kernel",
     "circular_grid",
     "compose_kernels",
@@ -349,3 +350,20 @@ def symbol_power_iteration(sym: Tensor, v: Tensor, *, n_iter: int = 1) -> None:
         u = (sym @ v[..., None])  # (*, O, 1)
         w = (sym.mH @ u)[..., 0]  # (*, C)
         v.copy_(w / torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(1e-30))
+
+
+def square_adapter_in(x: Tensor, *, stride: int, channels: int) -> Tensor:
+    """The input of a square stride-1 operator of ``channels`` channels: zero-pad H and W at
+    the bottom/right to multiples of ``stride``, pixel-unshuffle by ``stride`` (a
+    permutation), zero-pad the channels up to ``channels`` (an isometric embedding).
+
+    Shape: (N, C_in, H, W) -> (N, channels, ⌈H/s⌉, ⌈W/s⌉), channels >= C_in s².
+    """
+    if stride > 1:
+        h, w = x.shape[-2:]
+        ph, pw = -h % stride, -w % stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        x = F.pixel_unshuffle(x, stride)
+    extra = channels - x.shape[1]
+    return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x

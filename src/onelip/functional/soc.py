@@ -18,7 +18,6 @@ __all__ = [
     "skew_conv_kernel",
     "skew_conv_norm_bound",
     "skew_exp_series",
-    "square_adapter_in",
 ]
 
 
@@ -78,23 +77,6 @@ def skew_exp_series(x: Tensor, kernel: Tensor, *, terms: int, scale: float = 1.0
     for i in range(terms, 0, -1):
         y = torch.add(x, conv(y), alpha=1.0 / i)
     return y * scale if scale != 1.0 else y
-
-
-def square_adapter_in(x: Tensor, *, stride: int, channels: int) -> Tensor:
-    """The input of a square stride-1 operator of ``channels`` channels: zero-pad H and W at
-    the bottom/right to multiples of ``stride``, pixel-unshuffle by ``stride`` (a
-    permutation), zero-pad the channels up to ``channels`` (an isometric embedding).
-
-    Shape: (N, C_in, H, W) -> (N, channels, ⌈H/s⌉, ⌈W/s⌉), channels >= C_in s².
-    """
-    if stride > 1:
-        h, w = x.shape[-2:]
-        ph, pw = -h % stride, -w % stride
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        x = F.pixel_unshuffle(x, stride)
-    extra = channels - x.shape[1]
-    return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
 
 
 # ==== the truncated series on the imaginary axis ===========================================

@@ -40,7 +40,8 @@ class ConvNetConfig:
     depth: int = 2
     """Convolutions per stage."""
     layer: str = "ortho"
-    """'ortho' (OrthoConv2d) or 'spectral' (SpectralConv2d)."""
+    """A family of :data:`onelip.nn.CONV_LAYERS` that changes shape: 'ortho' (OrthoConv2d),
+    'spectral', 'aol', 'cpl', 'soc', 'bro', 'liresnet' or 'shift' (docs/layers.md)."""
     activation: str = "maxmin"
     """'maxmin', 'groupsort', 'fullsort' or 'abs'."""
     group_size: int = 2

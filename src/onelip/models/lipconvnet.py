@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 r"""``lipconvnet``: the ConvNets XS / S / M / L of Prach, Brau, Buttazzo and Lampert,
 *1-Lipschitz Layers Compared: Memory, Speed, and Certifiable Robustness* (CVPR 2024), with
-onelip's orthogonal (or spectral) convolutions.
+onelip's convolution families (``layer=``, :data:`onelip.nn.CONV_LAYERS`).
 
 The structure (their ``models/simplified_conv_net.py``), for a (C, H, W) input and base width
 w:
@@ -62,7 +62,8 @@ class LipConvNetConfig:
     kernel_size: int = 3
     """Kernel of the convolutions of every block but the last (which uses 1×1)."""
     layer: str = "ortho"
-    """'ortho' (OrthoConv2d) or 'spectral' (SpectralConv2d)."""
+    """A family of :data:`onelip.nn.CONV_LAYERS`: 'ortho' (OrthoConv2d), 'spectral', 'sll',
+    'aol', 'cpl', 'soc', 'bro', 'liresnet' or 'shift' (docs/layers.md)."""
     activation: str = "maxmin"
     """'maxmin', 'groupsort', 'fullsort' or 'abs'."""
     group_size: int = 2

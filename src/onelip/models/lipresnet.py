@@ -42,7 +42,9 @@ class LipResNetConfig:
     inner_factor: int = 1
     """Inner channels of an SLL block, as a multiple of its channels."""
     layer: str = "ortho"
-    """Stem, downsampling and 'convex'-block convolutions: 'ortho' or 'spectral'."""
+    """Stem, downsampling and 'convex'-block convolutions: a family of
+    :data:`onelip.nn.CONV_LAYERS` that changes shape ('ortho', 'spectral', 'aol', 'cpl', 'soc',
+    'bro', 'liresnet', 'shift'; 'sll' is residual only)."""
     activation: str = "maxmin"
     """Activation after the stem and inside 'convex' blocks."""
     group_size: int = 2

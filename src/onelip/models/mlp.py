@@ -26,7 +26,8 @@ class MLPConfig:
     hidden: tuple[int, ...] = (512, 512, 512)
     """Widths of the hidden layers."""
     layer: str = "ortho"
-    """'ortho' (OrthoLinear) or 'spectral' (SpectralLinear)."""
+    """A family of :data:`onelip.nn.DENSE_LAYERS`: 'ortho' (OrthoLinear), 'spectral'
+    (SpectralLinear), 'aol' (AOLLinear), 'cpl' (CPLLinear) or 'bro' (BROLinear)."""
     activation: str = "maxmin"
     """'maxmin', 'groupsort', 'fullsort' or 'abs'."""
     group_size: int = 2

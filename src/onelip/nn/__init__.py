@@ -52,28 +52,30 @@ from onelip.nn.soc import ConvSeries2d, SOCConv2d
 # ==== the families models choose by name (``layer=`` of onelip.models) ======================
 # A new family: its file under nn/, its import above and one line in one of these tables.
 
-DENSE_LAYERS: MappingProxyType[str, type[DenseLayer]] = MappingProxyType({
+DENSE_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "ortho": OrthoLinear,
     "spectral": SpectralLinear,
     "aol": AOLLinear,
     "cpl": CPLLinear,
     "bro": BROLinear,
 })
-"""Dense families by name (``MLPConfig.layer``), each built by ``cls.for_shape(in, out)``."""
+"""Dense families by name (``MLPConfig.layer``), each built by ``cls.for_shape(in, out)``
+(docs/layers.md: the math, the claim and the cost of each)."""
 
 CONV_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "ortho": OrthoConv2d,
     "spectral": SpectralConv2d,
+    "sll": SLLConv2d,
     "aol": AOLConv2d,
     "cpl": CPLConv2d,
-    "liresnet": LiResConv2d,
-    "shift": ShiftConv2d,
-    "sll": SLLConv2d,
     "soc": SOCConv2d,
     "bro": BROConv2d,
+    "liresnet": LiResConv2d,
+    "shift": ShiftConv2d,
 })
 """Convolution families by name (``layer=`` of the convolutional models), each built by
-``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))``."""
+``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))`` (docs/layers.md); 'sll' is a
+residual block and takes only c_in = c_out, stride 1."""
 
 __all__ = [
     "AOLConv2d",

@@ -367,14 +367,19 @@ class ConvLayer(ConstrainedLayer):
         self.kernel_size, self.stride, self.padding = (k, k), (s, s), (p, p)
         self.padding_mode = padding_mode
 
+    sized_by_input: ClassVar[bool] = False
+    """Whether the family's operator depends on the input size (its constructor takes
+    ``input_size=``: SpectralConv2d, BROConv2d, ...)."""
+
     @classmethod
     def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
                   stride: int = 1, input_size: tuple[int, int]) -> "ConvLayer":
         """The layer for inputs of shape (C_in, H, W) = (``in_channels``, *``input_size``):
         how :mod:`onelip.models` builds a family by its name in
-        :data:`onelip.nn.CONV_LAYERS` (a family whose operator depends on the input size
-        overrides it to use ``input_size``)."""
-        return cls(in_channels, out_channels, kernel_size, stride=stride)
+        :data:`onelip.nn.CONV_LAYERS` (``input_size`` is passed on to the families that are
+        :attr:`sized_by_input`)."""
+        sized = {"input_size": input_size} if cls.sized_by_input else {}
+        return cls(in_channels, out_channels, kernel_size, stride=stride, **sized)
 
     def apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
         if self.padding_mode == "circular":

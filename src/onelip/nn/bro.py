@@ -9,6 +9,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 
 from onelip.functional.bro import bro_factor, bro_symbol_factor
+from onelip.functional.conv import square_adapter_in
 from onelip.nn._base import ConvLayer, DenseLayer
 from onelip.nn._kernels import serial
 from onelip.nn._precision import full_precision
@@ -166,6 +167,8 @@ class BROConv2d(ConvLayer):
         True
     """
 
+    sized_by_input = True  # the operator depends on the input size
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
                  input_size: tuple[int, int], stride: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", rank_ratio: float = 0.5, eps: float = 1e-5,
@@ -191,12 +194,6 @@ class BROConv2d(ConvLayer):
                                                k, k, device=device, dtype=dtype))
         self._init_bias(out_channels, bias, device=device, dtype=dtype)
         self.reset_parameters()
-
-    @classmethod
-    def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
-                  stride: int = 1, input_size: tuple[int, int]) -> "BROConv2d":
-        return cls(in_channels, out_channels, kernel_size, stride=stride,
-                   input_size=input_size)
 
     def reset_parameters(self) -> None:
         r"""V = [I_r; 0] at the centre tap (the reference's ``id_init``): every
@@ -224,9 +221,7 @@ class BROConv2d(ConvLayer):
                 f"matrices live on that grid), but got {size}: build it with "
                 f"input_size={size}")
         s, p = self.stride[0], self._pad()
-        if s > 1:
-            ph, pw = -size[0] % s, -size[1] % s
-            x = TF.pixel_unshuffle(TF.pad(x, (0, pw, 0, ph)) if ph or pw else x, s)
+        x = square_adapter_in(x, stride=s, channels=x.shape[1] * s * s)
         if p:
             x = TF.pad(x, (p, p, p, p))
         xf = torch.fft.rfft2(x)  # (N, C_in', G_h, G_w')

@@ -319,6 +319,8 @@ class SpectralConv2d(ConvLayer):
         True
     """
 
+    sized_by_input = True  # the operator depends on the input size
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
                  input_size: tuple[int, int], stride: int = 1, padding: int | None = None,
                  bias: bool = True, n_power_iterations: int = 3, device=None,
@@ -352,12 +354,6 @@ class SpectralConv2d(ConvLayer):
         self.register_buffer("freq_sigma", torch.empty(n_freq[0] * n_freq[1], **factory))
         self._sweep = 0  # round-robin position of the frequency refresh (get_extra_state)
         self.reset_parameters()
-
-    @classmethod
-    def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
-                  stride: int = 1, input_size: tuple[int, int]) -> "SpectralConv2d":
-        return cls(in_channels, out_channels, kernel_size, stride=stride,
-                   input_size=input_size)
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))

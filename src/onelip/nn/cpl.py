@@ -385,15 +385,7 @@ class CPLConv2d(_CPLBase):
         return self.kernel_size[0] * self.kernel_size[1]
 
     def _adapt_in(self, x: Tensor) -> Tensor:
-        s = self.stride[0]
-        if s > 1:
-            ph, pw = -x.shape[-2] % s, -x.shape[-1] % s
-            if ph or pw:
-                x = TF.pad(x, (0, pw, 0, ph))
-            x = TF.pixel_unshuffle(x, s)
-        if x.shape[1] < self.channels:
-            x = TF.pad(x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
-        return x
+        return F.square_adapter_in(x, stride=self.stride[0], channels=self.channels)
 
     def _core(self, z: Tensor, h, *, fold: bool = False) -> Tensor:
         p = self.padding

@@ -160,6 +160,8 @@ class LiResConv2d(ConvLayer):
         True
     """
 
+    sized_by_input = True  # the operator depends on the input size
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
                  input_size: tuple[int, int], stride: int = 1, padding: int | None = None,
                  gamma: float = 1.0, bias: bool = True, krylov_dim: int = 4,
@@ -191,12 +193,6 @@ class LiResConv2d(ConvLayer):
         self.register_buffer("freq_sigma", torch.empty(n_freq[0] * n_freq[1], **factory))
         self._sweep = 0  # round-robin position of the frequency refresh (get_extra_state)
         self.reset_parameters()
-
-    @classmethod
-    def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
-                  stride: int = 1, input_size: tuple[int, int]) -> "LiResConv2d":
-        return cls(in_channels, out_channels, kernel_size, stride=stride,
-                   input_size=input_size)
 
     def reset_parameters(self) -> None:
         # LiResNet's initialisation: a small residual, W ~ N(0, 1/(C_in k²)²).

@@ -171,6 +171,8 @@ class ShiftConv2d(ConvLayer):
         True
     """
 
+    sized_by_input = True  # the operator depends on the input size
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
                  input_size: tuple[int, int], stride: int = 1, alpha: float = 0.125,
                  position_embedding: bool = True, bias: bool = True, device=None,
@@ -200,12 +202,6 @@ class ShiftConv2d(ConvLayer):
             self.register_parameter("pos", None)
         self._init_bias(out_channels, bias, **factory)
         self.reset_parameters()
-
-    @classmethod
-    def for_shape(cls, in_channels: int, out_channels: int, kernel_size: int = 3, *,
-                  stride: int = 1, input_size: tuple[int, int]) -> "ShiftConv2d":
-        return cls(in_channels, out_channels, kernel_size, stride=stride,
-                   input_size=input_size)
 
     def reset_parameters(self) -> None:
         nn.init.orthogonal_(self.rotation)
@@ -258,11 +254,7 @@ class ShiftConv2d(ConvLayer):
 
     def _unshuffle(self, x: Tensor) -> Tensor:
         s = self.stride[0]
-        if s == 1:
-            return x
-        h, w = x.shape[-2:]
-        x = TF.pad(x, (0, -w % s, 0, -h % s))
-        return TF.pixel_unshuffle(x, s)
+        return F.square_adapter_in(x, stride=s, channels=x.shape[1] * s * s)
 
     def apply_weight(self, x: Tensor, weight: tuple[Tensor, Tensor, Tensor | None]) -> Tensor:
         first, last, offset = weight

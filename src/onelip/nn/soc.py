@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from onelip import functional as F
+from onelip.functional.conv import square_adapter_in
 from onelip.functional.soc import (
     exp_series_max,
     skew_conv_kernel,
     skew_conv_norm_bound,
     skew_exp_series,
-    square_adapter_in,
 )
 from onelip.nn._base import ConvLayer
 from onelip.nn._kernels import serial
