@@ -38,10 +38,20 @@ def _dense_cases() -> dict[str, Callable[[bool], nn.Module]]:
         "ConvexResidual": lambda bias: onn.ConvexResidual(
             onn.Sequential(onn.OrthoLinear(DENSE, DENSE, bias=bias), onn.MaxMin()), 0.3,
             learnable=True),
+        "AOLLinear": lambda bias: _perturbed(onn.AOLLinear(DENSE, 4, bias=bias,
+                                                           learnable_q=True)),
+        "CPLLinear": lambda bias: onn.CPLLinear(DENSE, 4, bias=bias),
+        "BROLinear": lambda bias: onn.BROLinear(DENSE, 4, bias=bias),
         "Sequential": lambda bias: onn.Sequential(onn.OrthoLinear(DENSE, 6, bias=bias),
                                                   onn.GroupSort(2),
                                                   onn.SpectralLinear(6, 2, bias=bias)),
     }
+
+
+def _perturbed(layer: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.add_(0.1 * torch.randn_like(layer.weight))
+    return layer
 
 
 def _image_cases() -> dict[str, Callable[[bool], nn.Module]]:
@@ -57,6 +67,22 @@ def _image_cases() -> dict[str, Callable[[bool], nn.Module]]:
         "SpectralConv2d_stride2": lambda bias: onn.SpectralConv2d(
             c, 4, 3, input_size=(h, w), stride=2, bias=bias),
         "SLLConv2d": lambda bias: onn.SLLConv2d(c, 4),  # always has a bias
+        # off its Dirac initialisation (where |KᵀK| is diagonal and q has no effect)
+        "AOLConv2d": lambda bias: _perturbed(onn.AOLConv2d(c, 5, 3, bias=bias,
+                                                           learnable_q=True)),
+        "AOLConv2d_stride2": lambda bias: onn.AOLConv2d(c, 8, 3, stride=2, bias=bias),
+        "CPLConv2d": lambda bias: onn.CPLConv2d(c, 5, 3, input_size=(h, w), bias=bias),
+        "CPLConv2d_stride2": lambda bias: onn.CPLConv2d(c, 8, 3, input_size=(h, w), stride=2,
+                                                        bias=bias),
+        "SOCConv2d": lambda bias: onn.SOCConv2d(c, 5, 3, bias=bias),
+        "SOCConv2d_stride2": lambda bias: onn.SOCConv2d(c, 8, 3, stride=2, bias=bias),
+        "BROConv2d": lambda bias: onn.BROConv2d(c, 5, 3, input_size=(h, w), bias=bias),
+        "BROConv2d_stride2": lambda bias: onn.BROConv2d(c, 8, 3, input_size=(h, w), stride=2,
+                                                        bias=bias),
+        "LiResConv2d": lambda bias: onn.LiResConv2d(c, 5, 3, input_size=(h, w), bias=bias),
+        "ShiftConv2d": lambda bias: onn.ShiftConv2d(c, 8, 3, input_size=(h, w), bias=bias),
+        "ShiftConv2d_stride2": lambda bias: onn.ShiftConv2d(c, 8, 3, input_size=(h, w),
+                                                            stride=2, bias=bias),
         "BatchCentering2d": lambda bias: onn.BatchCentering(c, bias=bias),
         "ConvexResidual2d": lambda bias: onn.ConvexResidual(
             onn.OrthoConv2d(c, c, 3, bias=bias), 0.5, learnable=True),
@@ -68,6 +94,7 @@ def _parameter_free_cases() -> dict[str, tuple[Callable[[bool], nn.Module], str]
     c, h, w = IMAGE
     return {
         "Abs": (lambda bias: onn.Abs(), "dense"),
+        "BetaAbs": (lambda bias: onn.BetaAbs(0.5), "dense"),
         "MaxMin": (lambda bias: onn.MaxMin(), "dense"),
         "GroupSort": (lambda bias: onn.GroupSort(3), "dense"),
         "FullSort": (lambda bias: onn.FullSort(), "dense"),
@@ -84,6 +111,11 @@ def _parameter_free_cases() -> dict[str, tuple[Callable[[bool], nn.Module], str]
         "GlobalL2NormPool2d": (lambda bias: onn.GlobalL2NormPool2d(), "image"),
         "Flatten": (lambda bias: onn.Flatten(), "image"),
         "ToImage": (lambda bias: onn.ToImage((DENSE, 1, 1)), "dense"),
+        # the plain modules SOC and the shift block export to
+        "ConvSeries2d": (lambda bias: onn.ConvSeries2d(c, c, c, 3, terms=4, scale=0.5),
+                         "image"),
+        "SpatialShift": (lambda bias: onn.SpatialShift(1), "image"),
+        "PositionBias": (lambda bias: onn.PositionBias(c, h, w), "image"),
     }
 
 
