@@ -6,10 +6,6 @@ and the family in the models and the CLI."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 from checks import operator_matrix
@@ -177,13 +173,3 @@ def test_models_train_certify_export(name):
     plain = export_tree(net)
     assert torch.allclose(plain(x), net(x), atol=1e-5)
     assert not any(isinstance(m, BROConv2d) for m in plain.modules())
-
-
-def test_cli_trains_bro(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "onelip.cli", "train", "--data", "digits", "--model",
-           "convnet", "--width", "4", "--epochs", "1", "--quiet", "--set", "layer=bro",
-           "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert json.loads((out / "config.json").read_text())["model"]["config"]["layer"] == "bro"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from checks import adversarial_lipschitz_ratio, max_local_jacobian_norm
 
+import onelip.nn as onn
 from onelip import checkpoint, models
 from onelip.certify import lipschitz_bound
 
@@ -243,3 +244,19 @@ def test_cli_refuses_too_many_stages_before_building(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1, err
     assert "stages=10 is too many for 8×8 inputs" in err and "at most 4 stages" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family", list(onn.CONV_LAYERS))
+def test_cli_trains_and_certifies_every_conv_family(tmp_path, capsys, family):
+    """`--set layer=NAME` of every family of onelip.nn.CONV_LAYERS trains lipconvnet from the
+    command line and certifies it with the whole network's bound (that of its layers: 1)."""
+    from onelip.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--model", "lipconvnet", "--set", f"layer={family}",
+                 "--set", "width=4", "--set", "blocks=2", "--set", "depth=1", "--epochs", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())["model"]["config"]
+    assert cfg["layer"] == family
+    assert main(["certify", str(out), "--eps", "0.1"]) == 0
+    assert "L ≤ 1.0000" in capsys.readouterr().out
