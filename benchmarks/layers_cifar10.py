@@ -381,19 +381,20 @@ def write_report(args, fams: dict) -> None:
          f"networks at a time; loss `{args.loss}`, Adam, one-cycle over the budget, batch "
          f"{args.batch_size}, clipping at {args.clip:g}, crop + flip, `retract_` after each "
          f"step. **Learning rate rule:** {rule}.", "",
-         "| family | class | lr | params | epochs | images/CPU-s | wall min | step ÷ plain twin "
+         "| family | class | lr | params | epochs | images/CPU-s | wall min | load "
+         "| step ÷ plain twin "
          "| peak RSS MB | clean | cert@36 | cert@72 | cert@108 | attack violations "
          "| Prach XS 2 h: layer, epochs, clean / cert@36 | rank (ours / Prach) |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+         "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for fam, d in fams.items():
         r, p = d["main"], d["prach_xs_2h"]
         pr = f"{p['layer']}, {p['epochs']}, {p['clean']:.1f} / {p['cert36']:.1f}" if p else "—"
         if r is None:
-            L.append(f"| {fam} | | {d['lr'] or '—'} | | | | | | | not run yet | | | | | {pr} | |")
+            L.append(f"| {fam} | | {d['lr'] or '—'} | | | | | | | | not run yet | | | | | {pr} | |")
             continue
         if "clean" not in r:
             why = "diverged" if "diverged" in r else f"failed ({r.get('error', '?')})"
-            L.append(f"| {fam} | {r.get('class', '')} | {r['lr']:g} | | | | | | | {why} "
+            L.append(f"| {fam} | {r.get('class', '')} | {r['lr']:g} | | | | | | | | {why} "
                      f"| | | | | {pr} | |")
             continue
         att = r.get("attack", {})
@@ -401,6 +402,7 @@ def write_report(args, fams: dict) -> None:
         L.append(
             f"| {fam} | {r['class']} | {r['lr']:g} | {r['params']:,} | {r['epochs_done']:.2f} "
             f"| {r['images_per_second']:.0f} | {r['train_wall_seconds'] / 60:.1f} "
+            f"| {r['load_average_start']:.1f} → {r['load_average_end']:.1f} "
             f"| {r.get('step_ratio_to_plain_twin', float('nan')):.2f} "
             f"| {r['peak_rss_mb']:.0f} | {_pct(r['clean'])} | {_pct(r['certified']['36'])} "
             f"| {_pct(r['certified']['72'])} | {_pct(r['certified']['108'])} "
@@ -412,7 +414,11 @@ def write_report(args, fams: dict) -> None:
           + ", ".join(f"{f} {prach[f]}" for f in sorted(prach, key=prach.get)) + ".", "",
           "Columns: 'images/CPU-s' = augmented training images per CPU second of the "
           "network's process; 'wall min' = its training wall-clock time (longer than the "
-          "CPU budget when the machine was busy); 'step ÷ plain twin' = median time of a "
+          "CPU budget when the machine was busy); 'load' = the 1-minute load average at the "
+          "start and end of training (2 cores; 2 = the two runs alone): a busy machine also "
+          "lowers the images per CPU second (shared caches and memory bandwidth), so runs "
+          "under a higher load reached fewer epochs in the same CPU budget; "
+          "'step ÷ plain twin' = median time of a "
           "training step at batch 256 on one thread, the network against the same network "
           "with plain `nn.Conv2d`/`nn.Linear` layers (benchmarks/cifar10.py `plain_twin`); "
           "'peak RSS' = the process's maxrss (the 150 MB uint8 data set included); "
