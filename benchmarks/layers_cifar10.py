@@ -404,7 +404,9 @@ def write_report(args, fams: dict) -> None:
             f"| {r['images_per_second']:.0f} | {r['train_wall_seconds'] / 60:.1f} "
             f"| {r['load_average_start']:.1f} → {r['load_average_end']:.1f} "
             f"| {r.get('step_ratio_to_plain_twin', float('nan')):.2f} "
-            f"| {r['peak_rss_mb']:.0f} | {_pct(r['clean'])} | {_pct(r['certified']['36'])} "
+            f"| {r['peak_rss_mb']:.0f} | {_pct(r['clean'])}"
+            f"{' (one class)' if r.get('predicted_classes') == 1 else ''} "
+            f"| {_pct(r['certified']['36'])} "
             f"| {_pct(r['certified']['72'])} | {_pct(r['certified']['108'])} "
             f"| {att.get('violations', '—')} / {att.get('found', '—')} | {pr} | {rk} |")
     L += ["", "Rank = by validation cert@36/255 among the families run here (ours) and by "
@@ -423,7 +425,9 @@ def write_report(args, fams: dict) -> None:
           "with plain `nn.Conv2d`/`nn.Linear` layers (benchmarks/cifar10.py `plain_twin`); "
           "'peak RSS' = the process's maxrss (the 150 MB uint8 data set included); "
           "'attack violations' = points of the first attacked ones whose adversarial found "
-          "is closer than their certificate / points attacked successfully: must be 0.", "",
+          "is closer than their certificate / points attacked successfully: must be 0; "
+          "'(one class)': the network predicts a single class on the whole validation split "
+          "(it did not learn; its certified accuracy is that class's share).", "",
           "Certificate: the last-layer radius with L_body the product of per-layer certified "
           "bounds (benchmarks/_certify.py): recomputed from the kernel as applied for the "
           "families that are one convolution in eval mode, the layer's own "
