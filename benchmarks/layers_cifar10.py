@@ -98,10 +98,6 @@ PRACH_XS_2H = {
 TIE = 0.005
 
 
-def _rss_now() -> float:
-    return peak_rss_mb()
-
-
 def network_config(family: str, mean, std):
     from onelip.models.lipconvnet import LipConvNetConfig
 
@@ -150,7 +146,7 @@ def run_worker(args) -> int:
     xtr, ytr, xva, yva = split(x, y, args)
     del x, y
     mean, std = channel_stats(xtr)
-    rss_data = _rss_now()
+    rss_data = peak_rss_mb()
     fam, lr, budget = job["family"], job["lr"], job["budget_s"]
     model = build(fam, mean, std, seed=args.seed)
     label = job["label"]
@@ -177,7 +173,7 @@ def run_worker(args) -> int:
         return 0
     info["train_wall_seconds"] = time.perf_counter() - wall0
     info["load_average_end"] = os.getloadavg()[0]
-    info["peak_rss_mb"] = _rss_now()
+    info["peak_rss_mb"] = peak_rss_mb()
     info["peak_rss_after_data_mb"] = rss_data
     info.update(evaluate("onelip", model, xva, yva, attack_n=job["attack"]))
     print(f"[{label}] {info['epochs_done']:.2f} epochs, {info['images_per_second']:.0f} img/CPU-s;"
@@ -186,6 +182,7 @@ def run_worker(args) -> int:
         from safetensors.torch import save_file
 
         path = Path(job["save"])
+        rel = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().clone().contiguous()
                    for k, v in model.state_dict().items()}
@@ -202,9 +199,9 @@ def run_worker(args) -> int:
                 "split": {"val_size": args.val_size, "split_seed": args.split_seed},
                 "written_by": "benchmarks/layers_cifar10.py",
                 "rebuild": "import sys; sys.path.insert(0, 'benchmarks'); from layers_cifar10 "
-                           f"import load_saved; model, meta = load_saved('{path}.json')"}
+                           f"import load_saved; model, meta = load_saved('{rel}.json')"}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
-        info["saved"] = str(path)
+        info["saved"] = str(rel)
     if job.get("time_steps"):
         n = args.step_rounds
         idx = slice(0, args.batch_size)
