@@ -28,6 +28,15 @@ whole batch when it is split across processes. They say so by the class attribut
 on the others); a loss of your own whose ``forward`` takes ``frequency=`` declares it the same
 way, or it is called without it.
 
+The margin-aware cross-entropies of the records (:class:`OffsetCrossEntropyLoss`,
+:class:`EMMALoss`, :class:`LogitAnnealingLoss`; docs/losses.md has their math and sources)
+follow the **ε-ramp protocol**: their class attribute ``ramps_epsilon`` is True (False on the
+others), and each instance has a plain float ``epsilon_scale`` (1.0 at construction; not a
+buffer, not in the ``state_dict``). A trainer that ramps ε sets ``loss.epsilon_scale = s`` with
+s ∈ [0, 1] before each step (s = 0 at the start); ``forward`` then uses ε·s for the EMMA shift
+(:class:`EMMALoss`, :class:`LogitAnnealingLoss`, whose offset ξ stays) and ξ·s for the offset
+of :class:`OffsetCrossEntropyLoss`.
+
 Binary losses take scores of shape (N,) or (N, 1) and labels all in {0, 1} or all in
 {−1, +1} (int, float or bool; 1 is the positive class), the rule :mod:`onelip.certify` also
 applies; other values (2, 0.5, a mix of 0 and −1) are a ValueError. Multiclass losses take
@@ -36,6 +45,7 @@ scores (N, K) and integer labels in [0, K).
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -44,12 +54,15 @@ from onelip import functional as F
 from onelip._validation import check_positive, check_reduction
 
 __all__ = [
+    "EMMALoss",
     "HKRLoss",
     "HingeLoss",
     "KRLoss",
+    "LogitAnnealingLoss",
     "MulticlassHKRLoss",
     "MulticlassHingeLoss",
     "MulticlassKRLoss",
+    "OffsetCrossEntropyLoss",
     "TauCrossEntropyLoss",
 ]
 
@@ -58,6 +71,8 @@ class _Loss(nn.Module):
     reduction: str
     # True where forward(input, target, *, frequency=None) takes the global class frequencies
     takes_frequency: ClassVar[bool] = False
+    # True where forward scales its ε (or offset) by the instance's float ``epsilon_scale``
+    ramps_epsilon: ClassVar[bool] = False
 
     def __init__(self, *, reduction: str = "mean") -> None:
         super().__init__()
@@ -175,14 +190,141 @@ class TauCrossEntropyLoss(_Loss):
         return F.tau_cross_entropy_loss(input, target, tau=self.tau, reduction=self.reduction)
 
 
+class OffsetCrossEntropyLoss(_Loss):
+    r"""Prach & Lampert's offset cross-entropy, the true-class logit lowered by ξ:
+
+    .. math::
+        \ell_n = T \cdot CE\big((y_n - \xi\, s\, e_{t_n}) / T,\ t_n\big)
+
+    with s = ``epsilon_scale`` (the ε-ramp protocol, module docstring). Defaults are Prach
+    et al.'s: ξ = 2√2·36/255 (twice the logit margin that certifies ε = 36/255 at L = 1),
+    T = 1/4. See :func:`onelip.functional.offset_cross_entropy_loss`.
+
+    Shape: input (N, K), K ≥ 2; target (N,) in [0, K). Output: scalar, or (N,) if ``"none"``.
+    """
+
+    ramps_epsilon: ClassVar[bool] = True
+    epsilon_scale: float
+
+    def __init__(self, offset: float = 2 * math.sqrt(2) * 36 / 255, *,
+                 temperature: float = 0.25, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
+        check_positive("offset", offset, strict=False)
+        check_positive("temperature", temperature)
+        self.offset, self.temperature = offset, temperature
+        self.epsilon_scale = 1.0
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.offset_cross_entropy_loss(input, target, offset=self.offset * self.epsilon_scale,
+                                           temperature=self.temperature,
+                                           reduction=self.reduction)
+
+
+class EMMALoss(_Loss):
+    r"""EMMA (Hu et al. 2023): :math:`\ell_n = T \cdot CE(y'_n / T, t_n)` on the worst-case
+    logits :math:`y'_j = y_j - y_t + r_j\,\varepsilon s\,m_j`, :math:`m_j = \sqrt2 L`
+    (:math:`j \ne t`), :math:`r_j = \operatorname{clip}(-(y_j - y_t)/(m_j \varepsilon s),
+    0.01, 1)` detached, s = ``epsilon_scale`` (the ε-ramp protocol, module docstring).
+
+    ``lipschitz`` is L, the certified bound of the whole network
+    (:func:`onelip.certify.lipschitz_bound`).
+    See :func:`onelip.functional.emma_loss`.
+
+    Shape: input (N, K), K ≥ 2; target (N,) in [0, K). Output: scalar, or (N,) if ``"none"``.
+    """
+
+    ramps_epsilon: ClassVar[bool] = True
+    epsilon_scale: float
+
+    def __init__(self, epsilon: float = 36 / 255, *, lipschitz: float = 1.0,
+                 temperature: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
+        check_positive("epsilon", epsilon, strict=False)
+        check_positive("lipschitz", lipschitz)
+        check_positive("temperature", temperature)
+        self.epsilon, self.lipschitz, self.temperature = epsilon, lipschitz, temperature
+        self.epsilon_scale = 1.0
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.emma_loss(input, target, epsilon=self.epsilon * self.epsilon_scale,
+                           lipschitz=self.lipschitz, temperature=self.temperature,
+                           reduction=self.reduction)
+
+
+class LogitAnnealingLoss(_Loss):
+    r"""Logit Annealing (Lai et al. 2025), a focal offset cross-entropy on EMMA's logits z:
+
+    .. math::
+        CE_n = CE\big((z_n - \xi e_{t_n}) / T,\ t_n\big), \qquad
+        \ell_n = T\,(1 - e^{-CE_n})^{\gamma}\,CE_n,
+
+    z the :class:`EMMALoss` logits at radius ε·s, s = ``epsilon_scale`` (the ε-ramp protocol,
+    module docstring; ξ is not scaled), or z = y with ``emma=False``. Defaults are the
+    reference's CIFAR-10 ones (γ = 5, T = 0.75, ξ = 2). See
+    :func:`onelip.functional.logit_annealing_loss`.
+
+    Shape: input (N, K), K ≥ 2; target (N,) in [0, K). Output: scalar, or (N,) if ``"none"``.
+    """
+
+    ramps_epsilon: ClassVar[bool] = True
+    epsilon_scale: float
+
+    def __init__(self, epsilon: float = 36 / 255, *, offset: float = 2.0,
+                 temperature: float = 0.75, gamma: float = 5.0, lipschitz: float = 1.0,
+                 emma: bool = True, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
+        check_positive("epsilon", epsilon, strict=False)
+        check_positive("offset", offset, strict=False)
+        check_positive("temperature", temperature)
+        check_positive("gamma", gamma, strict=False)
+        check_positive("lipschitz", lipschitz)
+        self.epsilon, self.offset, self.temperature = epsilon, offset, temperature
+        self.gamma, self.lipschitz, self.emma = gamma, lipschitz, bool(emma)
+        self.epsilon_scale = 1.0
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.logit_annealing_loss(input, target, epsilon=self.epsilon * self.epsilon_scale,
+                                      offset=self.offset, temperature=self.temperature,
+                                      gamma=self.gamma, lipschitz=self.lipschitz,
+                                      emma=self.emma, reduction=self.reduction)
+
+
+_MARGIN_LOSSES = ("offset-ce", "emma", "la")
+
+
 def build_loss(name: str, *, num_classes: int, alpha: float = 10.0, margin: float = 1.0,
-               tau: float = 8.0, hinge_mode: str = "one_vs_all") -> _Loss:
-    """The loss named ``name`` (kr, hinge, hkr, ce) for a problem with ``num_classes``;
-    ``hinge_mode`` as the multiclass hinge's ``mode`` (the same default)."""
+               tau: float = 8.0, hinge_mode: str = "one_vs_all", offset: float | None = None,
+               temperature: float | None = None, epsilon: float = 36 / 255,
+               gamma: float = 5.0, lipschitz: float = 1.0) -> _Loss:
+    """The loss named ``name`` for a problem with ``num_classes``.
+
+    Names: kr, hinge, hkr, ce (τ-CE), and the margin-aware offset-ce
+    (:class:`OffsetCrossEntropyLoss`), emma (:class:`EMMALoss`) and la
+    (:class:`LogitAnnealingLoss`), which need K ≥ 2 outputs. ``hinge_mode`` is the multiclass
+    hinge's ``mode`` (the same default). ``temperature=None`` takes each margin loss's own
+    default (offset-ce 1/4, emma 1, la 0.75). ``offset=None`` gives offset-ce Prach's offset
+    scaled by the network's bound, 2·√2·``lipschitz``·``epsilon``, and la ξ = 2.
+    ``epsilon`` is the EMMA radius of emma and la, ``lipschitz`` the network's certified bound
+    (:func:`onelip.certify.lipschitz_bound`), ``gamma`` la's focal exponent.
+    """
     binary = num_classes == 1  # one output: a binary classifier sign(f)
-    names = ("kr", "hinge", "hkr", "ce")
+    names = ("kr", "hinge", "hkr", "ce", *_MARGIN_LOSSES)
     if name not in names:
         raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(names)}")
+    if name in _MARGIN_LOSSES:
+        if binary:
+            raise ValueError(f"The {name} loss needs K >= 2 outputs; for one output use kr, "
+                             "hinge or hkr")
+        check_positive("epsilon", epsilon, strict=False)
+        check_positive("lipschitz", lipschitz)
+        temp = {} if temperature is None else {"temperature": temperature}
+        if name == "offset-ce":
+            xi = 2 * math.sqrt(2) * lipschitz * epsilon if offset is None else offset
+            return OffsetCrossEntropyLoss(xi, **temp)
+        if name == "emma":
+            return EMMALoss(epsilon, lipschitz=lipschitz, **temp)
+        return LogitAnnealingLoss(epsilon, offset=2.0 if offset is None else offset,
+                                  gamma=gamma, lipschitz=lipschitz, **temp)
     if binary:
         if name == "ce":
             raise ValueError("The τ-cross-entropy loss needs K >= 2 outputs")

@@ -14,7 +14,9 @@
   of their eval weights (:func:`sll_cast`).
 * :mod:`.losses` (per-sample values reduced by ``reduction=``): :func:`kr_loss`,
   :func:`hinge_loss`, :func:`hkr_loss`, :func:`multiclass_kr_loss`,
-  :func:`multiclass_hinge_loss`, :func:`multiclass_hkr_loss`, :func:`tau_cross_entropy_loss`.
+  :func:`multiclass_hinge_loss`, :func:`multiclass_hkr_loss`, :func:`tau_cross_entropy_loss`,
+  and the records' margin-aware ones: :func:`offset_cross_entropy_loss`, :func:`emma_loss`,
+  :func:`logit_annealing_loss`.
 
 This package only re-exports; each module imports nothing of onelip but the leaves
 (``onelip._validation``) and its siblings.
@@ -40,12 +42,15 @@ from onelip.functional.conv import (
     symbol_power_iteration,
 )
 from onelip.functional.losses import (
+    emma_loss,
     hinge_loss,
     hkr_loss,
     kr_loss,
+    logit_annealing_loss,
     multiclass_hinge_loss,
     multiclass_hkr_loss,
     multiclass_kr_loss,
+    offset_cross_entropy_loss,
     tau_cross_entropy_loss,
 )
 from onelip.functional.orthogonal import (
@@ -97,6 +102,7 @@ __all__ = [
     "conv2d_polyphase",
     "conv2d_symbol",
     "dft_phases",
+    "emma_loss",
     "exp_series_max",
     "float32_cast_margin",
     "full_sort",
@@ -108,9 +114,11 @@ __all__ = [
     "invertible_downsample",
     "kr_loss",
     "l2_norm_pool2d",
+    "logit_annealing_loss",
     "multiclass_hinge_loss",
     "multiclass_hkr_loss",
     "multiclass_kr_loss",
+    "offset_cross_entropy_loss",
     "polar_bjorck",
     "power_iteration",
     "rounding_margin",
