@@ -15,9 +15,9 @@ lowest first; a unit may always import itself, and may import what ``ALLOWED`` l
 * rank 2: ``nn`` -- leaves, functional.
 * rank 3: ``losses``, ``certify``, ``models``, ``data``, ``arch`` (architecture descriptions
   of module trees) -- leaves, functional, nn; not each other.
-* rank 4: ``runs``, ``checkpoint``, ``distributed``, ``export`` -- anything of rank <= 3, and
-  not each other, except that ``export`` and ``checkpoint`` (an alias of runs) may import
-  ``runs``.
+* rank 4: ``runs``, ``checkpoint``, ``distributed``, ``export``, ``pretrained`` (the models
+  shipped in the package) -- anything of rank <= 3, and not each other, except that
+  ``export``, ``pretrained`` and ``checkpoint`` (an alias of runs) may import ``runs``.
 * rank 5: ``train`` -- anything of rank <= 4. A package (``config``, ``sources``, ``optim``,
   ``state``, ``resume``, ``loop``, ``evaluate``; ``fit`` in its ``__init__``) whose modules
   never import its ``__init__``: the facade sits on top of them.
@@ -46,7 +46,7 @@ _LEAVES = {"", "_errors", "_validation", "_io"}
 _R1 = _LEAVES | {"functional"}
 _R2 = _R1 | {"nn"}
 _R3 = _R2 | {"losses", "certify", "models", "data", "arch"}
-_R4 = _R3 | {"runs", "checkpoint", "distributed", "export"}
+_R4 = _R3 | {"runs", "checkpoint", "distributed", "export", "pretrained"}
 _R5 = _R4 | {"train"}
 _R6 = _R5 | {"experiments"}
 
@@ -67,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": _R3 | {"runs"},
     "distributed": _R3,
     "export": _R3 | {"runs"},
+    "pretrained": _R3 | {"runs"},
     "train": _R4,
     "experiments": _R5,
     "cli": _R6,
