@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
 
-__all__ = ["FLAGS", "MAX_EPS", "CLIError", "HelpFormatter", "LazyDefault", "Parser", "device",
-           "eps_float", "error_text", "nonneg_float", "positive_float", "positive_int",
-           "set_item", "typed_value", "warn"]
+__all__ = ["FLAGS", "MAX_EPS", "PRETRAINED_HELP", "CLIError", "HelpFormatter", "LazyDefault",
+           "Parser", "device", "eps_float", "error_text", "nonneg_float", "positive_float",
+           "positive_int", "refuse_inside_pretrained", "resolve_run", "set_item",
+           "typed_value", "warn"]
 
 MAX_EPS = 1e6
 """Largest ``--eps``: an L2 radius in input units (inputs are in [0, 1] or standardised)."""
@@ -77,9 +80,9 @@ class LazyDefault:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with each option's default, and ``{models}`` / ``{datasets}`` in help texts
-    replaced by the known names (looked up only when help is shown: importing the tables
-    loads torch)."""
+    """``--help`` with each option's default, and ``{models}`` / ``{datasets}`` /
+    ``{pretrained}`` in help texts replaced by the known names (looked up only when help is
+    shown: importing the tables loads torch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -111,6 +114,10 @@ def _lists(text: str) -> str:
 
         text = text.replace("{conv_layers}", ", ".join(onn.CONV_LAYERS))
         text = text.replace("{dense_layers}", ", ".join(onn.DENSE_LAYERS))
+    if "{pretrained}" in text:
+        from onelip import pretrained
+
+        text = text.replace("{pretrained}", ", ".join(pretrained.names()))
     return text
 
 
@@ -201,6 +208,39 @@ def device(s: str) -> str:
     elif index not in (None, "0"):
         raise argparse.ArgumentTypeError(f"{s}: expected cpu (there is one CPU device)")
     return s.strip()
+
+
+PRETRAINED_HELP = ("run folder written by `onelip train`, or pretrained:NAME, a model shipped "
+                   "with onelip (read-only; docs/pretrained.md): {pretrained}")
+"""The help of the RUN argument of the commands that read a run (certify, inspect, export)."""
+
+
+def resolve_run(run: str | Path) -> tuple[Path, bool]:
+    """(folder, shipped) of a RUN argument: a run folder as given, or ``pretrained:NAME``
+    resolved to the folder of that model inside the package (``shipped`` True: nothing may
+    be written there). An unknown NAME is a one-line :class:`CLIError` listing the names."""
+    from onelip import pretrained
+
+    text = str(run)
+    if not text.startswith(pretrained.PREFIX):
+        return Path(run), False
+    try:
+        return pretrained.path(text[len(pretrained.PREFIX):]), True
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def refuse_inside_pretrained(out: Path, flag: str = "--out") -> None:
+    """A :class:`CLIError` if ``out`` lies inside the package's pretrained models (read-only)."""
+    from onelip import pretrained
+
+    try:
+        inside = Path(os.path.abspath(out)).resolve().is_relative_to(pretrained.root().resolve())
+    except ValueError:  # the package is not installed as files: nothing to protect
+        return
+    if inside:
+        raise CLIError(f"{flag} {out} is inside onelip's pretrained models, which are "
+                       f"read-only; choose another {flag}")
 
 
 def set_item(item: str) -> tuple[str, str]:

@@ -8,6 +8,12 @@ Results are kept: ``RUN/certify.json`` (or ``--out FILE``) holds one entry per s
 
 A ``certify.json`` of the earlier format (one result) is kept under the key ``"earlier"``.
 The table is printed even when the results cannot be written (a warning says so).
+
+``RUN`` may be ``pretrained:NAME``, a model shipped with onelip (:mod:`onelip.pretrained`):
+it records its classes and input shape but no data, so ``--data`` is required (an image
+folder, ``folder:DIR``, of the same classes: labels are the sorted sub-folder names, which
+must be the model's classes in its recorded order), and its folder is read-only: the results
+are kept only with ``--out FILE``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ import argparse
 import json
 from pathlib import Path
 
-from onelip.cli._common import CLIError, eps_float, positive_int, warn
+from onelip.cli._common import (
+    PRETRAINED_HELP,
+    CLIError,
+    eps_float,
+    positive_int,
+    refuse_inside_pretrained,
+    resolve_run,
+    warn,
+)
 
 __all__ = ["FORMAT", "add_arguments", "run"]
 
@@ -25,8 +39,10 @@ RESULTS = "certify.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="run folder written by `onelip train`")
-    p.add_argument("--data", default=None, help="data set (default: the one trained on)")
+    p.add_argument("run", type=Path, help=PRETRAINED_HELP)
+    p.add_argument("--data", default=None,
+                   help="data set (default: the one trained on; pretrained:NAME needs one, "
+                        "e.g. folder:DIR, an image folder of its classes)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"],
                    help="which part of the data: test; val, the run's validation split "
                         "(--val-fraction); train, the rest of its training data. Another "
@@ -39,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-steps", type=positive_int, default=30,
                    help="PGD steps per restart and radius")
     p.add_argument("--out", type=Path, default=None,
-                   help=f"results file to add to (default: RUN/{RESULTS})")
+                   help=f"results file to add to (default: RUN/{RESULTS}; for "
+                        "pretrained:NAME none: the results are printed only)")
 
 
 def _settings(data_name: str, eps: list[float], args: argparse.Namespace) -> tuple[str, dict]:
@@ -83,16 +100,24 @@ def run(args: argparse.Namespace) -> int:
     from onelip import data as datasets
     from onelip._io import unwritable_reason
 
-    target = args.out if args.out is not None else args.run / RESULTS
+    folder, shipped = resolve_run(args.run)
+    # a shipped model's folder is read-only: its results are kept only where --out says
+    target = args.out if args.out is not None else None if shipped else folder / RESULTS
     if args.out is not None:  # asked for explicitly: refuse before computing anything
+        refuse_inside_pretrained(args.out)
         if args.out.is_dir():
             raise CLIError(f"--out {args.out} is a folder; --out names a results file")
         reason = unwritable_reason(args.out.parent)
         if reason is not None:
             raise CLIError(f"cannot write --out {args.out}: {reason}")
         _read_results(args.out)
-    model, cfg = runs.load(args.run)
+    model, cfg = runs.load(folder)
     data_name = args.data or cfg.get("data", {}).get("name")
+    if data_name is None and shipped:
+        classes = cfg.get("splits", {}).get("classes") or []
+        shape = "×".join(str(s) for s in cfg.get("splits", {}).get("input_shape", []))
+        raise CLIError(f"{args.run} ships no data: pass --data folder:DIR, an image folder "
+                       f"of {shape or 'its'} images in the classes {', '.join(classes)}")
     if data_name is None:
         raise CLIError("the run does not say which data it was trained on; pass --data")
     own = not args.data or args.data == cfg.get("data", {}).get("name")  # the run's own data
@@ -141,7 +166,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"attack on {att.points} points: median(adversarial norm / certified "
                       f"radius) = {att.median_adv_over_radius:.3f} (1 = tight); "
                       f"certificates violated: {att.violations}")
-    _write(target, key, result, explicit=args.out is not None)
+    if target is None:
+        console.print(f"results not saved: {args.run} is read-only (pass --out FILE to keep "
+                      "them)")
+    else:
+        _write(target, key, result, explicit=args.out is not None)
     return 0
 
 

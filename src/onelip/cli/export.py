@@ -11,6 +11,9 @@ Formats (all written atomically; an existing FILE is kept unless ``--force``):
 
 After writing, the export is loaded back and compared with the run's model on 64 random
 inputs; the command prints that error and the export time.
+
+``RUN`` may be ``pretrained:NAME``, a model shipped with onelip (:mod:`onelip.pretrained`);
+``--out`` is required and may not lie inside the package's (read-only) pretrained folders.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from onelip.cli._common import CLIError
+from onelip.cli._common import PRETRAINED_HELP, CLIError, refuse_inside_pretrained, resolve_run
 
 __all__ = ["add_arguments", "run"]
 
@@ -27,7 +30,7 @@ FORMATS = ("torch", "onnx", "safetensors")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="run folder written by `onelip train`")
+    p.add_argument("run", type=Path, help=PRETRAINED_HELP)
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="torch (.pt2 program), onnx, or safetensors (plain weights + JSON)")
     p.add_argument("--out", required=True, type=Path, help="file to write")
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from onelip._io import unwritable_reason
 
     out: Path = args.out
+    folder, _ = resolve_run(args.run)
+    refuse_inside_pretrained(out)
     if out.exists() and not args.force:
         raise CLIError(f"{out} already exists; choose another --out or pass --force to "
                          "overwrite it")
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     reason = unwritable_reason(out.parent)
     if reason is not None:
         raise CLIError(f"cannot write --out {out}: {reason}")
-    model, cfg = runs.load(args.run)
+    model, cfg = runs.load(folder)
     shape = _input_shape(cfg) or _dense_input_shape(model)
     if shape is None:
         raise CLIError(f"{args.run} records neither an input shape nor a data set; save the "
