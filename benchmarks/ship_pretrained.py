@@ -2,7 +2,7 @@
 """Ship a benchmark's saved network inside the package as a pretrained model (issue 21).
 
     .venv/bin/python benchmarks/ship_pretrained.py benchmarks/models/cifar10-onelip.json \\
-        cifar10-xs [--force] [--note TEXT] [--train-command CMD]
+        cifar10-xs [--force] [--note TEXT] [--train-command CMD] [--validate CIFAR10_DIR]
     .venv/bin/python benchmarks/ship_pretrained.py --docs      # docs/pretrained.md's cards only
 
 **Source.** A network saved by ``benchmarks/cifar10.py`` or ``benchmarks/layers_cifar10.py``:
@@ -20,7 +20,9 @@ eval mode where it is one convolution or dense layer, its own ``lipschitz_bound(
 not, times a float32 safety factor) and must equal the JSON's ``lipschitz_upper`` within 1e-6
 relative: the weights are the ones the figures were measured with. The bound the package's
 certificate uses, ``model.lipschitz_bound()`` (L), must be at least the bound the layers need
-(the same product without the safety factor): otherwise the conversion stops.
+(the same product without the safety factor): otherwise the conversion stops. With
+``--validate DIR`` (the CIFAR-10 folder it was trained on) the validation figures are measured
+again by the package's own certificate (:func:`reproduce`) and the card says where they differ.
 
 **Writes** ``src/onelip/pretrained/<name>/`` (``--dest``): ``config.json`` +
 ``model.safetensors`` through :func:`onelip.runs.write_model` (float32; the ``splits`` section
@@ -152,6 +154,38 @@ def bounds(model, input_shape) -> dict:
             "head_norm": w_norm, "layers": len(rows) + 1, "own_bound_layers": own}
 
 
+def reproduce(model, meta: dict, data: str, cache_dir: str | None) -> dict:
+    """The validation figures again, by the package's own certificate: the benchmark's split
+    of the training images of ``data`` (its ``load_images`` and ``split``, the JSON's size and
+    seed), :func:`onelip.certify.evaluate` on ``model`` (margin/(√2·L), L =
+    ``lipschitz_bound()``), compared with the JSON's figures (images counted at each ε)."""
+    import types
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from cifar10 import load_images, split
+
+    from onelip import certify
+
+    sp = meta.get("split", {})
+    args = types.SimpleNamespace(data=data, cache_dir=cache_dir, worker=True, train_limit=0,
+                                 val_size=int(sp.get("val_size", 5000)),
+                                 split_seed=int(sp.get("split_seed", 0)))
+    x, y, classes, _ = load_images(args)
+    if classes != list(meta["classes"]):
+        raise ShipError(f"{data} has the classes {classes}, the network {meta['classes']}")
+    _, _, xv, yv = split(x, y, args)
+    keys = sorted(meta["validation"]["certified"], key=_eps_key)
+    r = certify.evaluate(model, xv.float() / 255, yv, eps=[float(k) / 255 for k in keys])
+    n = len(yv)
+    mine = {"clean": r.clean, **{f"{k}/255": r.certified[float(k) / 255] for k in keys}}
+    theirs = {"clean": meta["validation"]["clean"],
+              **{f"{k}/255": meta["validation"]["certified"][k] for k in keys}}
+    return {"by": "onelip.certify.evaluate (margin/(√2·L), L = lipschitz_bound()) on the "
+                  f"shipped model, the same {n:,} validation images",
+            "clean": r.clean, "certified": {k: mine[k] for k in mine if k != "clean"},
+            "images_differing": {k: round(abs(mine[k] - theirs[k]) * n) for k in mine}}
+
+
 def find_record(record_path: Path, stem: str) -> tuple[dict, dict]:
     """(the run record of the network saved as ``stem``, the results file holding it): the
     dict whose ``saved`` names it, anywhere in the file."""
@@ -195,7 +229,8 @@ def _eps_arg(k: str) -> str:
 
 def make_card(name: str, json_path: Path, meta: dict, model, cfg, b: dict,
               record: dict | None, results: dict | None, record_path: Path | None,
-              *, note: str | None, train_command: str | None, ship_command: str) -> dict:
+              *, note: str | None, train_command: str | None, ship_command: str,
+              reproduced: dict | None = None) -> dict:
     """What the model card says, from the saved network's JSON, its run record and the
     checks (every figure copied or computed, none typed in)."""
     from onelip import __version__
@@ -281,7 +316,8 @@ def make_card(name: str, json_path: Path, meta: dict, model, cfg, b: dict,
                        "how": "benchmarks/_certify.py (as recorded by the benchmark): the "
                               "last-layer radius min_j (f_y − f_j)/(L_body ‖w_y − w_j‖) with "
                               "L_body the independent bound of the body; with the head's "
-                              "orthonormal rows it is margin/(√2·L_body)"},
+                              "orthonormal rows it is margin/(√2·L_body)",
+                       "reproduced": reproduced},
         "certificate": {
             "radius": "margin/(√2·L), margin = f_y(x) − max_{j≠y} f_j(x)",
             "lipschitz_bound": b["lipschitz_bound"],
@@ -365,6 +401,13 @@ def card_markdown(card: dict) -> str:
                      f"{a['found']} adversarials found, {a['violations']} closer than their "
                      f"certificate; median adversarial norm / certified radius "
                      f"{a['median_ratio']:.2f} |")
+    rep = v.get("reproduced")
+    if rep is not None:
+        diff = {k: n for k, n in rep["images_differing"].items() if n}
+        lines.append(f"| reproduced | {rep['by']}: "
+                     + ("the same figures (as many images at each ε) |" if not diff else
+                        "other figures: " + ", ".join(f"{k} by {n} images"
+                                                      for k, n in diff.items()) + " |"))
     lines += [
         f"| produced by | `{cmd['train']}`, then `{cmd['ship']}` |",
         "",
@@ -529,6 +572,8 @@ def ship(args) -> Path:
         raise ShipError(f"lipschitz_bound() = {b['lipschitz_bound']:.9g} is below the bound "
                         f"its layers need ({b['needed']:.9g}): its certificate would not be "
                         "valid; not shipped")
+    reproduced = (reproduce(model, meta, args.validate, args.cache_dir)
+                  if args.validate else None)
     record = results = record_path = None
     if args.record != "none":
         record_path = Path(args.record) if args.record else REPO / RECORDS.get(
@@ -540,10 +585,12 @@ def ship(args) -> Path:
         check_record(record, meta, record_path)
     ship_command = "benchmarks/ship_pretrained.py " + shlex.join(
         [rel(json_path), args.name] + (["--note", args.note] if args.note else [])
-        + (["--train-command", args.train_command] if args.train_command else []))
+        + (["--train-command", args.train_command] if args.train_command else [])
+        + (["--validate", args.validate] if args.validate else [])
+        + (["--cache-dir", args.cache_dir] if args.validate and args.cache_dir else []))
     card = make_card(args.name, json_path, meta, model, cfg, b, record, results, record_path,
                      note=args.note, train_command=args.train_command,
-                     ship_command=ship_command)
+                     ship_command=ship_command, reproduced=reproduced)
     target = write_entry(Path(args.dest), args.name, model, cfg, card, force=args.force)
     print(f"[ship_pretrained] {rel(json_path)} -> {rel(target)}: L = "
           f"{b['lipschitz_bound']:.6f} (independent {b['independent_bound']:.6f}, needed "
@@ -563,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", default=None,
                    help="the benchmark results file holding the run record (default: the "
                         "writer's); 'none' ships without one")
+    p.add_argument("--validate", default=None, metavar="DIR",
+                   help="the CIFAR-10 image folder the network was trained on: its validation "
+                        "figures are measured again by onelip.certify.evaluate and the card "
+                        "says whether they are the same")
+    p.add_argument("--cache-dir", default=None, help="--validate's decoded-image cache")
     p.add_argument("--dest", default=str(DEST), help="where the entries go")
     p.add_argument("--docs", action="store_true",
                    help="only rewrite docs/pretrained.md's cards from the shipped card.json")
