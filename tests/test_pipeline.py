@@ -225,13 +225,15 @@ def test_divergence_guard_stops_at_the_step_of_a_non_finite_loss():
 # ==== amp, compile, --nproc =================================================================
 
 
-def test_amp_is_refused_on_cpu_and_compile_trains_through_torch_compile(monkeypatch, capsys,
-                                                                        tmp_path):
-    with pytest.raises(ValueError, match="needs a CUDA device.*refused on cpu, not ignored"):
+def test_amp_is_refused_on_a_cpu_without_bf16_and_compile_trains_through_torch_compile(
+        monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("onelip.train.config.bf16_support",
+                        lambda device: (False, "this CPU has no native bf16 arithmetic"))
+    with pytest.raises(ValueError, match="refused on cpu, not ignored: this CPU has no"):
         TrainConfig(amp=True)
     rc = main(["train", "--data", "two-moons", "--n-samples", "100", "--amp", "--quiet",
                "--out", str(tmp_path / "r")])
-    _one_line(capsys, rc, "--amp (bf16 autocast) needs a CUDA device")
+    _one_line(capsys, rc, "--amp (bf16 autocast) is refused on cpu, not ignored")
     seen = []
     real = torch.compile
 

@@ -167,11 +167,12 @@ def test_divergence_names_lr_and_the_cli_spells_it_as_a_flag():
     assert isinstance(err, FloatingPointError)
 
 
-def test_amp_on_cpu_names_the_amp_argument():
+def test_amp_refused_on_cpu_names_the_amp_argument(monkeypatch):
+    monkeypatch.setattr("onelip.train.config.bf16_support", lambda device: (False, "why"))
     with pytest.raises(ValueError) as info:
         TrainConfig(amp=True)
-    assert str(info.value).startswith("amp (bf16 autocast) needs a CUDA device")
-    assert error_text(info.value).startswith("--amp (bf16 autocast) needs a CUDA device")
+    assert str(info.value) == "amp (bf16 autocast) is refused on cpu, not ignored: why"
+    assert error_text(info.value).startswith("--amp (bf16 autocast) is refused on cpu")
 
 
 def test_run_folder_errors_name_path_and_overwrite(tmp_path):

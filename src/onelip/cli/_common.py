@@ -27,6 +27,7 @@ class CLIError(Exception):
 FLAGS = MappingProxyType({
     "lr": "--lr",
     "amp": "--amp",
+    "epsilon_ramp": "--epsilon-ramp",
     "epochs": "--epochs {value}",
     "path": "--out",
     "overwrite": "--force",
@@ -170,7 +171,15 @@ def duration(s: str) -> float:
 
 
 def eps_float(s: str) -> float:
-    """A certification radius: finite, >= 0 and at most :data:`MAX_EPS`."""
+    """A certification radius: finite, >= 0 and at most :data:`MAX_EPS`; a fraction such as
+    ``36/255`` is read as its value."""
+    num, slash, den = s.partition("/")
+    if slash:
+        v = nonneg_float(num) / positive_float(den)
+        if v > MAX_EPS:
+            raise argparse.ArgumentTypeError(f"expected a radius of at most {MAX_EPS:g}, "
+                                             f"got {s}")
+        return v
     v = nonneg_float(s)
     if v > MAX_EPS:
         raise argparse.ArgumentTypeError(

@@ -25,6 +25,7 @@ from onelip.cli._common import (
     LazyDefault,
     Parser,
     device,
+    eps_float,
     error_text,
     nonneg_float,
     positive_float,
@@ -90,21 +91,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="any field of the model's config, repeatable, e.g. --set stages=2 "
                         "--set hidden=64 --set downsample=l2pool (lists: comma-separated); "
                         "`--set preset=tutorial` gives convnet the deel-torchlip tutorial's size")
-    p.add_argument("--loss", default="hinge", choices=["kr", "hinge", "hkr", "ce"],
-                   help="Kantorovich-Rubinstein, hinge, HKR or cross-entropy")
+    p.add_argument("--loss", default="hinge",
+                   choices=["kr", "hinge", "hkr", "ce", "offset-ce", "emma", "la"],
+                   help="Kantorovich-Rubinstein, hinge, HKR, cross-entropy, or the records' "
+                        "margin-aware losses: offset cross-entropy, EMMA, logit annealing "
+                        "(docs/losses.md)")
     p.add_argument("--alpha", type=nonneg_float, default=10.0, help="HKR weight of the hinge")
     p.add_argument("--margin", type=nonneg_float, default=1.0, help="hinge margin m (full)")
     p.add_argument("--tau", type=positive_float, default=8.0, help="τ of cross-entropy")
     p.add_argument("--hinge-mode", default=_hinge_mode_default(), choices=["top2", "one_vs_all"],
                    help="multiclass hinge on the top-2 margin or one-vs-all")
+    p.add_argument("--epsilon", type=eps_float, default=36 / 255,
+                   help="ε of offset-ce, emma, la: the radius to certify, in input units "
+                        "(default 36/255)")
+    p.add_argument("--offset", type=nonneg_float, default=None,
+                   help="offset ξ of the true logit (offset-ce: default 2·√2·L·ε, L the "
+                        "network's certified bound; la: 2.0)")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="temperature T of offset-ce (default 0.25), emma (1), la (0.75)")
+    p.add_argument("--gamma", type=nonneg_float, default=5.0,
+                   help="focal exponent γ of la")
+    p.add_argument("--epsilon-ramp", type=nonneg_float, default=_default("epsilon_ramp"),
+                   metavar="EPOCHS",
+                   help="ramp the loss's ε (offset-ce: its offset) from 0 over this many "
+                        "epochs (offset-ce, emma, la)")
     # the training options' defaults are TrainConfig's (_Default); their choices its
     p.add_argument("--epochs", type=positive_int, default=_default("epochs"),
                    help="passes over the data")
     p.add_argument("--batch-size", type=positive_int, default=_default("batch_size"),
                    help="samples per step")
     p.add_argument("--lr", type=positive_float, default=_default("lr"), help="peak learning rate")
-    p.add_argument("--optimizer", default=_default("optimizer"), choices=["adam", "sgd"],
-                   help="AdamW or SGD with momentum 0.9")
+    p.add_argument("--optimizer", default=_default("optimizer"),
+                   choices=["adam", "sgd", "nesterov", "nadam"],
+                   help="AdamW, SGD with momentum 0.9, SGD with Nesterov momentum 0.9, or "
+                        "NAdam")
+    p.add_argument("--weight-decay", type=nonneg_float, default=_default("weight_decay"),
+                   help="decoupled weight decay (adam, nadam) or L2 (sgd, nesterov)")
     p.add_argument("--schedule", default=_default("schedule"),
                    choices=["onecycle", "cosine", "constant"], help="learning-rate schedule")
     p.add_argument("--seed", type=int, default=_default("seed"),
@@ -127,7 +149,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=nonneg_float, default=_default("grad_clip"),
                    help="clip the gradient norm to this value (0: off)")
     p.add_argument("--amp", action="store_true", default=_default("amp"),
-                   help="bf16 autocast on CUDA (refused on CPU); certificates stay float32")
+                   help="bf16 autocast of the forward on CUDA, or on a CPU with AVX-512 BF16 "
+                        "or AMX (refused elsewhere); certificates stay float32")
     p.add_argument("--compile", action="store_true", default=_default("compile"),
                    help="train through torch.compile")
     p.add_argument("--eval-test", action="store_true",
@@ -395,7 +418,7 @@ def _build(args: argparse.Namespace):
     import torch
 
     from onelip import data as datasets
-    from onelip import losses, models
+    from onelip import models
     from onelip.train import TrainConfig
 
     extra = _data_kwargs(args)
@@ -409,12 +432,12 @@ def _build(args: argparse.Namespace):
     model_kw = _model_fields(args.model, args, data)
     torch.manual_seed(args.seed)  # same seed, same initial weights (and on every rank)
     model, model_cfg = models.build(args.model, **model_kw)
-    loss = losses.build_loss(args.loss, num_classes=model_kw["num_outputs"], alpha=args.alpha,
-                             margin=args.margin, tau=args.tau, hinge_mode=args.hinge_mode)
+    loss = _loss(args, model, model_kw["num_outputs"])
     augment = tuple(a.strip() for a in (args.augment or "").split(",") if a.strip())
     try:
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
+                          optimizer=args.optimizer, weight_decay=args.weight_decay,
+                          epsilon_ramp=args.epsilon_ramp, schedule=args.schedule, seed=args.seed,
                           device=args.device, val_fraction=args.val_fraction, augment=augment,
                           warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
                           amp=args.amp, compile=args.compile)
@@ -426,7 +449,41 @@ def _build(args: argparse.Namespace):
     return data, extra, model, model_cfg, loss, cfg
 
 
-def _record(args: argparse.Namespace, data, extra: dict, cfg) -> dict:
+_MARGIN_LOSSES = ("offset-ce", "emma", "la")
+
+
+def _loss(args: argparse.Namespace, model, num_outputs: int):
+    """The loss of the command; the margin-aware ones get the network's certified bound L
+    (their ε is a radius in input units, their logit margins L·√2·ε)."""
+    from onelip import losses
+    from onelip.certify import lipschitz_bound
+
+    kw: dict = {}
+    if args.loss in _MARGIN_LOSSES:
+        kw = {"offset": args.offset, "temperature": args.temperature, "epsilon": args.epsilon,
+              "gamma": args.gamma, "lipschitz": float(lipschitz_bound(model))}
+    try:
+        return losses.build_loss(args.loss, num_classes=num_outputs, alpha=args.alpha,
+                                 margin=args.margin, tau=args.tau, hinge_mode=args.hinge_mode,
+                                 **kw)
+    except ValueError as e:
+        raise CLIError(f"--loss {args.loss}: {error_text(e)}") from None
+
+
+def _loss_record(args: argparse.Namespace, loss) -> dict:
+    """What config.json records of the loss: its options, and for the margin-aware ones the
+    values they were built with (L, the offset and temperature the defaults gave)."""
+    rec = {"name": args.loss, "alpha": args.alpha, "margin": args.margin, "tau": args.tau,
+           "hinge_mode": args.hinge_mode}
+    if args.loss in _MARGIN_LOSSES:
+        rec.update({"epsilon": args.epsilon, "gamma": args.gamma,
+                    "epsilon_ramp": args.epsilon_ramp,
+                    **{k: getattr(loss, k) for k in ("offset", "temperature", "lipschitz")
+                       if hasattr(loss, k)}})
+    return rec
+
+
+def _record(args: argparse.Namespace, data, extra: dict, cfg, loss=None) -> dict:
     """What config.json records of the data, its splits, the loss and the training."""
     from onelip import data as datasets
 
@@ -441,8 +498,7 @@ def _record(args: argparse.Namespace, data, extra: dict, cfg) -> dict:
                    "n_test": int(len(data.x_test)), "num_classes": data.num_classes,
                    "input_shape": list(data.input_shape),
                    **({"classes": classes} if classes else {})},
-        "loss": {"name": args.loss, "alpha": args.alpha, "margin": args.margin,
-                 "tau": args.tau, "hinge_mode": args.hinge_mode},
+        "loss": _loss_record(args, loss),
         "train": asdict(cfg),
     }
 
@@ -510,7 +566,7 @@ def run(args: argparse.Namespace) -> int:
         if state is not None and state.get("history"):
             seconds += sum(r.get("seconds", 0.0) for r in state["history"])
         runs.write_model(folder, model.cpu(), model_name=args.model, model_config=model_cfg,
-                         extra=_record(args, data, extra, cfg))
+                         extra=_record(args, data, extra, cfg, loss))
         runs.write_json(folder / "metrics.json", {"history": history, "train_seconds": seconds,
                                                   "final": history[-1] if history else {}})
     print(_summary(args, history, seconds, out))

@@ -138,6 +138,8 @@ def fit(model: nn.Module, data, loss: nn.Module, config: TrainConfig, *,
                 on_epoch(record)
     finally:
         bar.close()
+        if config.epsilon_ramp > 0:  # the loss as built: its full ε
+            loss.epsilon_scale = 1.0
     model.eval()
     if final_test and src.split is not None and len(src.split.x_test) and run.history:
         test = _Tensors(src.split.x_test, src.split.y_test, ddp.device)

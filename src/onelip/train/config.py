@@ -12,9 +12,9 @@ import torch
 from onelip._errors import Argument, ArgumentError
 from onelip.data.augment import check_augment
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "bf16_support"]
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "nesterov", "nadam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
@@ -29,7 +29,8 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate (> 0)."""
     optimizer: str = "adam"
-    """'adam' or 'sgd' (momentum 0.9)."""
+    """'adam' (AdamW), 'sgd' (momentum 0.9), 'nesterov' (SGD, Nesterov momentum 0.9) or
+    'nadam' (NAdam, decoupled weight decay)."""
     schedule: str = "onecycle"
     """'onecycle', 'cosine' or 'constant'."""
     weight_decay: float = 0.0
@@ -57,13 +58,22 @@ class TrainConfig:
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value before each step (0: no clipping)."""
     amp: bool = False
-    """bf16 autocast of the forward on CUDA (refused elsewhere). Loss, optimiser state and
-    weights stay float32; certificates are computed in float32 whatever the ambient autocast."""
+    """bf16 autocast of the forward, on CUDA or on a CPU with native bf16 arithmetic
+    (AVX-512 BF16 or AMX: :func:`bf16_support`; refused elsewhere, where it would be slower,
+    not faster). Loss, optimiser state and weights stay float32; the constraint math runs in
+    full precision, and certificates are computed in float32 whatever the ambient autocast."""
     compile: bool = False
     """Train through ``torch.compile(model)`` (evaluation uses the model as it is)."""
     channels_last: bool = True
     """On CUDA, image batches and the model in channels_last memory format (no effect on
     CPU)."""
+    epsilon_ramp: float = 0.0
+    r"""Ramp the loss's ε linearly from 0 to its value over this many epochs (fractions
+    allowed; 0: no ramp): before training step s the trainer sets ``loss.epsilon_scale =
+    min(1, (s + 1) / S)``, S the ramp's steps. Only for losses with ``ramps_epsilon``
+    (:class:`~onelip.losses.EMMALoss`, :class:`~onelip.losses.LogitAnnealingLoss`: their ε;
+    :class:`~onelip.losses.OffsetCrossEntropyLoss`: its offset), as LiResNet and BRONet
+    train."""
     divergence_guard: bool = True
     """Stop with :class:`TrainingDiverged` on a non-finite loss, or at the end of an epoch
     whose training accuracy is at chance level with a loss ten times its first value."""
@@ -92,7 +102,31 @@ class TrainConfig:
                              f"{self.warmup_epochs}")
         if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
             raise ValueError(f"Expected grad_clip >= 0 (0: off), but got {self.grad_clip}")
-        if self.amp and torch.device(self.device).type != "cuda":
-            raise ArgumentError(Argument("amp"), " (bf16 autocast) needs a CUDA device, but "
-                                f"device is {self.device!r}; it is refused on {self.device}, "
-                                "not ignored")
+        if not (0.0 <= self.epsilon_ramp <= self.epochs and math.isfinite(self.epsilon_ramp)):
+            raise ArgumentError(Argument("epsilon_ramp"), f" must lie in [0, epochs="
+                                f"{self.epochs}] (epochs of the ramp), but got "
+                                f"{self.epsilon_ramp}")
+        if self.amp:
+            ok, why = bf16_support(self.device)
+            if not ok:
+                raise ArgumentError(Argument("amp"), f" (bf16 autocast) is refused on "
+                                    f"{self.device}, not ignored: {why}")
+
+
+def bf16_support(device: str | torch.device) -> tuple[bool, str]:
+    """Whether bf16 autocast pays on ``device``, and why not: CUDA, or a CPU whose
+    instruction set has native bf16 arithmetic (AVX-512 BF16 or AMX tiles; without them
+    oneDNN emulates bf16 and the forward gets slower). ``(ok, reason)``, reason "" if ok."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return True, ""
+    if kind != "cpu":
+        return False, f"bf16 autocast is supported on CUDA and on CPUs, not on {kind}"
+    cpu = getattr(torch, "cpu", None)
+    native = any(bool(getattr(cpu, name, lambda: False)())
+                 for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    if native:
+        return True, ""
+    return False, ("this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX; it has "
+                   f"{torch.backends.cpu.get_cpu_capability()}), where bf16 is emulated and "
+                   "slower than float32: train without it")

@@ -12,7 +12,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
-from onelip._errors import Argument, NamesArguments
+from onelip._errors import Argument, ArgumentError, NamesArguments
 from onelip.distributed import Context
 from onelip.nn.utils import retract_
 from onelip.train.config import TrainConfig
@@ -51,15 +51,30 @@ class Loop:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.check_every = 1 if ddp.device.type == "cpu" else 16
         self.chance_counts = None
+        if config.epsilon_ramp > 0 and not getattr(loss, "ramps_epsilon", False):
+            raise ArgumentError(Argument("epsilon_ramp"), f"={config.epsilon_ramp:g} needs a "
+                                "loss with an ε to ramp (EMMALoss, LogitAnnealingLoss, "
+                                f"OffsetCrossEntropyLoss), but the loss is "
+                                f"{type(loss).__name__}: set it to 0")
 
     def autocast(self) -> ContextManager:
-        """bf16 autocast on CUDA with ``amp``, else nothing."""
+        """bf16 autocast of the device's type with ``amp``, else nothing."""
         if self.config.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.ddp.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def ramp(self, step: int, steps_per_epoch: int) -> None:
+        """Set the loss's ``epsilon_scale`` for training step ``step`` (0-based) of the
+        ε ramp (:attr:`TrainConfig.epsilon_ramp`); 1 after it, and without one."""
+        ramp = self.config.epsilon_ramp
+        if ramp > 0:
+            steps = max(int(round(ramp * steps_per_epoch)), 1)
+            self.loss.epsilon_scale = min(1.0, (step + 1) / steps)
 
     def _diverged(self, epoch: int, step: int, value: float, detail: str = ""
                   ) -> TrainingDiverged:
+        if self.config.amp:
+            detail += ", under bf16 autocast: try without --amp"
         return TrainingDiverged(epoch, step, value, self.config.lr, detail)
 
     def epoch(self, epoch: int, source, run: TrainingState, bar: _Progress) -> dict[str, Any]:
@@ -75,6 +90,7 @@ class Loop:
                 source.batches(config.batch_size, run.gen, ddp), 1):
             yb = yb.to(device, non_blocking=True)
             xb = self.prepare(xb, train=True, rows=ddp.positions(n_global), total=n_global)
+            self.ramp(run.step, run.steps_per_epoch)
             with self.autocast(), self.kernels():
                 out = self.net(xb)
             out = out.float() if config.amp else out

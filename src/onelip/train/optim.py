@@ -16,13 +16,17 @@ __all__ = ["make_optimizer"]
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int, steps_per_epoch: int
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimiser, schedule) over ``model``'s trainable parameters for a run of ``steps``
-    steps: AdamW or SGD (momentum 0.9); one-cycle, cosine or constant, after
-    ``cfg.warmup_epochs`` of warm-up."""
+    steps: AdamW, SGD (momentum 0.9, plain or Nesterov) or NAdam (decoupled weight decay);
+    one-cycle, cosine or constant, after ``cfg.warmup_epochs`` of warm-up."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "nadam":
+        opt = torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                decoupled_weight_decay=True)
     else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay,
+                              nesterov=cfg.optimizer == "nesterov")
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
         kw = {"pct_start": min(max(warm, 1) / steps, 0.99)} if warm else {}

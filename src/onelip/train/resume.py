@@ -27,6 +27,7 @@ weight_decay      same         part of every step
 grad_clip         same         part of every step
 retract_every     same         which steps retract the orthogonal latents
 amp               same         bf16 forwards change the value of every step
+epsilon_ramp      same         the loss's ε at every step of the ramp
 seed              same         the data order and the augmentation continue the saved
                                generators
 val_fraction      same         which samples are trained on
