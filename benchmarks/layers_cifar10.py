@@ -27,7 +27,8 @@ batch 256, gradient clipping at 1, random crop (padding 4) + flip, ``retract_`` 
 step. **Learning rate per family** (``--probe-lrs``): each family is trained
 ``--probe-budget`` with each candidate and the main run uses the one with the highest
 validation certified accuracy at 36/255 (ties within 0.5 point: the higher clean accuracy,
-then the smaller lr); without ``--probe-lrs`` every family uses ``--lr`` (1e-3, chosen by
+then the smaller lr), among the probes that predict more than one class (when none does:
+``--lr``); without ``--probe-lrs`` every family uses ``--lr`` (1e-3, chosen by
 ``benchmarks/cifar10.py``'s validation sweep for OrthoConv2d). The rule applied is written
 into the result file.
 
@@ -273,11 +274,18 @@ def score(r: dict) -> tuple:
     return (r["certified"]["36"], r["clean"])
 
 
-def choose_lr(rows: list[dict]) -> dict:
-    """Highest validation cert@36 (ties within 0.5 point: higher clean, then smaller lr)."""
-    ok = [r for r in rows if score(r)[0] >= 0]
+def learned(r: dict) -> bool:
+    """A probe that predicts more than one class (a constant classifier's accuracy is its
+    class's share: differences between two are noise, not a better lr)."""
+    return score(r)[0] >= 0 and r.get("predicted_classes", 2) > 1
+
+
+def choose_lr(rows: list[dict], default: float) -> dict:
+    """Highest validation cert@36 (ties within 0.5 point: higher clean, then smaller lr),
+    among the probes that learned; none learned: the row of ``default`` (``--lr``)."""
+    ok = [r for r in rows if learned(r)]
     if not ok:
-        return min(rows, key=lambda r: r["lr"])
+        return min(rows, key=lambda r: (r["lr"] != default, r["lr"]))
     best = max(score(r)[0] for r in ok)
     tied = [r for r in ok if score(r)[0] >= best - TIE]
     top = max(r["clean"] for r in tied)
@@ -301,7 +309,7 @@ def plan(args, runs: Path, models: Path) -> tuple[list[dict], dict]:
                 rows.append(r)
             if any(r is None for r in rows):
                 continue
-            chosen[fam] = choose_lr(rows)["lr"]
+            chosen[fam] = choose_lr(rows, args.lr)["lr"]
         else:
             chosen[fam] = args.lr
     for fam, lr in chosen.items():
@@ -333,7 +341,7 @@ def collect(args, runs: Path) -> dict:
         probes = [cached(runs, run_key(fam, lr, probe_s)) for lr in (args.probe_lrs or [])]
         probes = [p for p in probes if p is not None]
         if args.probe_lrs and len(probes) == len(args.probe_lrs):
-            lr = choose_lr(probes)["lr"]
+            lr = choose_lr(probes, args.lr)["lr"]
         elif args.probe_lrs:
             lr = None
         else:
@@ -353,7 +361,9 @@ def write_report(args, fams: dict) -> None:
     ours_common = _rank({f: done[f]["certified"]["36"] for f in both})
     rule = (f"lr per family from {{{', '.join(f'{v:g}' for v in args.probe_lrs)}}} by a "
             f"{parse_duration(args.probe_budget) / 60:g}-CPU-minute probe each: the highest "
-            "validation cert@36/255 (ties within 0.5 point: higher clean, then smaller lr)"
+            "validation cert@36/255 (ties within 0.5 point: higher clean, then smaller lr) "
+            "among the probes that predict more than one class; when none does, the default "
+            f"lr {args.lr:g}"
             if args.probe_lrs else
             f"one lr for every family, {args.lr:g} (the lr benchmarks/cifar10.py chose on the "
             "validation split for OrthoConv2d); no per-family search")
