@@ -299,22 +299,68 @@ def count_params(model) -> int:
 # ==== training ==============================================================================
 
 
+TRAIN_OPTIMIZERS = ("adam", "adamw", "nesterov", "sgd", "nadam")
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0):
+    """``train``'s optimiser: 'adam' (torch Adam; ``weight_decay`` as L2, the default 0 is
+    the benchmarks' Adam), 'adamw' (AdamW, decoupled), 'nesterov' / 'sgd' (SGD with momentum
+    0.9, Nesterov or plain; L2) or 'nadam' (NAdam, decoupled weight decay)."""
+    import torch
+
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name in ("nesterov", "sgd"):
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
+                               nesterov=name == "nesterov")
+    if name == "nadam":
+        return torch.optim.NAdam(params, lr=lr, weight_decay=weight_decay,
+                                 decoupled_weight_decay=True)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(TRAIN_OPTIMIZERS)}")
+
+
 def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, clip: float,
           retract: bool, device: str, seed: int, label: str, log_every_s: float = 60.0,
-          clock=time.perf_counter) -> dict:
+          clock=time.perf_counter, optimizer: str = "adam", weight_decay: float = 0.0,
+          epsilon_ramp: float = 0.0, amp: bool = False) -> dict:
     """Adam, one-cycle over the wall-clock budget, augmented uint8 batches, gradient clipping,
     ``retract_`` after each step (onelip). Stops when ``budget_s`` seconds of training have
     passed by ``clock`` (default wall-clock; ``time.process_time`` budgets CPU time, which
-    does not depend on what else the machine runs). ``x`` uint8 on ``device``."""
+    does not depend on what else the machine runs). ``x`` uint8 on ``device``.
+
+    ``optimizer`` / ``weight_decay``: :func:`make_optimizer` (default: Adam, no decay).
+    ``epsilon_ramp``: a fraction of the budget in [0, 1]; before each step a loss with
+    ``ramps_epsilon`` (onelip's margin-aware losses) gets ``epsilon_scale = min(1, progress /
+    epsilon_ramp)``, and 1.0 again at the end. ``amp``: the forward under bf16 autocast of
+    the device's type (logits cast back to float32 for the loss), refused where
+    :func:`onelip.train.config.bf16_support` says bf16 does not pay. The defaults are the
+    benchmarks' recipe, unchanged."""
+    import contextlib
+
     import torch
 
     from onelip.data.augment import augment
     from onelip.nn.utils import batched_kernel_build, retract_
 
+    if not 0.0 <= epsilon_ramp <= 1.0:
+        raise ValueError(f"epsilon_ramp is a fraction of the budget in [0, 1], got {epsilon_ramp}")
+    ramp = epsilon_ramp > 0
+    if ramp and not getattr(loss_fn, "ramps_epsilon", False):
+        raise ValueError(f"epsilon_ramp={epsilon_ramp:g} needs a loss with an ε to ramp "
+                         "(offset-ce, emma, la); use epsilon_ramp=0 with this loss")
+    if amp:
+        from onelip.train.config import bf16_support
+
+        ok, why = bf16_support(device)
+        if not ok:
+            raise ValueError(f"amp (bf16 autocast) refused on {device}: {why}")
+    dev_type = torch.device(device).type
     cuda = device.startswith("cuda")
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = make_optimizer(params, optimizer, lr, weight_decay)
     n = x.shape[0]
     gperm = torch.Generator().manual_seed(seed)
     gaug = torch.Generator(device=device).manual_seed(seed + 1)
@@ -338,13 +384,19 @@ def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, 
                 break
             for g in opt.param_groups:
                 g["lr"] = lr * lr_factor(progress, "onecycle")
+            if ramp:
+                loss_fn.epsilon_scale = min(1.0, progress / epsilon_ramp)
             idx = perm[i:i + batch_size]
             ta = clock()
             xb = to_float(augment(x[idx], AUGMENT, generator=gaug))
             aug_s += clock() - ta
             yb = y[idx]
-            with batched_kernel_build(model):  # like OrthoConv2d kernels built together
-                out = model(xb)
+            with (torch.autocast(device_type=dev_type, dtype=torch.bfloat16) if amp
+                  else contextlib.nullcontext()):
+                with batched_kernel_build(model):  # like OrthoConv2d kernels built together
+                    out = model(xb)
+            if amp:
+                out = out.float()
             loss = loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -381,6 +433,8 @@ def train(model, loss_fn, x, y, *, budget_s: float, batch_size: int, lr: float, 
     if cuda:
         torch.cuda.synchronize()
     seconds = clock() - t_start
+    if ramp:
+        loss_fn.epsilon_scale = 1.0
     model.eval()
     gsorted = sorted(grad_norms)
     return {"train_seconds": seconds, "steps": step, "images_seen": images,
