@@ -59,7 +59,8 @@ here, so the grid has no bf16 rows on it and the report says why).
 
 **The rule** (written into the result file): the highest validation certified accuracy at
 36/255; runs within 0.5 point of it are tied and go to the higher clean accuracy (then to the
-earlier recipe of the grid). Failed or diverged runs rank last.
+earlier recipe of the grid). Runs that predict one class on the whole split rank after the
+others, failed or diverged runs last.
 
 **The default grid** (numbers as in the tables). (1) is today's benchmark recipe, the anchor;
 (2) is the issue's first data point (offset cross-entropy, centred inputs), the reference the
@@ -144,7 +145,8 @@ PRACH_XS_BCOP_2H = {"clean": 0.690, "cert36": 0.550,
                               "(127 epochs; LAYERS.md §1)"}
 RULE = ("The highest validation certified accuracy at 36/255; runs within 0.5 point of it "
         "are tied and go to the higher clean accuracy (then to the earlier recipe of the "
-        "grid); failed or diverged runs rank last. The search keeps the best --finalists "
+        "grid); runs that predict one class on the whole split rank after the others, "
+        "failed or diverged runs last. The search keeps the best --finalists "
         "recipes by this rule, the finals' winner trains the headline. The test split is "
         "never opened.")
 
@@ -463,6 +465,8 @@ def choose(rows: list[dict]) -> dict | None:
     good = [r for r in rows if ok(r)]
     if not good:
         return None
+    learned = [r for r in good if r.get("predicted_classes", 2) > 1]
+    good = learned or good  # a constant classifier only when nothing else is left
     best = max(r["certified"]["36"] for r in good)
     tied = [r for r in good if r["certified"]["36"] >= best - TIE]
     top = max(r["clean"] for r in tied)
