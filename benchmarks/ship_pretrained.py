@@ -5,13 +5,18 @@
         cifar10-xs [--force] [--note TEXT] [--train-command CMD] [--validate CIFAR10_DIR]
     .venv/bin/python benchmarks/ship_pretrained.py --docs      # docs/pretrained.md's cards only
 
-**Source.** A network saved by ``benchmarks/cifar10.py`` or ``benchmarks/layers_cifar10.py``:
-``<x>.safetensors`` (its state dict) + ``<x>.json`` (``{"model": "lipconvnet", "config"}``, or
-``cifar10.py``'s ``{"network": "onelip", "width", "mean", "std"}``; the classes, the recipe,
-the validation figures, the split). The run record the benchmark wrote beside it (its results
-file, ``--record``; default: the one of the script that wrote the network) gives the CPU time,
-the machine, the attack and the command; the record must describe the same network (the same
-validation figures and bound), or the conversion stops.
+**Source.** A network saved by ``benchmarks/cifar10.py``, ``benchmarks/layers_cifar10.py`` or
+``benchmarks/cifar10_hour.py``: ``<x>.safetensors`` (its state dict) + ``<x>.json``
+(``{"model": "lipconvnet", "config"}``, or ``cifar10.py``'s ``{"network": "onelip", "width",
+"mean", "std"}``; the classes, the recipe, the validation figures, the split). The run record
+the benchmark wrote beside it (its results file, ``--record``; default: the one of the script
+that wrote the network) gives the CPU and wall-clock time, the threads, the machine, the
+attack and the command; the record must describe the same network (the same validation
+figures and bound), or the conversion stops. Every field of the card comes from these two
+files or from the checks below: the optimizer, lr, weight decay, ε ramp, bf16, loss spec
+(and its resolved values) and input normalisation the JSON's recipe records (a JSON that
+records no optimizer was trained by ``train()``'s default, Adam), the threads the recipe or
+the record names, the inputs said standardised or, where every std is 1, centred only.
 
 **Checks.** The model is rebuilt with :func:`onelip.models.build` and its weights loaded
 (safetensors, strict keys). Its certified Lipschitz bound is recomputed the way the benchmark
@@ -56,10 +61,15 @@ MAX_MB = 16.0
 FAR_FROM_CONVERGED_EPOCHS = 50  # Prach et al.'s XS networks ran 127 to 837 epochs
 # The results file each benchmark writes its run records into (--record's default).
 RECORDS = {"benchmarks/cifar10.py": "benchmarks/results/cifar10.json",
-           "benchmarks/layers_cifar10.py": "benchmarks/results/layers_cifar10.json"}
-# What both writers' train() does (benchmarks/cifar10.py), beside the recorded hyper-parameters.
+           "benchmarks/layers_cifar10.py": "benchmarks/results/layers_cifar10.json",
+           "benchmarks/cifar10_hour.py": "benchmarks/results/cifar10_hour.json"}
+# The optimizer a recipe records (benchmarks/cifar10.py make_optimizer's names) as the card
+# says it; a JSON that records none was trained by train()'s default, "adam".
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW (decoupled weight decay)",
+              "nesterov": "SGD with Nesterov momentum 0.9", "sgd": "SGD with momentum 0.9",
+              "nadam": "NAdam (decoupled weight decay)"}
+# What every writer's train() does (benchmarks/cifar10.py), beside the recorded hyper-parameters.
 FIXED_RECIPE = {
-    "optimizer": "Adam",
     "schedule": "one-cycle over the time budget (30 % warm-up from lr/25, cosine decay)",
     "augmentation": "random crop (padding 4) + horizontal flip, per batch",
     "retract_each_step": True,
@@ -227,6 +237,81 @@ def _eps_arg(k: str) -> str:
     return f"{math.ceil(float(k) / 255 * 1e6) / 1e6:g}"
 
 
+def card_recipe(meta: dict) -> tuple[dict, float, str, int | None]:
+    """(the card's recipe, the time budget in seconds, its clock "cpu" or "wall", the torch
+    threads the JSON records or None) of a saved network's JSON: its recorded recipe (loss,
+    its resolved values, lr, weight decay, ε ramp, bf16, normalisation, batch, clipping) with
+    the optimizer it records named (:data:`OPTIMIZERS`; none recorded: ``adam``, ``train()``'s
+    default) and what ``train()`` always does (:data:`FIXED_RECIPE`)."""
+    recipe = dict(meta["recipe"])
+    clock = "cpu" if "budget_cpu_seconds" in recipe else "wall"
+    if recipe.pop("clock", clock) != clock:
+        raise ShipError(f"the JSON's recipe records the clock {meta['recipe']['clock']!r} but "
+                        f"a {'CPU' if clock == 'cpu' else 'wall-clock'} budget: fix the JSON")
+    budget = recipe.pop("budget_cpu_seconds", None) or recipe.pop("budget_seconds", None)
+    threads = recipe.pop("threads", None)
+    optimizer = recipe.pop("optimizer", "adam")
+    if optimizer not in OPTIMIZERS:
+        raise ShipError(f"the JSON's recipe names the optimizer {optimizer!r}; the card knows "
+                        f"{', '.join(OPTIMIZERS)} (benchmarks/cifar10.py make_optimizer): add "
+                        "it to OPTIMIZERS")
+    for k in ("schedule", "retract_each_step"):
+        recipe.pop(k, None)
+    recipe.update({"optimizer": OPTIMIZERS[optimizer], **FIXED_RECIPE})
+    return recipe, budget, clock, threads
+
+
+def card_input(input_shape, std, normalisation: str | None = None) -> str:
+    """What the card says the network does to its input: standardised (Normalize(mean, std))
+    or, where every std is 1, centred only; ``normalisation`` (the recipe's ``"std"`` or
+    ``"center"``, where recorded) must agree with ``std``."""
+    centred = all(float(s) == 1.0 for s in std)
+    if normalisation is not None and normalisation != ("center" if centred else "std"):
+        raise ShipError(f"the JSON's recipe records the normalisation {normalisation!r} but "
+                        f"its config has std {list(std)}: these are not the same network")
+    c, h, w = input_shape
+    head = (f"{'RGB' if c == 3 else f'{c}-channel'} {h}×{w}, pixels in [0, 1]; the network's "
+            "first layer (Normalize) ")
+    if centred:
+        return head + ("centres them (the training split's per-channel mean subtracted), not "
+                       "scaled (std = 1): the Normalize bound is 1")
+    return head + "standardises them with the training split's per-channel mean and std"
+
+
+def card_training(record: dict | None, *, budget: float, clock: str, epochs: float,
+                  threads: int | None = None) -> dict:
+    """The card's ``training`` section from the run record (``benchmarks/cifar10.py``'s
+    ``train()`` result and the worker's clocks): the clock the budget ran on is
+    ``train_seconds``, the other one ``train_wall_seconds`` (CPU budget) or
+    ``train_cpu_seconds`` (wall-clock budget), where recorded; the threads the JSON's recipe
+    records (``threads``) or else the record's machine, which must agree."""
+    rec = record or {}
+    machine = rec.get("machine") or {}
+    if threads is None:
+        threads = machine.get("threads")
+    elif machine.get("threads") not in (None, threads):
+        raise ShipError(f"the JSON's recipe records {threads} threads, its run record "
+                        f"{machine['threads']}: pass the run record of this network (--record)")
+    if clock == "cpu":
+        cpu_s, wall_s = rec.get("train_seconds"), rec.get("train_wall_seconds")
+    else:
+        cpu_s, wall_s = rec.get("train_cpu_seconds"), rec.get("train_seconds")
+    return {"budget_seconds": budget, "clock": clock, "cpu_seconds": cpu_s,
+            "wall_seconds": wall_s, "epochs": epochs,
+            "images_seen": rec.get("images_seen"), "steps": rec.get("steps"),
+            "threads": threads,
+            "machine": (f"{machine.get('cpu')}, {machine.get('cpu_count')} cores, "
+                        f"torch {machine.get('torch')}") if machine else None,
+            "date": machine.get("date"), "onelip_git": machine.get("onelip_git")}
+
+
+def _threads(n: int | None) -> str | None:
+    """'one CPU thread', '2 CPU threads'; None where not recorded."""
+    if n is None:
+        return None
+    return "one CPU thread" if n == 1 else f"{n} CPU threads"
+
+
 def make_card(name: str, json_path: Path, meta: dict, model, cfg, b: dict,
               record: dict | None, results: dict | None, record_path: Path | None,
               *, note: str | None, train_command: str | None, ship_command: str,
@@ -235,23 +320,14 @@ def make_card(name: str, json_path: Path, meta: dict, model, cfg, b: dict,
     checks (every figure copied or computed, none typed in)."""
     from onelip import __version__
 
-    recipe = dict(meta["recipe"])
-    clock = "cpu" if "budget_cpu_seconds" in recipe else "wall"
-    budget = recipe.pop("budget_cpu_seconds", None) or recipe.pop("budget_seconds", None)
-    for k in ("schedule", "retract_each_step"):
-        recipe.pop(k, None)
-    recipe.update(FIXED_RECIPE)
+    recipe, budget, clock, threads = card_recipe(meta)
     val = meta["validation"]
     epochs = val.get("epochs", val.get("epochs_done"))
     rec = record or {}
-    machine = rec.get("machine") or {}
-    if clock == "cpu":
-        cpu_s, wall_s = rec.get("train_seconds"), rec.get("train_wall_seconds")
-    else:
-        cpu_s, wall_s = None, rec.get("train_seconds")
-    if train_command is None and results is not None:
-        cmd = results.get("command")
-        if isinstance(cmd, str) and "--report-only" not in cmd:
+    training = card_training(record, budget=budget, clock=clock, epochs=epochs,
+                             threads=threads)
+    for cmd in (rec.get("command"), (results or {}).get("command")):
+        if train_command is None and isinstance(cmd, str) and "--report-only" not in cmd:
             train_command = cmd
     if train_command is None:
         raise ShipError("the run record holds no training command (only a --report-only "
@@ -268,12 +344,15 @@ def make_card(name: str, json_path: Path, meta: dict, model, cfg, b: dict,
     own_text = ", ".join(f"{n} {c}" for c, n in sorted(own.items()))
     split = meta.get("split", {})
     n_val = int(split.get("val_size", val.get("val_size")))
-    n_train = int(rec.get("train_size", 50_000 - n_val))
+    limit = int(split.get("train_limit") or 0)
+    n_train = int(rec.get("train_size", min(limit or 50_000, 50_000 - n_val)))
+    on_threads = _threads(training["threads"])
     size = "XS" if cfg.width == 16 else f"of width {cfg.width}"
     summary = (f"ConvNet {size} (Prach et al., CVPR 2024) with {layer_cls} convolutions, "
                f"{params:,} parameters, trained on the CIFAR-10 training images "
                f"for {budget / 60:g} minutes of {'CPU' if clock == 'cpu' else 'wall-clock'} "
-               f"time on one CPU thread ({epochs:.1f} epochs) by {meta['written_by']}: "
+               f"time{f' on {on_threads}' if on_threads else ''} ({epochs:.1f} epochs) by "
+               f"{meta['written_by']}: "
                f"{_pct(val['clean'])} clean and {_pct(certified.get('36/255'))} "
                f"certified at ε = 36/255 on its {n_val:,}-image validation split.")
     if epochs < FAR_FROM_CONVERGED_EPOCHS:
@@ -294,24 +373,18 @@ def make_card(name: str, json_path: Path, meta: dict, model, cfg, b: dict,
                  "source": "the 50,000 training images of a CIFAR-10 JPEG folder "
                            "(DIR/train/<class>/*.jpg); its test split was never read",
                  "classes": classes,
-                 "input": "RGB 32×32, pixels in [0, 1]; the network's first layer (Normalize) "
-                          "standardises them with the training split's per-channel mean and "
-                          "std",
+                 "input": card_input(cfg.input_shape, cfg.std, recipe.get("normalisation")),
                  "mean": list(cfg.mean), "std": list(cfg.std)},
         "split": {"train": n_train, "validation": n_val,
                   "seed": int(split.get("split_seed", 0)),
                   "how": "torch.randperm over the 50,000 training images (in the folder's "
                          "sorted order) with torch.Generator().manual_seed(seed); the first "
-                         f"{n_val:,} are the validation split, the rest train the network "
-                         "(benchmarks/cifar10.py split)"},
+                         f"{n_val:,} are the validation split, "
+                         + (f"the next {n_train:,} (--train-limit) train the network "
+                            if limit else "the rest train the network ")
+                         + "(benchmarks/cifar10.py split)"},
         "recipe": recipe,
-        "training": {"budget_seconds": budget, "clock": clock, "cpu_seconds": cpu_s,
-                     "wall_seconds": wall_s, "epochs": epochs,
-                     "images_seen": rec.get("images_seen"), "steps": rec.get("steps"),
-                     "threads": machine.get("threads"),
-                     "machine": (f"{machine.get('cpu')}, {machine.get('cpu_count')} cores, "
-                                 f"torch {machine.get('torch')}") if machine else None,
-                     "date": machine.get("date"), "onelip_git": machine.get("onelip_git")},
+        "training": training,
         "validation": {"images": n_val, "clean": float(val["clean"]), "certified": certified,
                        "how": "benchmarks/_certify.py (as recorded by the benchmark): the "
                               "last-layer radius min_j (f_y − f_j)/(L_body ‖w_y − w_j‖) with "
@@ -369,11 +442,31 @@ def card_markdown(card: dict) -> str:
     eps = list(v["certified"])
     if t["clock"] == "cpu":
         time_text = (f"{t['budget_seconds'] / 60:g} min of CPU time (budget): "
-                     f"{t['cpu_seconds']:,.0f} CPU s, {_minutes(t['wall_seconds'])} wall clock")
+                     + ("CPU s not recorded" if t["cpu_seconds"] is None
+                        else f"{t['cpu_seconds']:,.0f} CPU s")
+                     + f", {_minutes(t['wall_seconds'])} wall clock")
     else:
         time_text = (f"{t['budget_seconds'] / 60:g} min of wall-clock time (budget): "
-                     f"{t['wall_seconds']:,.0f} s; CPU time not recorded (one thread: at most "
-                     "the wall time)")
+                     + ("not recorded" if t["wall_seconds"] is None
+                        else f"{t['wall_seconds']:,.0f} s")
+                     + ("; CPU time not recorded" + (" (one thread: at most the wall time)"
+                                                     if t["threads"] == 1 else "")
+                        if t["cpu_seconds"] is None
+                        else f" wall clock, {t['cpu_seconds']:,.0f} CPU s"))
+    recipe_text = "".join([
+        {"center": "inputs centred (Normalize std = 1), ",
+         "std": "inputs standardised (Normalize mean, std), "}.get(r.get("normalisation"), ""),
+        f"loss `{r['loss']}`",
+        (" (" + ", ".join(f"{k} {x:g}" for k, x in r["loss_values"].items()) + ")"
+         if r.get("loss_values") else ""),
+        f", {r['optimizer']} lr {r['lr']:g}",
+        f", weight decay {r['weight_decay']:g}" if r.get("weight_decay") else "",
+        (f", ε ramp over the first {100 * r['epsilon_ramp']:g} % of the budget (the loss's ε "
+         "from 0)" if r.get("epsilon_ramp") else ""),
+        ", forward under bf16 autocast" if r.get("amp") else "",
+        f", {r['schedule']}, batch {r['batch_size']}, gradient clipping at {r['clip']:g}, "
+        f"{r['augmentation']}",
+        ", retract_ after each step" if r.get("retract_each_step") else ""])
     lines = [
         f"### `{card['name']}`", "",
         card["summary"], "",
@@ -385,10 +478,11 @@ def card_markdown(card: dict) -> str:
         f"{', '.join(d['classes'])} |",
         f"| split | {s['train']:,} training / {s['validation']:,} validation images, seed "
         f"{s['seed']}; every figure is on the validation split |",
-        f"| recipe | loss `{r['loss']}`, {r['optimizer']} lr {r['lr']:g}, {r['schedule']}, "
-        f"batch {r['batch_size']}, gradient clipping at {r['clip']:g}, {r['augmentation']}"
-        f"{', retract_ after each step' if r.get('retract_each_step') else ''} |",
-        f"| training | {time_text}, {t['threads']} thread; {t['epochs']:.2f} epochs; "
+        f"| recipe | {recipe_text} |",
+        f"| training | {time_text}, "
+        + ("threads not recorded" if t["threads"] is None
+           else f"{t['threads']} thread{'' if t['threads'] == 1 else 's'}")
+        + f"; {t['epochs']:.2f} epochs; "
         f"{t['machine']}; onelip {t['onelip_git']} |",
         f"| certificate | radius {c['radius']}; L = {c['lipschitz_bound']:.6f} "
         f"(`lipschitz_bound()`, Normalize's 1/min σ = {c['normalize_bound']:.6f} included); "
@@ -586,6 +680,8 @@ def ship(args) -> Path:
     ship_command = "benchmarks/ship_pretrained.py " + shlex.join(
         [rel(json_path), args.name] + (["--note", args.note] if args.note else [])
         + (["--train-command", args.train_command] if args.train_command else [])
+        + (["--record", rel(args.record) if args.record != "none" else "none"]
+           if args.record else [])
         + (["--validate", args.validate] if args.validate else [])
         + (["--cache-dir", args.cache_dir] if args.validate and args.cache_dir else []))
     card = make_card(args.name, json_path, meta, model, cfg, b, record, results, record_path,

@@ -275,13 +275,81 @@ def test_help_names_pretrained(capsys):
 # ==== the docs ==============================================================================
 
 
-def test_docs_show_the_cards_as_shipped():
+@pytest.fixture(scope="module")
+def ship():
     spec = importlib.util.spec_from_file_location("ship_pretrained",
                                                   REPO / "benchmarks" / "ship_pretrained.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_docs_show_the_cards_as_shipped(ship):
     docs = (REPO / "docs" / "pretrained.md").read_text(encoding="utf-8")
     assert ship.render_docs(docs, pretrained.root()) == docs, \
         "docs/pretrained.md is stale: run benchmarks/ship_pretrained.py --docs"
     for name in SHIPPED:
         assert ship.card_markdown(pretrained.card(name)) in docs
+
+
+def _hour_json(**recipe) -> dict:
+    """A saved network's JSON as benchmarks/cifar10_hour.py writes it (a tiny network)."""
+    return {"model": "lipconvnet",
+            "config": {"width": 4, "blocks": 2, "depth": 1, "layer": "ortho",
+                       "mean": [0.49, 0.48, 0.45], "std": [1.0, 1.0, 1.0]},
+            "classes": [f"c{i}" for i in range(10)], "data": "CIFAR-10 (JPEG)",
+            "recipe": {"loss": "offset-ce:temperature=0.25",
+                       "loss_values": {"offset": 0.4, "temperature": 0.25}, "lr": 0.05,
+                       "optimizer": "nesterov", "weight_decay": 1e-4, "epsilon_ramp": 0.3,
+                       "amp": False, "normalisation": "center", "budget_seconds": 3600.0,
+                       "clock": "wall", "threads": 2, "batch_size": 256, "clip": 1.0,
+                       "schedule": "one-cycle", **recipe},
+            "validation": {"clean": 0.5, "certified": {"36": 0.4, "72": 0.3},
+                           "lipschitz_upper": 1.0, "val_size": 5000, "epochs": 20.0},
+            "split": {"val_size": 5000, "split_seed": 0, "train_limit": 0},
+            "written_by": "benchmarks/cifar10_hour.py"}
+
+
+def test_card_of_an_hour_network_says_what_its_json_and_record_recorded(ship, tmp_path):
+    """Optimizer, lr, weight decay, ε ramp, loss, threads, centred inputs, both clocks: from
+    the JSON and the run record, not the older benchmarks' Adam / one thread / std."""
+    from onelip import models
+
+    meta = _hour_json()
+    model, cfg = models.build("lipconvnet", **ship.model_kwargs(meta))
+    record = {"train_seconds": 3601.5, "train_cpu_seconds": 6890.25, "steps": 9,
+              "images_seen": 2304, "train_size": 45000,
+              "machine": {"threads": 2, "cpu": "CPU", "cpu_count": 2, "torch": "2"}}
+    json_path = tmp_path / "cifar10-hour.json"
+    json_path.with_suffix(".safetensors").write_bytes(b"weights")
+    b = {"own_bound_layers": {}, "lipschitz_bound": 1.0, "normalize_bound": 1.0,
+         "independent_bound": 1.0, "needed": 1.0, "layers": 3}
+    card = ship.make_card("hour", json_path, meta, model, cfg, b, record, None, None,
+                          note=None, train_command="train", ship_command="ship")
+    r, t = card["recipe"], card["training"]
+    assert r["optimizer"] == ship.OPTIMIZERS["nesterov"] != ship.OPTIMIZERS["adam"]
+    assert (r["lr"], r["weight_decay"], r["epsilon_ramp"], r["loss"]) == \
+        (0.05, 1e-4, 0.3, "offset-ce:temperature=0.25")
+    assert (t["clock"], t["threads"], t["wall_seconds"], t["cpu_seconds"]) == \
+        ("wall", 2, 3601.5, 6890.25)
+    assert "on 2 CPU threads" in card["summary"] and "one CPU thread" not in card["summary"]
+    assert "centres" in card["data"]["input"] and "standardises" not in card["data"]["input"]
+    text = ship.card_markdown(card)
+    for part in ("Nesterov momentum 0.9 lr 0.05", "weight decay 0.0001", "first 30 %",
+                 "inputs centred", "6,890 CPU s", "2 threads"):
+        assert part in text, part
+    # the older benchmarks' JSON (no optimizer, std ≠ 1, one thread) keeps its card
+    old = _hour_json(normalisation="std", threads=1)
+    del old["recipe"]["optimizer"]
+    recipe, _, _, threads = ship.card_recipe(old)
+    assert recipe["optimizer"] == "Adam" and threads == 1
+    assert "standardises" in ship.card_input((3, 32, 32), (0.25, 0.24, 0.26), "std")
+
+
+@pytest.mark.parametrize("change", [{"optimizer": "lbfgs"}, {"normalisation": "std"},
+                                    {"clock": "cpu"}])
+def test_card_refuses_a_recipe_it_cannot_describe(ship, change):
+    meta = _hour_json(**change)
+    with pytest.raises(SystemExit, match="ship_pretrained"):
+        recipe, *_ = ship.card_recipe(meta)
+        ship.card_input((3, 32, 32), meta["config"]["std"], recipe.get("normalisation"))
