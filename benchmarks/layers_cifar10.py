@@ -347,8 +347,11 @@ def collect(args, runs: Path) -> dict:
         else:
             lr = args.lr
         main = cached(runs, run_key(fam, lr, args.budget_s)) if lr is not None else None
-        fams[fam] = {"lr": lr, "probes": probes, "main": main, "prach_xs_2h":
-                     PRACH_XS_2H.get(fam)}
+        other = None  # the main run at the default lr, where the probes chose another
+        if lr is not None and lr != args.lr:
+            other = cached(runs, run_key(fam, args.lr, args.budget_s))
+        fams[fam] = {"lr": lr, "probes": probes, "main": main, "default_lr_main": other,
+                     "prach_xs_2h": PRACH_XS_2H.get(fam)}
     return fams
 
 
@@ -451,6 +454,21 @@ def write_report(args, fams: dict) -> None:
                          f"{_pct(p['clean']) if ok else 'diverged'} | "
                          f"{_pct(p['certified']['36']) if ok else ''} | "
                          f"{'yes' if p['lr'] == d['lr'] else ''} |")
+        L.append("")
+    others = {f: d["default_lr_main"] for f, d in fams.items()
+              if d.get("default_lr_main") and "clean" in d["default_lr_main"]}
+    if others:
+        L += [f"## The same budget at the default lr {args.lr:g} (not chosen by the rule)", "",
+              "Main runs of an earlier round, before the probes, kept for what the lr choice "
+              "changed (same recipe and budget):", "",
+              "| family | lr | epochs | clean | cert@36 | chosen lr: clean / cert@36 |",
+              "|---|---:|---:|---:|---:|---|"]
+        for fam, r in others.items():
+            m_ = fams[fam]["main"]
+            chosen = (f"{fams[fam]['lr']:g}: {_pct(m_['clean'])} / "
+                      f"{_pct(m_['certified']['36'])}" if m_ and "clean" in m_ else "not run")
+            L.append(f"| {fam} | {r['lr']:g} | {r.get('epochs_done', 0):.2f} | "
+                     f"{_pct(r['clean'])} | {_pct(r['certified']['36'])} | {chosen} |")
         L.append("")
     m = res["machine"]
     L += [f"Machine: {m.get('cpu', '')}, torch {m.get('torch', '')}.", ""]
