@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -13,18 +14,44 @@ from onelip.nn._base import LipschitzModule, check_bound_applies
 
 __all__ = ["Sequential", "conv2d_lipschitz_bound", "module_lipschitz_bound"]
 
-# Parameter-free torch modules and their L2 Lipschitz constants.
-_KNOWN_CONSTANTS: dict[type, float] = {
-    nn.Identity: 1.0,
-    nn.Flatten: 1.0,
-    nn.Unflatten: 1.0,
-    nn.ReLU: 1.0,
-    nn.LeakyReLU: 1.0,
-    nn.Tanh: 1.0,
-    nn.Sigmoid: 0.25,
-    nn.Softplus: 1.0,
-    nn.ELU: 1.0,
-    nn.Dropout: 1.0,  # eval: identity; train: ≤ 1/(1-p), see below
+
+def _alpha_bound(alpha: float) -> float:
+    """Lipschitz constant of x ↦ x (x ≥ 0), α·g(x) (x < 0) with |g'| ≤ 1 (LeakyReLU, ELU)."""
+    return max(1.0, abs(float(alpha)))
+
+
+def _softplus_bound(m: nn.Softplus) -> float:
+    """1: f' = σ(βx) < 1 — but torch switches to the identity where βx > threshold, a jump
+    of log(1 + e^(−threshold))/β there; a jump is no Lipschitz function, so one above float32
+    resolution (the default threshold 20 gives 2e-9/β) is refused."""
+    jump = math.log1p(math.exp(-float(m.threshold))) / float(m.beta)
+    if jump > 1e-7:
+        raise TypeError(f"No certified Lipschitz bound for nn.Softplus(beta={m.beta:g}, "
+                        f"threshold={m.threshold:g}): torch switches to the identity at "
+                        f"x = threshold/beta, a jump of {jump:.3g}; raise threshold (default "
+                        "20) so that the jump vanishes")
+    return 1.0
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+# The bound of each parameter-free torch module *from its arguments* (the sup of |f'|):
+# a constant that ignored them would void the certificate (LeakyReLU(3) is 3-Lipschitz).
+_KNOWN_BOUNDS: dict[type, Callable[[nn.Module], float]] = {
+    nn.Identity: lambda m: 1.0,
+    nn.Flatten: lambda m: 1.0,
+    nn.Unflatten: lambda m: 1.0,
+    nn.ReLU: lambda m: 1.0,
+    nn.ReLU6: lambda m: 1.0,
+    nn.Hardtanh: lambda m: 1.0,  # a clamp
+    nn.LeakyReLU: lambda m: _alpha_bound(m.negative_slope),
+    nn.PReLU: lambda m: max(1.0, float(m.weight.detach().abs().max())),
+    nn.ELU: lambda m: _alpha_bound(m.alpha),  # f' = α·eˣ on x < 0: sup |α|
+    nn.CELU: lambda m: 1.0,  # f' = e^{x/α} ≤ 1 on x < 0 (α > 0, torch refuses α = 0)
+    nn.SELU: lambda m: _SELU_SCALE * _SELU_ALPHA * (1 + 1e-12),  # λα ≈ 1.7581
+    nn.Tanh: lambda m: 1.0,
+    nn.Sigmoid: lambda m: 0.25,
+    nn.Softplus: lambda m: _softplus_bound(m),
+    nn.Dropout: lambda m: 1.0,  # eval: identity (train: ≤ 1/(1-p))
 }
 
 
@@ -70,8 +97,9 @@ def module_lipschitz_bound(module: nn.Module) -> float:
     (:func:`~onelip.nn._base.check_bound_applies`); ``nn.Linear`` is bounded by the spectral
     norm of its stored weight (SVD in float64, rounded up); ``nn.Conv2d`` by a certified bound
     of its operator norm that holds for every input size (:func:`conv2d_lipschitz_bound`);
-    known parameter-free torch modules by their constant. Anything else raises ``TypeError``,
-    since a guess would void the certificate.
+    known torch activations and shape modules by the bound their arguments give
+    (``nn.LeakyReLU(3)``: 3, ``nn.ELU(alpha=3)``: 3, ``nn.Sigmoid``: 1/4). Anything else
+    raises ``TypeError``, since a guess would void the certificate.
     """
     if isinstance(module, LipschitzModule):
         check_bound_applies(module)
@@ -82,9 +110,9 @@ def module_lipschitz_bound(module: nn.Module) -> float:
         return conv2d_lipschitz_bound(module)
     if type(module) is nn.Sequential:
         return math.prod(module_lipschitz_bound(m) for m in module)
-    for cls, const in _KNOWN_CONSTANTS.items():
-        if type(module) is cls:
-            return const
+    bound = _KNOWN_BOUNDS.get(type(module))
+    if bound is not None:
+        return bound(module)
     raise TypeError(
         f"No certified Lipschitz bound is known for {type(module).__name__}; "
         "use onelip layers or give the module a lipschitz_bound() method"
