@@ -218,6 +218,8 @@ def test_certify_without_data_says_what_to_pass(capsys, untouched):
     assert "\n" not in err and "--data folder:DIR" in err and "truck" in err
 
 
+@pytest.mark.slow  # 15 s: the ONNX exporter on a 26-layer network (ONNX of lipconvnet is in
+# the default run on small shapes: tests/test_export.py, tests/test_shift.py)
 def test_export_onnx_matches_the_model(model, images, tmp_path, capsys, untouched):
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
