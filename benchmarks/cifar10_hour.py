@@ -199,6 +199,10 @@ GRID = (
     Recipe("ortho", "center", "la:temperature=0.75,offset=2,gamma=5", "adam", 1e-3,
            epsilon_ramp=0.3),  # (8)
     Recipe("shift", "center", OFFSET_CE, "adam", 1e-3),  # (9) the layer family
+    # onelip's ce:tau=0.25 scales the logits by 1/4, which is T = 4 in the offset-CE convention
+    # (z / T); T = 1/4 scales them by 4. (10) and (11) give the offset its temperature range.
+    Recipe("ortho", "center", "offset-ce:temperature=1", "adam", 1e-3),  # (10)
+    Recipe("ortho", "center", "offset-ce:temperature=4", "adam", 1e-3),  # (11)
 )
 BF16_TWINS = (2, 4)  # grid numbers given a bf16 row where bf16 is native
 
