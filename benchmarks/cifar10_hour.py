@@ -40,8 +40,9 @@ clipping at 1, random crop (padding 4) + flip, ``retract_`` after each step; opt
 0.9), ``nadam``; the ε ramp is a fraction of the budget over which the loss's ε (offset-ce:
 its offset) grows linearly from 0 (the ε-ramp protocol of :mod:`onelip.losses`); bf16 is the
 forward under bf16 autocast, only where :func:`onelip.train.config.bf16_support` says the CPU
-has native bf16 (this 2-core machine has AVX2 only: bf16 measured 11.9× slower than float32
-here, so the grid has no bf16 rows on it and the report says why).
+has native bf16 (this 2-core machine has AVX2 only: ``benchmarks/results/amp_cpu.md`` measured
+the ConvNet XS step 12.2× slower under bf16 than in float32 here, so the grid has no bf16 rows on
+it and the report says why, quoting that file).
 
 **Stages** (``--stage search|final|headline|all``: the stages in order, as far as asked):
 
@@ -563,6 +564,18 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
 
+def _amp_cpu_measure() -> str:
+    """What ``benchmarks/results/amp_cpu.json`` measured for ConvNet XS (empty if not there)."""
+    try:
+        d = json.loads((REPO / "benchmarks" / "results" / "amp_cpu.json").read_text())
+        row = next(r for r in d["rows"] if r["preset"] == "lipconvnet:xs")
+        cap = d["machine"].get("cpu_capability", "?")
+        return (f" (`amp_cpu.md`, {cap}, batch {d['batch_size']}: the ConvNet XS step ran "
+                f"{row['onelip_bf16_ratio']:.1f}× slower under bf16 autocast than in float32)")
+    except (OSError, ValueError, KeyError, StopIteration):
+        return ""
+
+
 def _budget_text(seconds: float, clock: str, threads: int) -> str:
     t = f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
     return f"{t} {'CPU' if clock == 'cpu' else 'wall'}, {threads} thread{'s' * (threads > 1)}"
@@ -755,8 +768,7 @@ def write_report(args, runs: Path) -> None:
          f"{args.headline_threads} threads, alone. Certificate and attack as "
          "`benchmarks/cifar10.md` (`benchmarks/_certify.py`).", ""]
     if not bf16[0]:
-        L += [f"**No bf16 rows:** {bf16[1]} (on the 2-core AVX2 machine this benchmark was "
-              "written on, bf16 autocast measured 11.9× slower than float32).", ""]
+        L += [f"**No bf16 rows:** {bf16[1]}{_amp_cpu_measure()}.", ""]
     titles = {"search": "Search", "final": "Final", "headline": "Headline"}
     for s in STAGES:
         budget, clock, threads = stage_spec(args, s)

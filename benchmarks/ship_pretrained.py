@@ -196,33 +196,39 @@ def reproduce(model, meta: dict, data: str, cache_dir: str | None) -> dict:
             "images_differing": {k: round(abs(mine[k] - theirs[k]) * n) for k in mine}}
 
 
-def find_record(record_path: Path, stem: str) -> tuple[dict, dict]:
-    """(the run record of the network saved as ``stem``, the results file holding it): the
-    dict whose ``saved`` names it, anywhere in the file."""
+def find_record(record_path: Path, stem: str, meta: dict) -> tuple[dict, dict]:
+    """(the run record of the network saved as ``stem``, the results file holding it): of the
+    dicts whose ``saved`` names it, anywhere in the file, the one whose figures are the JSON's
+    (:func:`record_matches`; a results file may keep superseded runs saved under the same
+    name, e.g. ``layers_cifar10.json``'s ``default_lr_main``)."""
     root = json.loads(record_path.read_text())
-    todo = [root]
+    todo, named = [root], []
     while todo:
-        d = todo.pop()
+        d = todo.pop(0)
         if isinstance(d, dict):
             if isinstance(d.get("saved"), str) and Path(d["saved"]).name == stem:
-                return d, root
+                named.append(d)
             todo.extend(d.values())
         elif isinstance(d, list):
             todo.extend(d)
-    raise ShipError(f"{rel(record_path)} holds no run record of {stem} (no 'saved' naming "
-                    "it); pass --record FILE, or --record none to ship without one")
+    if not named:
+        raise ShipError(f"{rel(record_path)} holds no run record of {stem} (no 'saved' naming "
+                        "it); pass --record FILE, or --record none to ship without one")
+    for d in named:
+        if record_matches(d, meta):
+            return d, root
+    raise ShipError(f"the {len(named)} run record(s) of {stem} in {rel(record_path)} are of "
+                    "another network than the JSON (other validation figures or bound): "
+                    "re-run the benchmark's report, or pass --record")
 
 
-def check_record(record: dict, meta: dict, record_path: Path) -> None:
+def record_matches(record: dict, meta: dict) -> bool:
+    """Whether a run record's validation figures and bound are the saved JSON's."""
     val = meta["validation"]
-    same = (math.isclose(record.get("clean", -1), val["clean"], rel_tol=1e-9)
+    return (math.isclose(record.get("clean", -1), val["clean"], rel_tol=1e-9)
             and math.isclose(record.get("lipschitz_upper", -1), val["lipschitz_upper"],
                              rel_tol=1e-9)
             and record.get("certified") == val["certified"])
-    if not same:
-        raise ShipError(f"the run record in {rel(record_path)} is of another network than "
-                        "the JSON (other validation figures or bound): re-run the benchmark's "
-                        "report, or pass --record")
 
 
 # ==== the card ==============================================================================
@@ -675,8 +681,7 @@ def ship(args) -> Path:
         if not record_path.is_file():
             raise ShipError(f"no run record at {rel(record_path)}; pass --record FILE or "
                             "--record none")
-        record, results = find_record(record_path, json_path.stem)
-        check_record(record, meta, record_path)
+        record, results = find_record(record_path, json_path.stem, meta)
     ship_command = "benchmarks/ship_pretrained.py " + shlex.join(
         [rel(json_path), args.name] + (["--note", args.note] if args.note else [])
         + (["--train-command", args.train_command] if args.train_command else [])
