@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: MIT
 """A user's own images: an image folder (``folder:DIR``) or a NumPy archive (``npz:FILE``).
 
-* ``folder:DIR``: ``DIR/<class>/*.{png,jpg,jpeg,bmp,webp}`` (one split: every image is training
-  data, the test split is empty), or ``DIR/train/<class>/...`` and ``DIR/test/<class>/...``.
-  Class names are the sorted sub-folder names (the same classes in both splits). Images are
-  decoded once with Pillow into a uint8 cache (``(N, C, H, W)`` + labels, a ``.npz`` without
-  pickles) that is reused while the files are unchanged (same names, sizes and modification
-  times); the cache lives under ``$ONELIP_CACHE`` or ``~/.cache/onelip/images``, never in the
-  data folder unless ``cache_dir`` says so.
+* ``folder:DIR``: ``DIR/<class>/*.{png,jpg,jpeg,bmp,webp,tif,tiff}`` (one split: every image
+  is training data, the test split is empty), or ``DIR/train/<class>/...`` and
+  ``DIR/test/<class>/...``. Class names are the sorted sub-folder names (the same classes in
+  both splits). Images are decoded once with Pillow into a uint8 cache (``(N, C, H, W)`` +
+  labels, a ``.npz`` without pickles) that is reused while the files are unchanged (same
+  names, sizes and modification times); the cache lives under ``$ONELIP_CACHE`` or
+  ``~/.cache/onelip/images``, never in the data folder unless ``cache_dir`` says so.
+  Grayscale images of more than 8 bits a pixel (16-bit PNG or TIFF, 32-bit integer or float
+  TIFF) are scaled by their bit depth to the 0..255 of 8-bit images (a 16-bit v becomes
+  round(v · 255 / 65535)), never clipped.
 * ``npz:FILE``: arrays ``x`` (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1], and ``y``
   integer labels; optionally ``x_test`` / ``y_test``.
 
@@ -35,8 +38,8 @@ from onelip.data._split import DataSplit
 
 __all__ = ["EXTENSIONS", "ImageArrays", "load_folder", "load_npz", "read_image_folder"]
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_CACHE_FORMAT = "onelip-images/1"
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+_CACHE_FORMAT = "onelip-images/2"  # 2: images of more than 8 bits scaled, not clipped
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,15 @@ def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | 
             with Image.open(f) as im:
                 im.load()
                 modes[im.mode] = modes.get(im.mode, 0) + 1
-                im = im.convert("RGB" if im.mode not in ("L", "1", "I;16", "I", "F") else "L")
-                if resize is not None:
-                    im = im.resize((resize[1], resize[0]), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
+                if im.mode in _DEEP_MODES:
+                    a = _deep_gray(im, f, resize)
+                else:
+                    im = im.convert("RGB" if im.mode not in ("L", "1") else "L")
+                    if resize is not None:
+                        im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.uint8)
+        except _ImageValueError:
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ValueError(f"cannot read image {f} ({e}); remove or replace the file") from None
         hw = a.shape[:2]
@@ -133,6 +141,11 @@ def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | 
             bar(i + 1)
     gray = [a.ndim == 2 for a in arrays]
     notes: list[str] = []
+    deep = {m: n for m, n in modes.items() if m in _DEEP_MODES}
+    if deep:
+        notes.append(f"{sum(deep.values())} grayscale image(s) of more than 8 bits a pixel "
+                     f"(Pillow mode {', '.join(sorted(deep))}) were scaled to 0..255 by their "
+                     "bit depth")
     if any(gray) and not all(gray):  # mixed: convert the gray ones to RGB, and say so
         n_gray = sum(gray)
         arrays = [np.repeat(a[:, :, None], 3, axis=2) if g else a for a, g in zip(arrays, gray)]
@@ -140,6 +153,42 @@ def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | 
     x = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x), notes
+
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+"""Pillow's grayscale modes of more than 8 bits a pixel: 16-bit integers (``I;16*``: 16-bit
+PNG and TIFF), 32-bit integers (``I``) and 32-bit floats (``F``)."""
+
+
+class _ImageValueError(ValueError):
+    """An image whose pixels onelip cannot map to 0..255 (the message names the file)."""
+
+
+def _deep_gray(im, f: str, resize: tuple[int, int] | None) -> np.ndarray:
+    """A grayscale image of more than 8 bits as uint8 (H, W), scaled by its bit depth to the
+    0..255 of 8-bit images: ``round(v · 255 / 65535)`` for 16-bit integers (and for 32-bit
+    ``I`` images whose values fit 16 bits, which is how 16-bit data often arrives),
+    ``round(v · 255)`` for floats in [0, 1]; resized (bilinear) before the rounding."""
+    from PIL import Image
+
+    a = np.asarray(im)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode == "F":
+        if not np.isfinite(a).all() or lo < 0 or hi > 1:
+            raise _ImageValueError(f"image {f} holds float pixels in [{lo:g}, {hi:g}]; onelip "
+                                   "reads float images in [0, 1]: rescale it, or save it as an "
+                                   "8- or 16-bit image")
+        scale = 255.0
+    else:
+        if lo < 0 or hi > 65535:
+            raise _ImageValueError(f"image {f} holds 32-bit integer pixels in [{lo:g}, "
+                                   f"{hi:g}]; onelip reads images of up to 16 bits (0..65535): "
+                                   "save it as an 8- or 16-bit image")
+        scale = 255.0 / 65535.0
+    v = a.astype(np.float32) * np.float32(scale)
+    if resize is not None:
+        v = np.asarray(Image.fromarray(v, "F").resize((resize[1], resize[0]), Image.BILINEAR))
+    return np.clip(np.round(v), 0, 255).astype(np.uint8)
 
 
 def _progress(total: int, what: str):

