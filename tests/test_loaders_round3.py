@@ -60,3 +60,28 @@ def test_float_and_32_bit_images(tmp_path):
     with pytest.raises(ValueError, match=r"0\.tif.*70000") as e:
         _read(tmp_path / "d", tmp_path)
     assert "\n" not in str(e.value)
+
+
+# -- item 7: the split layout is read from the whole tree ---------------------------------
+
+def test_a_class_named_train_is_a_class(tmp_path):
+    _rgb(tmp_path / "d", classes=("train", "zebra"))
+    split = images.load_folder(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
+    assert split.num_classes == 2 and len(split.x_train) == 4 and len(split.x_test) == 0
+    assert images.folder_classes(tmp_path / "d") == ["train", "zebra"]
+    _rgb(tmp_path / "e", classes=("test", "train"))  # both split names, both classes
+    split = images.load_folder(tmp_path / "e", cache_dir=tmp_path / "c", progress=False)
+    assert split.num_classes == 2 and len(split.x_train) == 4 and len(split.x_test) == 0
+
+
+def test_split_layout_needs_class_folders_in_each_split(tmp_path):
+    _rgb(tmp_path / "d" / "train", classes=("a", "b"))
+    _rgb(tmp_path / "d" / "test", classes=("a", "b"), n=1)
+    split = images.load_folder(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
+    assert (len(split.x_train), len(split.x_test)) == (4, 2)
+    assert images.folder_classes(tmp_path / "d") == ["a", "b"]
+    _rgb(tmp_path / "m" / "train", classes=("a", "b"))
+    _rgb(tmp_path / "m", classes=("test",))  # test/ holds images directly
+    with pytest.raises(ValueError, match=r"test holds images directly") as e:
+        images.load_folder(tmp_path / "m", cache_dir=tmp_path / "c", progress=False)
+    assert "\n" not in str(e.value)

@@ -321,11 +321,9 @@ def _folder_classes(name: str) -> list[str] | None:
     prefix, sep, arg = name.partition(":")
     if prefix != "folder" or not sep:
         return None
-    root = Path(arg)
-    root = root / "train" if (root / "train").is_dir() else root
-    if not root.is_dir():
-        return None
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    from onelip.data.images import folder_classes
+
+    return folder_classes(arg) or None
 
 
 def _data_kwargs(args: argparse.Namespace) -> dict:

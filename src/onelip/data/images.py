@@ -36,7 +36,8 @@ import torch
 from onelip._errors import Argument, ArgumentError
 from onelip.data._split import DataSplit
 
-__all__ = ["EXTENSIONS", "ImageArrays", "load_folder", "load_npz", "read_image_folder"]
+__all__ = ["EXTENSIONS", "ImageArrays", "folder_classes", "load_folder", "load_npz",
+           "read_image_folder"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _CACHE_FORMAT = "onelip-images/2"  # 2: images of more than 8 bits scaled, not clipped
@@ -280,27 +281,74 @@ def _to_split(name: str, train: ImageArrays, test: ImageArrays | None) -> DataSp
     return DataSplit(name, *flat(train), *flat(test), max(len(train.classes), 2), (c, h, w))
 
 
+_SPLITS = ("train", "test", "val")
+
+
+def _has_images(d: Path) -> bool:
+    with os.scandir(d) as it:
+        return any(os.path.splitext(e.name)[1].lower() in EXTENSIONS and e.is_file()
+                   for e in it)
+
+
+def _layout(d: Path) -> tuple[Path, Path | None]:
+    """(the folder of the training classes, that of the test classes or None) of ``d``.
+
+    The split layout, ``d/train/<class>/`` (and ``d/test/<class>/``), is read from the whole
+    tree, not from one name: every sub-folder of ``d`` is ``train``, ``test`` or ``val``,
+    ``train`` is one of them, and each holds class sub-folders and no images of its own.
+    Otherwise every sub-folder is a class (a class may be called ``train``). A ``val`` folder
+    is not read (onelip carves its validation split with ``val_fraction``): a warning says so.
+    """
+    if not d.is_dir():
+        return d, None
+    subs = _class_dirs(d)
+    names = {p.name for p in subs}
+    if "train" not in names or not names <= set(_SPLITS):
+        return d, None
+    nested = [p for p in subs if _class_dirs(p)]
+    if not nested:
+        return d, None  # train/ (and test/) hold images: classes called so
+    flat = [p for p in subs if p not in nested or _has_images(p)]
+    if flat:
+        raise ValueError(f"{d} mixes layouts: {nested[0]} holds class folders but {flat[0]} "
+                         f"holds images directly; put them in {flat[0]}/<class>/ (the split "
+                         f"layout {d}/train/<class>/), or rename {nested[0].name} if it is a "
+                         "class")
+    if "val" in names:
+        print(f"onelip: warning: folder:{d}: {d / 'val'} is not read; onelip carves its "
+              "validation split from train (--val-fraction); merge it into train or test",
+              file=sys.stderr)
+    return d / "train", (d / "test" if "test" in names else None)
+
+
+def folder_classes(directory: str | Path) -> list[str]:
+    """The class names of ``folder:DIR`` as :func:`load_folder` reads them (the sorted
+    sub-folder names of ``DIR``, or of ``DIR/train`` in the split layout); [] when ``DIR``
+    is not a folder."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return [p.name for p in _class_dirs(_layout(d)[0])]
+
+
 def load_folder(directory: str | Path, *, resize: tuple[int, int] | None = None,
                 cache_dir: str | Path | None = None, progress: bool = True) -> DataSplit:
     """``folder:DIR``: the images of ``DIR`` as a :class:`~onelip.data.DataSplit`.
 
-    With ``DIR/train`` (and optionally ``DIR/test``) the two splits are read separately;
-    otherwise every image of ``DIR/<class>/`` is training data and the test split is empty
-    (measure on a validation split carved from the training data, and certify on another
-    folder afterwards).
+    With ``DIR/train/<class>/`` (and optionally ``DIR/test/<class>/``) the two splits are
+    read separately; otherwise every image of ``DIR/<class>/`` is training data and the test
+    split is empty (measure on a validation split carved from the training data, and certify
+    on another folder afterwards). The layout is read from the whole tree (:func:`_layout`):
+    a class folder called ``train`` that holds images is a class.
     """
     d = Path(directory)
     name = f"folder:{directory}"
-    if (d / "train").is_dir():
-        train = read_image_folder(d / "train", resize=resize, cache_dir=cache_dir,
-                                  progress=progress)
-        test = None
-        if (d / "test").is_dir():
-            test = read_image_folder(d / "test", classes=list(train.classes), resize=resize,
-                                     cache_dir=cache_dir, progress=progress)
-    else:
-        train = read_image_folder(d, resize=resize, cache_dir=cache_dir, progress=progress)
-        test = None
+    train_dir, test_dir = _layout(d)
+    train = read_image_folder(train_dir, resize=resize, cache_dir=cache_dir, progress=progress)
+    test = None
+    if test_dir is not None:
+        test = read_image_folder(test_dir, classes=list(train.classes), resize=resize,
+                                 cache_dir=cache_dir, progress=progress)
     for note in train.notes + (test.notes if test is not None else ()):
         print(f"onelip: note: {name}: {note}", file=sys.stderr)
     return _to_split(name, train, test)
