@@ -85,3 +85,67 @@ def test_split_layout_needs_class_folders_in_each_split(tmp_path):
     with pytest.raises(ValueError, match=r"test holds images directly") as e:
         images.load_folder(tmp_path / "m", cache_dir=tmp_path / "c", progress=False)
     assert "\n" not in str(e.value)
+
+
+# -- item 8: the layout of .npz images ------------------------------------------------------
+
+def _nhwc(n=4, h=4, w=4, c=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+
+def test_npz_channels_last_of_small_height_is_refused_as_ambiguous(tmp_path):
+    x = _nhwc()  # (4, 4, 4, 3): 4×4 RGB, or 4 channels of 4×3
+    np.savez(tmp_path / "a.npz", x=x, y=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"a\.npz.*layout") as e:
+        images.load_npz(tmp_path / "a.npz")
+    assert "\n" not in str(e.value) and "NHWC" in str(e.value)
+    x = _nhwc(h=3, w=5)  # (4, 3, 5, 3): a 3×5 RGB image
+    np.savez(tmp_path / "b.npz", x=x, y=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="layout"):
+        images.load_npz(tmp_path / "b.npz")
+
+
+@pytest.mark.parametrize("where", ["argument", "key"])
+def test_npz_layout_decides_an_ambiguous_array(tmp_path, where):
+    x = _nhwc()
+    arrays = {"x": x, "y": np.array([0, 1, 0, 1]), "x_test": x[:2], "y_test": np.array([1, 0])}
+    if where == "key":
+        arrays["layout"] = np.array("NHWC")
+    np.savez(tmp_path / "a.npz", **arrays)
+    d = images.load_npz(tmp_path / "a.npz", **({"layout": "nhwc"} if where == "argument" else {}))
+    assert d.input_shape == (3, 4, 4)
+    got = d.x_train[1].reshape(3, 4, 4).numpy()
+    assert np.array_equal(got, x[1].transpose(2, 0, 1).astype(got.dtype) / (
+        1 if got.dtype == np.uint8 else 255))
+    assert np.array_equal(d.x_test.reshape(2, -1).numpy(), d.x_train[:2].numpy())
+    nchw = images.load_npz(tmp_path / "a.npz", layout="NCHW")
+    assert nchw.input_shape == (4, 4, 3)
+
+
+def test_npz_unambiguous_layouts_and_a_layout_that_does_not_fit(tmp_path):
+    x = _nhwc(h=5, w=6)
+    np.savez(tmp_path / "a.npz", x=x, y=np.array([0, 1, 0, 1]))
+    assert images.load_npz(tmp_path / "a.npz").input_shape == (3, 5, 6)
+    np.savez(tmp_path / "b.npz", x=x.transpose(0, 3, 1, 2), y=np.array([0, 1, 0, 1]))
+    assert images.load_npz(tmp_path / "b.npz").input_shape == (3, 5, 6)
+    with pytest.raises(ValueError, match=r"NHWC.*6 channels"):
+        images.load_npz(tmp_path / "b.npz", layout="NHWC")
+    with pytest.raises(ValueError, match="'NHWC'.*'NCHW'"):
+        images.load_npz(tmp_path / "b.npz", layout="HWC")
+
+
+def test_cli_names_layout_for_an_ambiguous_npz_and_trains_with_it(tmp_path, capsys):
+    from onelip.cli import main
+
+    x = np.concatenate([_nhwc(n=6, seed=1) // 2, _nhwc(n=6, seed=2) // 2 + 128])
+    np.savez(tmp_path / "a.npz", x=x, y=np.repeat([0, 1], 6))
+    argv = ["train", "--data", f"npz:{tmp_path / 'a.npz'}", "--model", "mlp", "--width", "8",
+            "--depth", "1", "--epochs", "1", "--val-fraction", "0.34", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "r0")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--layout NHWC" in err and "a.npz" in err
+    assert main([*argv, "--layout", "nhwc", "--out", str(tmp_path / "r1")]) == 0
+    import json
+
+    cfg = json.loads((tmp_path / "r1" / "config.json").read_text())
+    assert cfg["data"]["layout"] == "NHWC" and cfg["splits"]["input_shape"] == [3, 4, 4]

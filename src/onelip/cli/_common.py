@@ -35,6 +35,7 @@ FLAGS = MappingProxyType({
     "train_run": "train one with `onelip train --out {value}`",
     "nproc": "--nproc {value}",
     "resize": "--resize H W",
+    "layout": "--layout NHWC or NCHW (onelip train)",
     "n_samples": " (--n-samples)",  # after "n_samples >= 10" in the library's message
     "data": "--data folder:DIR",
     "quick": "--quick",

@@ -143,6 +143,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "crop), flip (horizontal), comma-separated, e.g. crop,flip")
     p.add_argument("--resize", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                    help="resize the images of folder:DIR to H x W")
+    p.add_argument("--layout", type=str.upper, choices=("NHWC", "NCHW"), default=None,
+                   help="the layout of the images of npz:FILE, channels last (NHWC) or first "
+                        "(NCHW), where the shape leaves it open (e.g. 4x4 RGB images)")
     p.add_argument("--warmup-epochs", type=nonneg_float, default=_default("warmup_epochs"),
                    help="learning-rate warm-up in epochs (onecycle: its rising phase, 0 = 30 "
                         "%% of the run; cosine/constant: a linear ramp)")
@@ -334,6 +337,10 @@ def _data_kwargs(args: argparse.Namespace) -> dict:
         if not args.data.startswith("folder:"):
             raise CLIError(f"--resize is for image folders (folder:DIR), not {args.data}")
         extra["resize"] = [int(v) for v in args.resize]
+    if getattr(args, "layout", None) is not None:
+        if not args.data.startswith("npz:"):
+            raise CLIError(f"--layout is for .npz arrays (npz:FILE), not {args.data}")
+        extra["layout"] = args.layout
     return extra
 
 

@@ -12,7 +12,9 @@
   TIFF) are scaled by their bit depth to the 0..255 of 8-bit images (a 16-bit v becomes
   round(v · 255 / 65535)), never clipped.
 * ``npz:FILE``: arrays ``x`` (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1], and ``y``
-  integer labels; optionally ``x_test`` / ``y_test``.
+  integer labels; optionally ``x_test`` / ``y_test``. The layout is the one whose channel
+  axis holds 1, 3 or 4; an array where both candidate axes do (4×4 RGB images (N, 4, 4, 3))
+  needs ``layout='NHWC'`` (``onelip train --layout``) or an array ``layout`` in the file.
 
 Every error is one line that names the file or folder and says what to do.
 
@@ -36,7 +38,7 @@ import torch
 from onelip._errors import Argument, ArgumentError
 from onelip.data._split import DataSplit
 
-__all__ = ["EXTENSIONS", "ImageArrays", "folder_classes", "load_folder", "load_npz",
+__all__ = ["EXTENSIONS", "LAYOUTS", "ImageArrays", "folder_classes", "load_folder", "load_npz",
            "read_image_folder"]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -354,17 +356,23 @@ def load_folder(directory: str | Path, *, resize: tuple[int, int] | None = None,
     return _to_split(name, train, test)
 
 
-def _npz_images(path: Path, x: np.ndarray, key: str) -> np.ndarray:
-    """x (N, H, W, C) or (N, C, H, W) or (N, H, W) → uint8 (N, C, H, W)."""
+LAYOUTS = ("NHWC", "NCHW")
+"""The layouts of ``npz:`` images (``load_npz(layout=...)`` or an array ``layout`` in the file):
+channels last (N, H, W, C) or channels first (N, C, H, W)."""
+
+_CHANNELS = (1, 3, 4)
+
+
+def _npz_pixels(path: Path, x: np.ndarray, key: str) -> np.ndarray:
+    """x (N, H, W) or a 4-D array of either layout, uint8 or float in [0, 1] → uint8 of the
+    same shape (a grey (N, H, W) gets a channel axis: (N, 1, H, W))."""
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
         raise ValueError(f"{path}: {key} must be (N, H, W, C) or (N, C, H, W), but has shape "
                          f"{x.shape}")
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.transpose(0, 3, 1, 2)  # channels last → first
     if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
+        return x
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{path}: {key} must be uint8 or float in [0, 1], but is {x.dtype}")
     bad = int((~np.isfinite(x)).sum())
@@ -374,7 +382,49 @@ def _npz_images(path: Path, x: np.ndarray, key: str) -> np.ndarray:
     if lo < 0 or hi > 1:
         raise ValueError(f"{path}: float {key} must lie in [0, 1], but ranges over "
                          f"[{lo:g}, {hi:g}]; divide by 255 or pass uint8")
-    return np.ascontiguousarray(np.round(x * 255.0).astype(np.uint8))
+    return np.round(x * 255.0).astype(np.uint8)
+
+
+def _layout_option(path: Path, layout: object, z) -> str | None:
+    """The layout asked for: the ``layout`` argument, else an array ``layout`` in the file,
+    else None (decided from the shape)."""
+    given = "layout"
+    if layout is None and "layout" in z.files:
+        layout, given = z["layout"], f"the array layout in {path}"
+        layout = str(layout.item()) if layout.ndim == 0 and layout.dtype.kind in "US" else layout
+    if layout is None:
+        return None
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        raise ArgumentError(f"{path}: {given} must be 'NHWC' (channels last) or 'NCHW' "
+                            f"(channels first), but is {layout!r}; set ",
+                            Argument("layout", "layout='NHWC' or 'NCHW'"))
+    return layout.upper()
+
+
+def _npz_layout(path: Path, shape: tuple[int, ...], key: str, layout: str | None) -> str:
+    """'NHWC' or 'NCHW' of a 4-D ``key`` array: the one asked for (its channel axis must
+    hold 1, 3 or 4 channels), else the one of the two candidate channel axes (1 and 3) that
+    holds 1, 3 or 4; an array where both or neither do is refused (say which)."""
+    first, last = shape[1] in _CHANNELS, shape[3] in _CHANNELS
+    if layout is not None:
+        c = shape[3] if layout == "NHWC" else shape[1]
+        if c not in _CHANNELS:
+            raise ValueError(f"{path}: {key} of shape {shape} read as {layout} has {c} "
+                             "channels; images have 1, 3 or 4 channels: check the layout")
+        return layout
+    if first != last or shape[1:] == (1, 1, 1):
+        return "NHWC" if last and not first else "NCHW"
+    readings = (f"{shape[1]} channels of {shape[2]}×{shape[3]} (NCHW) or {shape[3]} channels "
+                f"of {shape[1]}×{shape[2]} (NHWC)" if first else
+                "neither axis 1 nor axis 3 holds 1, 3 or 4 channels")
+    raise ArgumentError(f"{path}: the layout of {key} {shape} is ambiguous: {readings}; say "
+                        "which: save an array layout='NHWC' (channels last) or 'NCHW' "
+                        "(channels first) in the file beside x, or set ",
+                        Argument("layout", "layout='NHWC' or 'NCHW'"))
+
+
+def _nchw(x: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "NHWC" else x)
 
 
 def _npz_labels(path: Path, y: np.ndarray, n: int, key: str) -> np.ndarray:
@@ -391,9 +441,19 @@ def _npz_labels(path: Path, y: np.ndarray, n: int, key: str) -> np.ndarray:
     return y
 
 
-def load_npz(file: str | Path) -> DataSplit:
+def load_npz(file: str | Path, *, layout: str | None = None) -> DataSplit:
     """``npz:FILE``: arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``) of a ``.npz``
-    (read without pickles)."""
+    (read without pickles).
+
+    Args:
+        file: the ``.npz``; ``x`` (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1, 3 or
+            4, uint8 or float in [0, 1]; ``y`` (N,) integer labels.
+        layout: 'NHWC' (channels last) or 'NCHW' (channels first); default: an array
+            ``layout`` in the file if it holds one, else decided from the shape: the layout
+            whose channel axis holds 1, 3 or 4 (an array where both axes do, e.g. 4×4 RGB
+            images (N, 4, 4, 3), is refused until the layout is given). ``x_test`` is read
+            in the layout of ``x``.
+    """
     path = Path(file)
     if not path.is_file():
         raise FileNotFoundError(f"no .npz file at {path}")
@@ -406,11 +466,12 @@ def load_npz(file: str | Path) -> DataSplit:
         if missing:
             raise ValueError(f"{path} has no array {' or '.join(missing)} (it holds "
                              f"{', '.join(z.files) or 'nothing'}); save x and y")
-        x = _npz_images(path, z["x"], "x")
+        layout = _layout_option(path, layout, z)
+        x = _npz_pixels(path, z["x"], "x")
         y = _npz_labels(path, z["y"], x.shape[0], "y")
         test = None
         if "x_test" in z.files:
-            xt = _npz_images(path, z["x_test"], "x_test")
+            xt = _npz_pixels(path, z["x_test"], "x_test")
             yt = _npz_labels(path, z["y_test"] if "y_test" in z.files else np.zeros(0),
                              xt.shape[0], "y_test")
             test = (xt, yt)
@@ -418,6 +479,10 @@ def load_npz(file: str | Path) -> DataSplit:
     if len(y) and k > 2 * len(np.unique(y)) + 10:
         raise ValueError(f"{path}: labels go up to {k - 1} but only {len(np.unique(y))} "
                          "distinct labels are used; labels must be 0..K-1")
+    layout = _npz_layout(path, x.shape, "x", layout)
+    x = _nchw(x, layout)
+    if test is not None:
+        test = (_nchw(test[0], layout), test[1])
     classes = tuple(str(i) for i in range(k))
     train_a = ImageArrays(x, y, classes)
     test_a = ImageArrays(*test, classes) if test is not None else None
