@@ -149,3 +149,55 @@ def test_cli_names_layout_for_an_ambiguous_npz_and_trains_with_it(tmp_path, caps
 
     cfg = json.loads((tmp_path / "r1" / "config.json").read_text())
     assert cfg["data"]["layout"] == "NHWC" and cfg["splits"]["input_shape"] == [3, 4, 4]
+
+
+# -- item 9: corrupt and odd files are one line naming the file -----------------------------
+
+def _npz_bytes(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "good.npz", x=x, y=np.arange(6) % 2)
+    return (tmp_path / "good.npz").read_bytes()
+
+
+def test_truncated_npz_is_one_line_naming_the_file_and_exit_2(tmp_path, capsys):
+    from onelip.cli import main
+
+    raw = _npz_bytes(tmp_path)
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz.*corrupt.*np\.savez"):
+        images.load_npz(tmp_path / "cut.npz")
+    rc = main(["train", "--data", f"npz:{tmp_path / 'cut.npz'}", "--val-fraction", "0.3",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "cut.npz" in err and "Traceback" not in err
+
+
+def test_npz_with_a_corrupt_member_names_the_file_and_the_array(tmp_path):
+    raw = bytearray(_npz_bytes(tmp_path))
+    at = raw.index(b"x.npy") + 200  # inside x's pixels: the CRC no longer matches
+    raw[at] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"bad\.npz: array x cannot be read.*corrupt") as e:
+        images.load_npz(tmp_path / "bad.npz")
+    assert "\n" not in str(e.value)
+
+
+def test_decompression_bomb_is_one_line_naming_the_image(tmp_path, monkeypatch):
+    _rgb(tmp_path / "d", size=(16, 16))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels > 2 × 100: a "bomb"
+    with pytest.raises(ValueError, match=r"image .*cat.0\.png is too large.*shrink it") as e:
+        _read(tmp_path / "d", tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    import os
+
+    root = os.fsencode(tmp_path / "d")
+    _rgb(tmp_path / "d")
+    os.rename(os.path.join(root, b"cat", b"0.png"), os.path.join(root, b"cat", b"\xff0.png"))
+    arr = _read(tmp_path / "d", tmp_path)  # an image's name needs no UTF-8
+    assert arr.x.shape[0] == 4 and arr.classes == ("cat", "dog")
+    os.rename(os.path.join(root, b"dog"), os.path.join(root, b"d\xffg"))
+    with pytest.raises(ValueError, match=r"class folder .*d\\xffg.*not valid UTF-8.*rename"):
+        _read(tmp_path / "d", tmp_path)

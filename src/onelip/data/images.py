@@ -29,6 +29,8 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,16 @@ class ImageArrays:
     y: np.ndarray
     classes: tuple[str, ...]
     notes: tuple[str, ...] = ()
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` as it can be printed: bytes of a name that is not UTF-8 as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _default_cache_dir() -> Path:
@@ -103,7 +115,7 @@ def _fingerprint(root: Path, entries: list[tuple[int, str, int, int]],
     h.update(json.dumps([str(root.resolve()), list(resize) if resize else None]).encode())
     cut = len(os.fspath(root))
     rows = "".join(f"{label}\0{f[cut:]}\0{size}\0{mtime}\n" for label, f, size, mtime in entries)
-    h.update(rows.encode())
+    h.update(rows.encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
     return h.hexdigest()[:32]
 
 
@@ -130,8 +142,12 @@ def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | 
                     a = np.asarray(im, dtype=np.uint8)
         except _ImageValueError:
             raise
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image {_shown(f)} is too large to decode safely ({_reason(e)}); "
+                             "shrink it, or remove it from the folder") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {f} ({e}); remove or replace the file") from None
+            raise ValueError(f"cannot read image {_shown(f)} ({_reason(e)}); remove or replace "
+                             "the file") from None
         hw = a.shape[:2]
         if first is None:
             first, first_name = hw, str(f)
@@ -234,6 +250,13 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
         classes = [d.name for d in _class_dirs(root)]
         if not classes:
             raise ValueError(f"{root} has no class sub-folders; expected {root}/<class>/*.jpg")
+        for name in classes:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"class folder {_shown(root / name)}: its name is not valid "
+                                 "UTF-8 (class names are written to the run's config.json); "
+                                 "rename the folder") from None
     else:
         extra = sorted({d.name for d in _class_dirs(root)} - set(classes))
         if extra:
@@ -385,12 +408,29 @@ def _npz_pixels(path: Path, x: np.ndarray, key: str) -> np.ndarray:
     return np.round(x * 255.0).astype(np.uint8)
 
 
-def _layout_option(path: Path, layout: object, z) -> str | None:
-    """The layout asked for: the ``layout`` argument, else an array ``layout`` in the file,
-    else None (decided from the shape)."""
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+"""What NumPy's and zipfile's readers raise on a corrupt or truncated .npz."""
+
+
+def _npz_array(path: Path, z, key: str) -> np.ndarray:
+    """Array ``key`` of the open .npz ``z``; one line naming the file when it cannot be read
+    (a corrupt or truncated member, or an object array, which would need a pickle)."""
+    try:
+        return z[key]
+    except _CORRUPT as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(f"{path}: array {key} holds Python objects, which onelip does not "
+                             "load (a pickle can run code); save numeric arrays") from None
+        raise ValueError(f"{path}: array {key} cannot be read ({_reason(e)}); the file is "
+                         "corrupt or truncated: write it again with np.savez") from None
+
+
+def _layout_option(path: Path, layout: object, stored: np.ndarray | None) -> str | None:
+    """The layout asked for: the ``layout`` argument, else the array ``layout`` stored in the
+    file, else None (decided from the shape)."""
     given = "layout"
-    if layout is None and "layout" in z.files:
-        layout, given = z["layout"], f"the array layout in {path}"
+    if layout is None and stored is not None:
+        layout, given = stored, f"the array layout in {path}"
         layout = str(layout.item()) if layout.ndim == 0 and layout.dtype.kind in "US" else layout
     if layout is None:
         return None
@@ -459,21 +499,27 @@ def load_npz(file: str | Path, *, layout: str | None = None) -> DataSplit:
         raise FileNotFoundError(f"no .npz file at {path}")
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({e})") from None
+    except _CORRUPT as e:
+        raise ValueError(f"{path} is not a readable .npz file ({_reason(e)}); the file is "
+                         "corrupt, truncated or not a .npz: write it again with np.savez"
+                         ) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one array, no labels
+        raise ValueError(f"{path} holds one array (a .npy), not a .npz of x and y; save "
+                         "them with np.savez(FILE, x=..., y=...)")
     with z:
         missing = [k for k in ("x", "y") if k not in z.files]
         if missing:
             raise ValueError(f"{path} has no array {' or '.join(missing)} (it holds "
                              f"{', '.join(z.files) or 'nothing'}); save x and y")
-        layout = _layout_option(path, layout, z)
-        x = _npz_pixels(path, z["x"], "x")
-        y = _npz_labels(path, z["y"], x.shape[0], "y")
+        layout = _layout_option(path, layout, _npz_array(path, z, "layout")
+                                if "layout" in z.files else None)
+        x = _npz_pixels(path, _npz_array(path, z, "x"), "x")
+        y = _npz_labels(path, _npz_array(path, z, "y"), x.shape[0], "y")
         test = None
         if "x_test" in z.files:
-            xt = _npz_pixels(path, z["x_test"], "x_test")
-            yt = _npz_labels(path, z["y_test"] if "y_test" in z.files else np.zeros(0),
-                             xt.shape[0], "y_test")
+            xt = _npz_pixels(path, _npz_array(path, z, "x_test"), "x_test")
+            yt = _npz_labels(path, _npz_array(path, z, "y_test") if "y_test" in z.files
+                             else np.zeros(0), xt.shape[0], "y_test")
             test = (xt, yt)
     k = int(max(y.max(initial=0), test[1].max(initial=0) if test else 0)) + 1
     if len(y) and k > 2 * len(np.unique(y)) + 10:
