@@ -262,10 +262,42 @@ def set_item(item: str) -> tuple[str, str]:
     return key, value
 
 
+def _number(text: str) -> int | float:
+    """``text`` as an int, else a float; ValueError if it is neither."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _tuple_value(key: str, value: str, default: tuple | list) -> tuple:
+    """``--set key=1,2,3`` (or ``(1, 2, 3)``, ``[1, 2, 3]``) for a tuple field of default
+    ``default``: the elements typed like its first one, or numbers (int, else float) when
+    the default is empty (e.g. lipconvnet's ``mean=0.49,0.48,0.45``)."""
+    if default and isinstance(default[0], (tuple, list)):
+        raise CLIError(f"--set {key}: a nested field, not settable from the command "
+                       "line (use the Python API)")
+    text = value.strip()
+    if text[:1] + text[-1:] in ("()", "[]"):
+        text = text[1:-1]
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    kind = type(default[0]) if default else None
+    try:
+        return tuple(_number(v) if kind is None else kind(v) for v in items)
+    except ValueError:
+        example = ",".join(str(v) for v in default) if default else "0.5,0.5,0.5"
+        what = {None: "numbers", int: "integers", float: "numbers"}.get(kind, "values")
+        raise CLIError(f"--set {key}={value}: expected comma-separated {what} like "
+                       f"{example}") from None
+
+
 def typed_value(key: str, value: str, default):
     """``--set key=value``: parse ``value`` like ``default`` (bool, int, float, str, or a
-    comma-separated tuple of the first element's type; a None default keeps the string, or a
-    number when it reads as one; ``none`` gives None)."""
+    tuple: comma-separated, optionally in parentheses or brackets, of the first element's
+    type, or of numbers for an empty default; a None default keeps the string, or a number
+    when it reads as one; ``none`` gives None)."""
+    if isinstance(default, (tuple, list)):
+        return _tuple_value(key, value, default)
     try:
         if default is None:
             if value.lower() == "none":
@@ -280,12 +312,6 @@ def typed_value(key: str, value: str, default):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return value.lower() in ("true", "1", "yes")
-        if isinstance(default, (tuple, list)):
-            if default and isinstance(default[0], (tuple, list)):
-                raise CLIError(f"--set {key}: a nested field, not settable from the command "
-                               "line (use the Python API)")
-            kind = type(default[0]) if default else int
-            return tuple(kind(v) for v in value.split(",") if v.strip())
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
