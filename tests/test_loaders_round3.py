@@ -201,3 +201,42 @@ def test_file_names_that_are_not_utf8(tmp_path):
     os.rename(os.path.join(root, b"dog"), os.path.join(root, b"d\xffg"))
     with pytest.raises(ValueError, match=r"class folder .*d\\xffg.*not valid UTF-8.*rename"):
         _read(tmp_path / "d", tmp_path)
+
+
+# -- item 17: npz labels as strict as idx:, files the folder loader skips -------------------
+
+@pytest.mark.parametrize("y, y_test, match", [
+    ([1, 2, 1, 2], None, r"no image has label 0.*subtract 1"),  # 1-based
+    ([0, 2, 0, 2], None, r"class 1 never occurs"),  # a gap
+    ([0, 1, 0, 1], [0, 2], r"y_test labels hold 2 \(1 image\).*no y image has"),  # unseen
+    ([0, 0, 0, 0], None, r"at least 2 classes"),
+])
+def test_npz_labels_are_as_strict_as_idx(tmp_path, y, y_test, match):
+    x = _nhwc(h=5, w=6)
+    arrays = {"x": x, "y": np.array(y)}
+    if y_test is not None:
+        arrays.update(x_test=x[:2], y_test=np.array(y_test))
+    np.savez(tmp_path / "a.npz", **arrays)
+    with pytest.raises(ValueError, match=match) as e:
+        images.load_npz(tmp_path / "a.npz")
+    assert "\n" not in str(e.value) and "a.npz" in str(e.value)
+
+
+def test_gif_images_are_read_and_skipped_files_are_counted(tmp_path, capsys):
+    _rgb(tmp_path / "d")
+    rng = np.random.default_rng(3)
+    gif = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    Image.fromarray(gif).convert("P").save(tmp_path / "d" / "cat" / "2.gif")
+    (tmp_path / "d" / "cat" / "notes.txt").write_text("x")
+    (tmp_path / "d" / "dog" / "x.heic").write_bytes(b"x")
+    _rgb(tmp_path / "d" / "dog" / "more", classes=("sub",), n=1)  # dog/more/sub/0.png
+    (tmp_path / "d" / "cat" / ".hidden.png").write_bytes(b"x")  # hidden: not counted
+    split = images.load_folder(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
+    assert len(split.x_train) == 5  # 2 cats + the gif + 2 dogs
+    err = capsys.readouterr().err
+    want = np.asarray(Image.open(tmp_path / "d" / "cat" / "2.gif").convert("RGB"))
+    assert np.array_equal(_read(tmp_path / "d", tmp_path).x[2], want.transpose(2, 0, 1))
+    line = [ln for ln in err.splitlines() if "skipped" in ln]
+    assert len(line) == 1 and "warning" in line[0]
+    assert "2 files of other types (.heic, .txt;" in line[0]
+    assert "1 sub-folder of class folders" in line[0] and "more" in line[0]

@@ -114,29 +114,32 @@ def _dims(x: np.ndarray) -> str:
     return "×".join(str(s) for s in x.shape[1:])
 
 
-def _num_classes(y_train: np.ndarray, y_test: np.ndarray, d: Path) -> int:
+def _num_classes(y_train: np.ndarray, y_test: np.ndarray, d: Path, *, train: str = "train",
+                 test: str = "t10k") -> int:
     """K from the train labels: they must be 0..K-1 with every class present; the test labels
-    must be classes the train labels have."""
+    must be classes the train labels have. ``train`` / ``test``: what the messages call the
+    two label sets (``idx:``: the files' train and t10k; ``npz:``: the arrays y and y_test)."""
     present = np.unique(y_train)
-    k = int(present[-1]) + 1
+    k = int(present[-1]) + 1 if present.size else 0
     if len(present) < k:  # a gap: the labels above the first missing class are the stray ones
         gap = int(np.setdiff1d(np.arange(k), present)[0])
         vals, counts = np.unique(y_train[y_train > gap], return_counts=True)
         if gap == 0:
-            raise ValueError(f"{d}: train labels run from {int(present[0])} to {k - 1} and no "
-                             "image has label 0; labels must be 0..K-1 with every class present "
-                             f"(subtract {int(present[0])} if they start at {int(present[0])})")
-        raise ValueError(f"{d}: train labels must be 0..K-1 with every class present, but "
+            raise ValueError(f"{d}: {train} labels run from {int(present[0])} to {k - 1} and "
+                             "no image has label 0; labels must be 0..K-1 with every class "
+                             f"present (subtract {int(present[0])} if they start at "
+                             f"{int(present[0])})")
+        raise ValueError(f"{d}: {train} labels must be 0..K-1 with every class present, but "
                          f"after 0..{gap - 1} class {gap} never occurs and the labels above it are "
                          f"{_counted(vals, counts, unit='image')}; relabel or drop those images")
     if k < 2:
-        raise ValueError(f"{d}: every train label is 0; a classifier needs at least 2 classes")
+        raise ValueError(f"{d}: every {train} label is 0; a classifier needs at least 2 classes")
     extra = y_test >= k
     if extra.any():
         vals, counts = np.unique(y_test[extra], return_counts=True)
-        raise ValueError(f"{d}: t10k labels hold {_counted(vals, counts, unit='image')}, classes "
-                         f"that no train image has (train labels are 0..{k - 1}); relabel or drop "
-                         "those images")
+        raise ValueError(f"{d}: {test} labels hold {_counted(vals, counts, unit='image')}, "
+                         f"classes that no {train} image has ({train} labels are 0..{k - 1}); "
+                         "relabel or drop those images")
     return k
 
 

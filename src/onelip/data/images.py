@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: MIT
 """A user's own images: an image folder (``folder:DIR``) or a NumPy archive (``npz:FILE``).
 
-* ``folder:DIR``: ``DIR/<class>/*.{png,jpg,jpeg,bmp,webp,tif,tiff}`` (one split: every image
-  is training data, the test split is empty), or ``DIR/train/<class>/...`` and
-  ``DIR/test/<class>/...``. Class names are the sorted sub-folder names (the same classes in
+* ``folder:DIR``: ``DIR/<class>/*.{png,jpg,jpeg,bmp,webp,tif,tiff,gif}`` (one split: every
+  image is training data, the test split is empty), or ``DIR/train/<class>/...`` and
+  ``DIR/test/<class>/...``. Files of other types, sub-folders of class folders and images
+  outside any class folder are skipped with a warning that counts them (hidden files and
+  folders, ``.name``, silently). Class names are the sorted sub-folder names (the same classes in
   both splits). Images are decoded once with Pillow into a uint8 cache (``(N, C, H, W)`` +
   labels, a ``.npz`` without pickles) that is reused while the files are unchanged (same
   names, sizes and modification times); the cache lives under ``$ONELIP_CACHE`` or
@@ -39,11 +41,12 @@ import torch
 
 from onelip._errors import Argument, ArgumentError
 from onelip.data._split import DataSplit
+from onelip.data.files import _num_classes
 
 __all__ = ["EXTENSIONS", "LAYOUTS", "ImageArrays", "folder_classes", "load_folder", "load_npz",
            "read_image_folder"]
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 _CACHE_FORMAT = "onelip-images/2"  # 2: images of more than 8 bits scaled, not clipped
 
 
@@ -56,6 +59,9 @@ class ImageArrays:
     y: np.ndarray
     classes: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    """What the listing left out and why (files of other types, sub-folders of class
+    folders, images outside any class folder); :func:`load_folder` prints it as a warning."""
 
 
 def _shown(path: str | Path) -> str:
@@ -77,33 +83,78 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _files(class_dir: Path) -> list[tuple[str, int, int]]:
+@dataclass
+class _Skipped:
+    """What the listing of a folder leaves out, so that it can say so (hidden files and
+    folders, whose names start with a dot, are left out silently)."""
+
+    types: dict[str, int]
+    """extension (or the name, without one) -> files of types onelip does not read"""
+    folders: list[str]
+    """sub-folders of class folders (their images are not read)"""
+    loose: int = 0
+    """images directly in the root, outside any class folder"""
+
+    def message(self, root: Path) -> str | None:
+        parts = []
+        n_types = sum(self.types.values())
+        if n_types:
+            kinds = ", ".join(sorted(self.types)[:6]) + (", ..." if len(self.types) > 6 else "")
+            parts.append(f"{n_types} file{'s' if n_types != 1 else ''} of other types "
+                         f"({kinds}; onelip reads {', '.join(EXTENSIONS)})")
+        if self.folders:
+            n = len(self.folders)
+            parts.append(f"{n} sub-folder{'s' if n != 1 else ''} of class folders (e.g. "
+                         f"{_shown(self.folders[0])}; images must sit directly in "
+                         f"{_shown(root)}/<class>/)")
+        if self.loose:
+            parts.append(f"{self.loose} image{'s' if self.loose != 1 else ''} directly in "
+                         f"{_shown(root)}, outside any class folder")
+        if not parts:
+            return None
+        return f"{_shown(root)}: skipped " + "; ".join(parts)
+
+
+def _files(class_dir: Path, skipped: _Skipped) -> list[tuple[str, int, int]]:
     """(file, size, mtime_ns) of the images of ``class_dir``, sorted by name: one ``scandir``
     and one ``stat`` a file (50,000 CIFAR-10 files are listed and fingerprinted in well under
-    a second)."""
+    a second). Other files and sub-folders are counted in ``skipped``."""
     out = []
     with os.scandir(class_dir) as it:
         for e in it:
-            if os.path.splitext(e.name)[1].lower() in EXTENSIONS and e.is_file():
+            if e.name.startswith("."):
+                continue
+            ext = os.path.splitext(e.name)[1].lower()
+            if e.is_dir():
+                skipped.folders.append(e.path)
+            elif ext in EXTENSIONS and e.is_file():
                 st = e.stat()
                 out.append((e.name, st.st_size, st.st_mtime_ns))
+            else:
+                kind = ext or _shown(e.name)
+                skipped.types[kind] = skipped.types.get(kind, 0) + 1
     out.sort()
     base = os.fspath(class_dir)
     return [(os.path.join(base, name), size, mtime) for name, size, mtime in out]
 
 
-def _listing(root: Path, classes: list[str]) -> list[tuple[int, str, int, int]]:
-    """(label, file, size, mtime_ns) of every image under ``root/<class>/``; errors on a class
-    without images."""
+def _listing(root: Path, classes: list[str]) -> tuple[list[tuple[int, str, int, int]], _Skipped]:
+    """(label, file, size, mtime_ns) of every image under ``root/<class>/``, and what was
+    skipped; errors on a class without images."""
     out: list[tuple[int, str, int, int]] = []
+    skipped = _Skipped({}, [])
     for label, name in enumerate(classes):
         d = root / name
-        files = _files(d) if d.is_dir() else []
+        files = _files(d, skipped) if d.is_dir() else []
         if not files:
-            raise ValueError(f"class folder {d} holds no images "
+            raise ValueError(f"class folder {_shown(d)} holds no images "
                              f"({', '.join(EXTENSIONS)}); add images or remove the folder")
         out += [(label, f, size, mtime) for f, size, mtime in files]
-    return out
+    with os.scandir(root) as it:
+        skipped.loose = sum(1 for e in it if not e.name.startswith(".")
+                            and os.path.splitext(e.name)[1].lower() in EXTENSIONS
+                            and e.is_file())
+    return out, skipped
 
 
 def _fingerprint(root: Path, entries: list[tuple[int, str, int, int]],
@@ -264,7 +315,9 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
                              f"{', '.join(extra)}")
     if resize is not None and (len(resize) != 2 or min(resize) < 1):
         raise ValueError(f"resize must be (H, W) with positive sizes, but got {resize}")
-    entries = _listing(root, classes)
+    entries, skipped = _listing(root, classes)
+    said = skipped.message(root)
+    said = (said,) if said else ()
     key = _fingerprint(root, entries, tuple(resize) if resize else None)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     path = cache / f"{key}.npz"
@@ -272,7 +325,8 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return ImageArrays(z["x"], z["y"], tuple(meta["classes"]), tuple(meta["notes"]))
+                return ImageArrays(z["x"], z["y"], tuple(meta["classes"]), tuple(meta["notes"]),
+                                   said)
         except (OSError, ValueError, KeyError):
             pass  # an unreadable cache is rebuilt
     x, notes = _decode(entries, tuple(resize) if resize else None, progress)
@@ -287,7 +341,7 @@ def read_image_folder(root: str | Path, *, classes: list[str] | None = None,
     except OSError as e:  # no cache: still usable
         print(f"onelip: warning: cannot write the image cache in {cache} ({e})",
               file=sys.stderr)
-    return ImageArrays(x, y, tuple(classes), tuple(notes))
+    return ImageArrays(x, y, tuple(classes), tuple(notes), said)
 
 
 def _to_split(name: str, train: ImageArrays, test: ImageArrays | None) -> DataSplit:
@@ -376,6 +430,8 @@ def load_folder(directory: str | Path, *, resize: tuple[int, int] | None = None,
                                  cache_dir=cache_dir, progress=progress)
     for note in train.notes + (test.notes if test is not None else ()):
         print(f"onelip: note: {name}: {note}", file=sys.stderr)
+    for said in train.skipped + (test.skipped if test is not None else ()):
+        print(f"onelip: warning: {said}", file=sys.stderr)
     return _to_split(name, train, test)
 
 
@@ -521,10 +577,10 @@ def load_npz(file: str | Path, *, layout: str | None = None) -> DataSplit:
             yt = _npz_labels(path, _npz_array(path, z, "y_test") if "y_test" in z.files
                              else np.zeros(0), xt.shape[0], "y_test")
             test = (xt, yt)
-    k = int(max(y.max(initial=0), test[1].max(initial=0) if test else 0)) + 1
-    if len(y) and k > 2 * len(np.unique(y)) + 10:
-        raise ValueError(f"{path}: labels go up to {k - 1} but only {len(np.unique(y))} "
-                         "distinct labels are used; labels must be 0..K-1")
+    if not len(y):
+        raise ValueError(f"{path}: x holds no images; a training set needs images")
+    # as strict as idx: 0..K-1 with every class present in y, y_test within them
+    k = _num_classes(y, test[1] if test is not None else y[:0], path, train="y", test="y_test")
     layout = _npz_layout(path, x.shape, "x", layout)
     x = _nchw(x, layout)
     if test is not None:
