@@ -1017,10 +1017,14 @@ def run_benchmark(args) -> int:
 
 
 def time_steps(model, loss_fn, x, y, *, device: str, steps: int, warmup: int, retract: bool,
-               batch_size: int, clip: float, seed: int, batched: bool = True) -> dict:
+               batch_size: int, clip: float, seed: int, batched: bool = True,
+               amp: bool = False, compile: bool = False) -> dict:
     """Median / mean time of a full training step (augmentation, forward, backward, clipping,
     Adam, retraction) at ``batch_size``, and of the augmentation alone. ``batched``: the
-    forward inside ``onelip.nn.batched_kernel_build`` (as ``onelip.train.fit`` runs it)."""
+    forward inside ``onelip.nn.batched_kernel_build`` (as ``onelip.train.fit`` runs it);
+    ``amp``: the forward under bf16 autocast of the device's type (logits cast back to float32
+    for the loss, as ``train``); ``compile``: the forward through ``torch.compile(model)``
+    (its compilation falls in the warm-up steps, which are not timed)."""
     import contextlib
 
     import torch
@@ -1039,11 +1043,16 @@ def time_steps(model, loss_fn, x, y, *, device: str, steps: int, warmup: int, re
         if cuda:
             torch.cuda.synchronize()
 
+    forward = torch.compile(model) if compile else model
+    dev_type = torch.device(device).type
+
     def step():
         xb = to_float(augment(x[idx], AUGMENT, generator=g))
-        with batched_kernel_build(model) if batched else contextlib.nullcontext():
-            out = model(xb)
-        loss = loss_fn(out, y[idx])
+        with (batched_kernel_build(model) if batched else contextlib.nullcontext(),
+              torch.autocast(device_type=dev_type, dtype=torch.bfloat16) if amp
+              else contextlib.nullcontext()):
+            out = forward(xb)
+        loss = loss_fn(out.float(), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
@@ -1070,7 +1079,8 @@ def time_steps(model, loss_fn, x, y, *, device: str, steps: int, warmup: int, re
         aug.append(time.perf_counter() - t)
     ts = sorted(times)
     return {"step_ms_median": 1e3 * ts[len(ts) // 2], "step_ms_mean": 1e3 * sum(ts) / len(ts),
-            "step_ms_min": 1e3 * ts[0], "steps": steps, "warmup": warmup,
+            "step_ms_min": 1e3 * ts[0], "steps": steps, "warmup": warmup, "amp": amp,
+            "compile": compile,
             "augment_ms_median": 1e3 * sorted(aug)[len(aug) // 2],
             "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated(device) / 2 ** 20
                                    if cuda else None)}
@@ -1123,6 +1133,7 @@ def run_gpu(args) -> int:
                 print(f"[cifar10-gpu] {n}-per-layer-build: step {r1['step_ms_median']:.2f} ms",
                       flush=True)
             del model
+    timing.update(time_variants(args, loss, xd, yd, mean, std, steps=steps, warmup=warmup))
     train_s = parse_duration(args.gpu_train) or parse_duration(args.budget) or 300.0
     model = build_network(ONELIP, mean, std, seed=args.seed)
     print(f"[cifar10-gpu] training onelip for {train_s:.0f} s on {device}, loss {loss}",
@@ -1163,6 +1174,59 @@ def run_gpu(args) -> int:
         print(f"[cifar10-gpu] {verdict(t['met'])}: {t['target']}: {t['text']}")
     print(f"[cifar10-gpu] wrote {args.out / 'cifar10_gpu.json'} and .md")
     return 0
+
+
+GPU_VARIANTS = ("amp", "compile")
+
+
+def gpu_variants(args) -> tuple[str, ...]:
+    """The step variants to time: ``--gpu-variants`` (default: both on CUDA, none on a CPU,
+    where compilation takes minutes and bf16 is refused without native support)."""
+    if args.gpu_variants is None:
+        return GPU_VARIANTS if args.device.startswith("cuda") else ()
+    picked = tuple(v.strip() for v in args.gpu_variants.split(",") if v.strip())
+    bad = sorted(set(picked) - set(GPU_VARIANTS))
+    if bad:
+        raise SystemExit(f"cifar10.py: --gpu-variants {bad}: expected a comma-separated subset "
+                         f"of {', '.join(GPU_VARIANTS)}")
+    return picked
+
+
+def time_variants(args, loss, xd, yd, mean, std, *, steps: int, warmup: int) -> dict:
+    """onelip's training step and its plain twin's under bf16 autocast (``amp``; where
+    :func:`onelip.train.config.bf16_support` allows it) and ``torch.compile`` (``compile``),
+    keyed ``onelip-amp``, ``onelip-plain-amp``, ``onelip-compile``, ... A variant that fails
+    is recorded with its error (one line), not raised."""
+    from onelip.train.config import bf16_support
+
+    out: dict = {}
+    for variant in gpu_variants(args):
+        if variant == "amp":
+            ok, why = bf16_support(args.device)
+            if not ok:
+                out[f"{ONELIP}-amp"] = {"skipped": why}
+                print(f"[cifar10-gpu] amp: skipped ({why})", flush=True)
+                continue
+        for twin in (False, True):
+            model = build_network(ONELIP, mean, std, seed=args.seed)
+            if twin:
+                model = plain_twin(model)
+            key = f"{ONELIP}{'-plain' if twin else ''}-{variant}"
+            try:
+                r = time_steps(model, make_loss(loss), xd, yd, device=args.device,
+                               steps=steps, warmup=warmup + (3 if variant == "compile" else 0),
+                               retract=not twin, batch_size=args.batch_size, clip=args.clip,
+                               seed=args.seed, amp=variant == "amp",
+                               compile=variant == "compile")
+            except Exception as exc:  # noqa: BLE001 - a variant's failure is a result
+                out[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                print(f"[cifar10-gpu] {key}: failed ({out[key]['error']})", flush=True)
+                continue
+            r["params"] = count_params(model)
+            out[key] = r
+            print(f"[cifar10-gpu] {key}: step {r['step_ms_median']:.2f} ms", flush=True)
+            del model
+    return out
 
 
 def verdict(met) -> str:
@@ -1225,6 +1289,19 @@ def write_gpu_markdown(path: Path, res: dict) -> None:
             L.append(f"| {title} | {r['params']:,} | {r['step_ms_median']:.2f} | "
                      f"{r['step_ms_min']:.2f} | {_f(ratio, '×{:.2f}')} | "
                      f"{r['augment_ms_median']:.3f} | {_f(r['peak_gpu_memory_mb'], '{:.0f}')} |")
+    variants = [(k, v) for k, v in t.items()
+                if k.startswith(ONELIP) and k.rsplit("-", 1)[-1] in GPU_VARIANTS]
+    if variants:
+        L += ["", "### bf16 autocast (`amp`) and `torch.compile` (`compile`), float32 as the "
+              "reference", "", "| step | ms (median) | × float32 eager of the same network |",
+              "|---|---:|---:|"]
+        for k, v in variants:
+            if "step_ms_median" not in v:
+                L.append(f"| {k} | {v.get('skipped') or v.get('error')} | |")
+                continue
+            base = t.get(f"{ONELIP}-plain" if "-plain-" in k else ONELIP)
+            ratio = v["step_ms_median"] / base["step_ms_median"] if base else None
+            L.append(f"| {k} | {v['step_ms_median']:.2f} | {_f(ratio, '×{:.2f}')} |")
     ev, tr = res["eval"], res["train"]
     L += ["", "Plain twin: the same network with `nn.Conv2d` / `nn.Linear` of the same shapes, "
           "padding and bias (parameter-free layers kept), trained by the same step.", "",
@@ -1327,6 +1404,10 @@ def parse_args(argv=None):
                    help="cpu (the CPU benchmark) or cuda[:i] (the GPU protocol)")
     p.add_argument("--gpu-checks", action="store_true",
                    help="run the GPU protocol on --device even if it is the CPU")
+    p.add_argument("--gpu-variants", default=None,
+                   help="GPU protocol: step variants to time beside float32 eager, a "
+                        "comma-separated subset of amp,compile (default: both on CUDA, none "
+                        "elsewhere)")
     p.add_argument("--gpu-train", default=None,
                    help="GPU protocol: onelip's training time (default 5m, or --budget)")
     p.add_argument("--gpu-steps", type=int, default=None,

@@ -208,16 +208,16 @@ GRID = (
 BF16_TWINS = (2, 4)  # grid numbers given a bf16 row where bf16 is native
 
 
-def bf16_native() -> tuple[bool, str]:
+def bf16_native(device: str = "cpu") -> tuple[bool, str]:
     from onelip.train.config import bf16_support
 
-    return bf16_support("cpu")
+    return bf16_support(device)
 
 
-def grid() -> dict[int, Recipe]:
+def grid(device: str = "cpu") -> dict[int, Recipe]:
     """The search grid by number (1-based), with bf16 twins where bf16 is native."""
     rows = {i + 1: r for i, r in enumerate(GRID)}
-    if bf16_native()[0]:
+    if bf16_native(device)[0]:
         for n in BF16_TWINS:
             rows[len(rows) + 1] = dataclasses.replace(rows[n], amp=True)
     return rows
@@ -266,7 +266,7 @@ def loss_values(loss) -> dict:
             if isinstance(getattr(loss, k, None), (int, float))}
 
 
-def check_recipe(r: Recipe) -> None:
+def check_recipe(r: Recipe, device: str = "cpu") -> None:
     from onelip import nn as onn
 
     if r.family not in onn.CONV_LAYERS:
@@ -280,8 +280,8 @@ def check_recipe(r: Recipe) -> None:
     loss = build_recipe_loss(r.loss, 1.0)
     if r.epsilon_ramp and not getattr(loss, "ramps_epsilon", False):
         raise ValueError(f"{r.text()}: an ε ramp needs offset-ce, emma or la")
-    if r.amp and not bf16_native()[0]:
-        raise ValueError(f"{r.text()}: {bf16_native()[1]}")
+    if r.amp and not bf16_native(device)[0]:
+        raise ValueError(f"{r.text()}: {bf16_native(device)[1]}")
 
 
 # ==== networks ==============================================================================
@@ -309,9 +309,21 @@ def load_saved(json_path: str | Path):
     return model.eval(), meta
 
 
-def run_key(r: Recipe, budget_s: float, clock: str, threads: int, train_limit: int) -> str:
+def run_key(r: Recipe, budget_s: float, clock: str, threads: int, train_limit: int,
+            device: str = "cpu") -> str:
+    """The cache key of a run: recipe, budget, clock, threads (a device other than the CPU
+    and a ``--train-limit`` are named too, so that their runs never stand in for these)."""
     key = f"{r.slug()}-{budget_s:.0f}s{clock}-{threads}t"
-    return key + (f"-n{train_limit}" if train_limit else "")
+    dev = device_tag(device)
+    return key + (f"-{dev}" if dev else "") + (f"-n{train_limit}" if train_limit else "")
+
+
+def device_tag(device: str) -> str:
+    """'' for the CPU, else the device's type ('cuda' for 'cuda:1')."""
+    import torch
+
+    t = torch.device(device).type
+    return "" if t == "cpu" else t
 
 
 def _rel(path: Path) -> str:
@@ -330,11 +342,13 @@ def run_worker(args) -> int:
 
     job = json.loads(Path(args.worker).read_text())
     r = Recipe(**job["recipe"])
+    device = job.get("device", "cpu")
     torch.set_num_threads(job["threads"])
     x, y, classes, load_s = load_images(args)
     xtr, ytr, xva, yva = split(x, y, args)
     del x, y
     mean, std = channel_stats(xtr)
+    xtr, ytr = xtr.to(device), ytr.to(device)  # uint8 on the device; validation stays here
     rss_data = peak_rss_mb()
     torch.manual_seed(args.seed)
     model = lipconvnet(network_config(r, mean, std))
@@ -348,7 +362,8 @@ def run_worker(args) -> int:
     info = {"stage": job["stage"], "number": job["number"], "key": job["key"],
             "recipe": dataclasses.asdict(r), "recipe_text": r.text(),
             "budget_seconds": job["budget_s"], "clock": job["clock"],
-            "threads": job["threads"], "loss": r.loss, "loss_class": type(loss_fn).__name__,
+            "threads": job["threads"], "device": device,
+            "loss": r.loss, "loss_class": type(loss_fn).__name__,
             "loss_values": loss_values(loss_fn), "lipschitz_at_init": lip,
             "params": count_params(model), "batch_size": args.batch_size, "clip": args.clip,
             "schedule": "one-cycle over the time budget (30 % warm-up from lr/25, cosine "
@@ -362,7 +377,7 @@ def run_worker(args) -> int:
     try:
         info.update(train(model, loss_fn, xtr, ytr, budget_s=job["budget_s"],
                           batch_size=args.batch_size, lr=r.lr, clip=args.clip, retract=True,
-                          device="cpu", seed=args.seed, label=label, clock=clock,
+                          device=device, seed=args.seed, label=label, clock=clock,
                           optimizer=r.optimizer, weight_decay=r.weight_decay,
                           epsilon_ramp=r.epsilon_ramp, amp=r.amp))
     except FloatingPointError as exc:  # diverged: recorded, ranks last
@@ -371,6 +386,8 @@ def run_worker(args) -> int:
         return 0
     info["train_cpu_seconds"] = time.process_time() - cpu0
     info["train_wall_seconds"] = time.perf_counter() - wall0
+    model.cpu()  # certified and saved on the CPU, in float32, whatever it trained on
+    del xtr, ytr
     info["load_average_end"] = os.getloadavg()[0]
     info["peak_rss_mb"] = peak_rss_mb()
     info["peak_rss_after_data_mb"] = rss_data
@@ -396,6 +413,7 @@ def run_worker(args) -> int:
                            "epsilon_ramp": r.epsilon_ramp, "amp": r.amp,
                            "normalisation": r.norm, budget_key: job["budget_s"],
                            "clock": job["clock"], "threads": job["threads"],
+                           "device": device,
                            "batch_size": args.batch_size, "clip": args.clip,
                            "schedule": info["schedule"]},
                 "validation": {"clean": info["clean"], "certified": info["certified"],
@@ -497,8 +515,18 @@ class Plan:
     headline: tuple[int, Recipe, str, dict | None] | None
 
 
+def stage_device(args, stage: str) -> str:
+    """Where a stage's runs train: ``--device``, but the search and finals on
+    ``--select-on`` when it is given (a GPU headline of the recipe the CPU runs chose)."""
+    return args.select_on if stage != "headline" and args.select_on else args.device
+
+
 def stage_spec(args, stage: str) -> tuple[float, str, int]:
-    """(budget seconds, clock, threads) of a stage."""
+    """(budget seconds, clock, threads) of a stage. On a GPU every stage's clock is the wall
+    (the process's CPU time does not count the device's work)."""
+    if device_tag(stage_device(args, stage)):
+        budget = {"search": args.search_s, "final": args.final_s}.get(stage, args.headline_s)
+        return budget, "wall", 1 if stage != "headline" else args.headline_threads
     if stage == "search":
         return args.search_s, "cpu", 1
     if stage == "final":
@@ -509,7 +537,9 @@ def stage_spec(args, stage: str) -> tuple[float, str, int]:
 def make_plan(args, runs: Path) -> Plan:
     def entry(n: int, r: Recipe, stage: str):
         budget, clock, threads = stage_spec(args, stage)
-        key = run_key(r, budget, clock, threads, args.train_limit)
+        if stage == "headline" and args.headline_amp:
+            r = dataclasses.replace(r, amp=True)
+        key = run_key(r, budget, clock, threads, args.train_limit, stage_device(args, stage))
         return (n, r, key, cached(runs, key))
 
     search = [entry(n, r, "search") for n, r in args.grid.items()]
@@ -530,10 +560,12 @@ def job_for(args, runs: Path, models: Path, stage: str, n: int, r: Recipe, key: 
     budget, clock, threads = stage_spec(args, stage)
     job = {"stage": stage, "number": n, "recipe": dataclasses.asdict(r), "key": key,
            "label": f"{stage} ({n}) {key}", "budget_s": budget, "clock": clock,
-           "threads": threads, "attack": args.attack, "result": str(runs / f"{key}.json"),
+           "threads": threads, "device": stage_device(args, stage), "attack": args.attack,
+           "result": str(runs / f"{key}.json"),
            "command": "benchmarks/cifar10_hour.py " + shlex.join(args.argv)}
     if stage == "headline":
-        job["save"] = str(models / MODEL_STEM)
+        dev = device_tag(args.device)
+        job["save"] = str(models / (MODEL_STEM + (f"-{dev}" if dev else "")))
     return job
 
 
@@ -657,7 +689,9 @@ def curve(args, runs: Path, col: dict) -> dict | None:
     pts = []
     for stage in STAGES:
         budget, clock, threads = stage_spec(args, stage)
-        res = cached(runs, run_key(r, budget, clock, threads, args.train_limit))
+        rs = dataclasses.replace(r, amp=True) if stage == "headline" and args.headline_amp else r
+        res = cached(runs, run_key(rs, budget, clock, threads, args.train_limit,
+                                   stage_device(args, stage)))
         if ok(res):
             pts.append({"stage": stage, "threads": res["threads"], "clock": res["clock"],
                         "cpu_seconds": res.get("train_cpu_seconds"),
@@ -893,6 +927,17 @@ def parse_args(argv=None):
                          "default --out, else <out>/models)")
     ap.add_argument("--runs", type=Path, default=None,
                     help="the cached runs (default <out>/cifar10_hour_runs)")
+    ap.add_argument("--device", default="cpu",
+                    help="where runs train (default cpu); on cuda every budget is wall-clock, "
+                         "runs are cached under their own keys and the headline is saved as "
+                         f"{MODEL_STEM}-cuda (the GPU session script's compressed recipe: "
+                         "--stage headline --headline-budget 3m --device cuda --headline-amp)")
+    ap.add_argument("--select-on", default=None,
+                    help="take the search and finals from the cached runs of this device "
+                         "(e.g. cpu) while the headline trains on --device")
+    ap.add_argument("--headline-amp", action="store_true",
+                    help="train the headline under bf16 autocast (where the device has native "
+                         "bf16)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -908,7 +953,10 @@ def parse_args(argv=None):
         ap.error(str(e))
     if args.finalists < 1 or args.jobs < 1 or args.headline_threads < 1:
         ap.error("--finalists, --jobs and --headline-threads must be >= 1")
-    full = grid()
+    full = grid(args.device)
+    if args.select_on and args.stage != "headline":
+        ap.error("--select-on takes the search and finals from cached runs: use it with "
+                 "--stage headline")
     try:
         picked = [int(v) for v in args.recipes.split(",") if v.strip()]
     except ValueError:
@@ -934,7 +982,7 @@ def main(argv=None) -> int:
             raise SystemExit("[hour] --data DIR is required (the CIFAR-10 image folder)")
         for r in args.grid.values():
             try:
-                check_recipe(r)
+                check_recipe(r, args.device)
             except ValueError as e:
                 raise SystemExit(f"[hour] {e}") from None
         run_stages(args, runs, models)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Every GPU check of issues 11 and 12 as ONE prepared device call (at most ~9.5 minutes), for a
+# Every GPU check of issues 11, 12 and 21 as ONE prepared device call (at most ~9.5 minutes), for a
 # session that is lent a GPU (DEVELOPERS.md, "The machine"; 15 minutes of device time in all).
 #
 # Preparation, on the CPU machine, from the repository root (once per session; the two folders
@@ -16,9 +16,14 @@
 #   1. benchmarks/kernel_build.py --device cuda: operations and GPU time of per-layer vs batched
 #      kernel builds (issue 11, "GPU speed");                                      ~1 min
 #   2. benchmarks/cifar10.py --gpu-checks --device cuda: a training step of each network and of
-#      its plain twin at batch 256, then onelip's ConvNet XS trained 5 minutes and certified
-#      (issue 11's GPU targets);                                                   ~6.5 min
-#   3. benchmarks/gpu_claims.sh with the time left: the image claims' full protocols (issue 12;
+#      its plain twin at batch 256, the same step of onelip's ConvNet XS and its twin under bf16
+#      autocast and torch.compile (issue 21), then onelip's ConvNet XS trained $TRAIN (3 min)
+#      and certified (issue 11's GPU targets);                                     ~5 min
+#   3. benchmarks/cifar10_hour.py --stage headline --device cuda --headline-amp: the one-hour
+#      CPU recipe (the finals' winner, from the cached CPU runs that travel with the checkout)
+#      compressed to $HOUR (3 min) of the GPU in bf16, certified on the validation split and
+#      attacked, saved as cifar10-hour-cuda (issue 21);                             ~3.5 min
+#   4. benchmarks/gpu_claims.sh with the time left: the image claims' full protocols (issue 12;
 #      memorization first, cached by sub-run, resumable by a later call).
 # Results come back through $OUT (at most 8 files): log, results.tar.gz (everything), and the
 # Markdown reports for a first look. The machine's python3 holds a CUDA PyTorch; onelip runs
@@ -31,7 +36,8 @@ set -uo pipefail
 start=$SECONDS
 limit=${LIMIT:-570}          # seconds for the whole script
 device=${DEVICE:-cuda}
-train=${TRAIN:-5m}
+train=${TRAIN:-3m}
+hour=${HOUR:-3m}
 steps=${STEPS:-25}
 out=${OUT:-/tmp/onelip-gpu-out}
 work=${WORK:-/tmp/onelip-gpu}
@@ -75,7 +81,20 @@ timeout --signal=INT "$t" "$py" benchmarks/cifar10.py --data "$data" --device "$
   --out "$work/results" --models "$work/results/models" || echo "cifar10 gpu: stopped"
 echo "cifar10 gpu done; $((SECONDS - start)) s so far"
 
-# 3. the image claims' full protocols with what is left
+# 3. the one-hour recipe compressed to $hour of the device (bf16 where the device has it)
+amp=--headline-amp
+"$py" -c "import sys, torch; sys.path.insert(0, 'src'); from onelip.train.config import \
+bf16_support; sys.exit(0 if bf16_support('$device')[0] else 1)" || amp=
+t=$(( $(left) - 60 )); [ "$t" -gt 300 ] && t=300
+if [ "$t" -gt 90 ]; then
+  mkdir -p "$work/results/hour" && cp -r benchmarks/results/cifar10_hour_runs "$work/results/hour/"
+  timeout --signal=INT "$t" "$py" benchmarks/cifar10_hour.py --data "$data" --device "$device" \
+    --select-on cpu --stage headline --headline-budget "$hour" $amp --attack 50 \
+    --out "$work/results/hour" ${HOUR_ARGS:-} || echo "cifar10_hour: stopped"
+fi
+echo "cifar10_hour done; $((SECONDS - start)) s so far"
+
+# 4. the image claims' full protocols with what is left
 t=$(( $(left) - 25 ))
 if [ "$t" -gt 40 ]; then
   PYTHON="$py" bash benchmarks/gpu_claims.sh "$data" "$work/results/claims" "$t" \
@@ -83,7 +102,7 @@ if [ "$t" -gt 40 ]; then
 fi
 
 tar czf "$out/results.tar.gz" -C "$work" results
-for f in cifar10_gpu.md kernel_build.md claims/report.md; do
+for f in cifar10_gpu.md kernel_build.md hour/cifar10_hour.md claims/report.md; do
   [ -f "$work/results/$f" ] && cp "$work/results/$f" "$out/$(echo "$f" | tr / _)"
 done
 echo "done in $((SECONDS - start)) s"
