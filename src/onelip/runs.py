@@ -68,7 +68,8 @@ from onelip._io import (
 )
 
 __all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "WEIGHTS",
-           "check_target", "discard_partial", "is_run_folder", "load", "load_config", "new_run",
+           "check_target", "discard_partial", "enclosing_run", "is_run_folder", "load",
+           "load_config", "new_run",
            "partial_path", "read_checkpoint", "resumable_run", "save", "write_checkpoint",
            "write_json", "write_model"]
 
@@ -107,6 +108,22 @@ def is_run_folder(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(cfg, dict) and "onelip_version" in cfg
+
+
+def _is_partial(folder: Path) -> bool:
+    return folder.name.startswith(".") and folder.name.endswith(".partial") and folder.is_dir()
+
+
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run folder (or unfinished run, :func:`partial_path`) that ``path`` is or lies in,
+    found after resolving symbolic links and ``..``; None when it lies in none. Whatever
+    writes files for the user (``onelip export --out``) refuses such a path: a run folder
+    holds only what a run writes, and its own files are never replaced from outside."""
+    real = Path(os.path.abspath(path)).resolve()
+    for folder in (real, *real.parents):
+        if is_run_folder(folder) or _is_partial(folder):
+            return folder
+    return None
 
 
 def check_target(path: str | Path, *, overwrite: bool = False) -> Path:

@@ -13,7 +13,9 @@ After writing, the export is loaded back and compared with the run's model on 64
 inputs; the command prints that error and the export time.
 
 ``RUN`` may be ``pretrained:NAME``, a model shipped with onelip (:mod:`onelip.pretrained`);
-``--out`` is required and may not lie inside the package's (read-only) pretrained folders.
+``--out`` is required and may not lie inside the package's (read-only) pretrained folders, nor
+inside a run folder (the exported run's or any other, whatever the spelling of the path:
+symbolic links and ``..`` are resolved), whose own files an export would replace.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     folder, _ = resolve_run(args.run)
     refuse_inside_pretrained(out)
+    inside = runs.enclosing_run(out)
+    if inside is not None:  # whatever its spelling: never a run's own files
+        beside = ("beside it" if inside.name.startswith(".") else
+                  f"e.g. {inside.with_name(inside.name + (out.suffix or '.' + args.format))}")
+        raise CLIError(f"--out {out} is inside the run folder {inside}: an export never "
+                       "writes into a run folder (it would replace or sit among the run's "
+                       f"own files); choose --out outside it, {beside}")
     if out.exists() and not args.force:
         raise CLIError(f"{out} already exists; choose another --out or pass --force to "
                          "overwrite it")
