@@ -12,9 +12,9 @@ from types import MappingProxyType
 from typing import Any, Callable
 
 __all__ = ["FLAGS", "MAX_EPS", "PRETRAINED_HELP", "CLIError", "HelpFormatter", "LazyDefault",
-           "Parser", "device", "eps_float", "error_text", "nonneg_float", "positive_float",
-           "positive_int", "refuse_inside_pretrained", "resolve_run", "set_item",
-           "typed_value", "warn"]
+           "Parser", "data_source", "device", "eps_float", "error_text", "nonneg_float",
+           "positive_float", "positive_int", "refuse_inside_pretrained", "resolve_run",
+           "set_item", "typed_value", "warn"]
 
 MAX_EPS = 1e6
 """Largest ``--eps``: an L2 radius in input units (inputs are in [0, 1] or standardised)."""
@@ -238,6 +238,17 @@ def resolve_run(run: str | Path) -> tuple[Path, bool]:
         return pretrained.path(text[len(pretrained.PREFIX):]), True
     except ValueError as e:
         raise CLIError(str(e)) from None
+
+
+def data_source(name: str | None) -> str | None:
+    """The resolved file or folder of a data set name with a path (``folder:DIR``,
+    ``npz:FILE``, ``idx:DIR``, ``cifar10:DIR``): absolute, symbolic links and ``.``/``..``
+    resolved, so that ``folder:D``, ``folder:D/``, ``folder:./D/.`` and a link to D give the
+    same; None for a built-in set (``mnist-5k``) or a name without a path."""
+    prefix, sep, arg = (name or "").partition(":")
+    if not sep or not arg or prefix not in ("folder", "npz", "idx", "cifar10"):
+        return None
+    return os.path.realpath(os.path.expanduser(arg))
 
 
 def refuse_inside_pretrained(out: Path, flag: str = "--out") -> None:

@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from onelip import certify, runs
-    from onelip import data as datasets
     from onelip._io import unwritable_reason
 
     folder, shipped = resolve_run(args.run)
@@ -112,17 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot write --out {args.out}: {reason}")
         _read_results(args.out)
     model, cfg = runs.load(folder)
-    data_name = args.data or cfg.get("data", {}).get("name")
-    if data_name is None and shipped:
-        classes = cfg.get("splits", {}).get("classes") or []
-        shape = "×".join(str(s) for s in cfg.get("splits", {}).get("input_shape", []))
-        raise CLIError(f"{args.run} ships no data: pass --data folder:DIR, an image folder "
-                       f"of {shape or 'its'} images in the classes {', '.join(classes)}")
-    if data_name is None:
-        raise CLIError("the run does not say which data it was trained on; pass --data")
-    own = not args.data or args.data == cfg.get("data", {}).get("name")  # the run's own data
-    extra = {k: v for k, v in cfg.get("data", {}).items() if k != "name"} if own else {}
-    data = datasets.load(data_name, **extra)
+    data_name, data, own = _load_data(args, cfg, shipped)
     from onelip.cli.train import run_data
 
     x, y = run_data(cfg, data, args.split, own_data=own)  # CLIError: other classes or shape
@@ -172,6 +161,59 @@ def run(args: argparse.Namespace) -> int:
     else:
         _write(target, key, result, explicit=args.out is not None)
     return 0
+
+
+def _load_data(args: argparse.Namespace, cfg: dict, shipped: bool):
+    """(name, DataSplit, own) of the data to certify on: ``--data`` or the run's own (``own``
+    True). The run's ``--split val`` / ``--split train`` are carved again only if its data
+    still hold the samples recorded at training (:func:`onelip.data.split_fingerprint`): else
+    a one-line error naming the change; a warning where the run records no fingerprint.
+    """
+    from onelip import data as datasets
+
+    recorded, splits = cfg.get("data", {}), cfg.get("splits", {})
+    trained_on = recorded.get("name")
+    name = args.data or trained_on
+    if name is None and shipped:
+        classes = splits.get("classes") or []
+        shape = "×".join(str(s) for s in splits.get("input_shape", []))
+        raise CLIError(f"{args.run} ships no data: pass --data folder:DIR, an image folder "
+                       f"of {shape or 'its'} images in the classes {', '.join(classes)}")
+    if name is None:
+        raise CLIError("the run does not say which data it was trained on; pass --data")
+    own = args.data is None or name == trained_on  # the run's own data
+    kwargs = {k: v for k, v in recorded.items() if k != "name"} if own else {}
+    data = datasets.load(name, **kwargs)
+    if not own:
+        return name, data, False
+    fraction = float(cfg.get("train", {}).get("val_fraction") or 0.0)
+    seed = int(splits.get("val_seed", datasets.VAL_SEED))
+    if args.split in ("val", "train") and not (args.split == "val" and fraction <= 0):
+        _check_unchanged(args, name, data, splits.get("fingerprint"), fraction, seed,
+                         splits.get("classes"))
+    return name, data, True
+
+
+def _check_unchanged(args: argparse.Namespace, name: str, data, record, fraction: float,
+                     seed: int, classes) -> None:
+    """A CLIError naming the change if ``data`` no longer hold the samples the run's
+    ``--split`` (val or train) was carved from; a warning if the run records nothing."""
+    from onelip import data as datasets
+
+    what = "validation" if args.split == "val" else "training"
+    if not isinstance(record, dict):
+        warn(f"{args.run} records no fingerprint of its training data (trained before onelip "
+             f"recorded one): its {what} split is carved again from what {name} holds now "
+             "and cannot be verified")
+        return
+    now = datasets.split_fingerprint(data, fraction, seed=seed)
+    unit = "image" if name.startswith(("folder:", "npz:")) else "sample"
+    change = datasets.fingerprint_change(record, now, part=args.split, classes=classes,
+                                         unit=unit)
+    if change is not None:
+        raise CLIError(f"{name} changed since the run was trained: {change}; the run's "
+                       f"{what} split cannot be carved from it as it was: restore the data, or "
+                       "certify on --data a set the run never saw")
 
 
 def _write(target: Path, key: str, result: dict, *, explicit: bool) -> None:

@@ -24,6 +24,7 @@ from onelip.cli._common import (
     CLIError,
     LazyDefault,
     Parser,
+    data_source,
     device,
     eps_float,
     error_text,
@@ -502,7 +503,10 @@ def _record(args: argparse.Namespace, data, extra: dict, cfg, loss=None) -> dict
                    "n_train": int(len(data.x_train)) - n_val, "n_val": n_val,
                    "n_test": int(len(data.x_test)), "num_classes": data.num_classes,
                    "input_shape": list(data.input_shape),
-                   **({"classes": classes} if classes else {})},
+                   **({"classes": classes} if classes else {}),
+                   # what certify checks: the data's place, and what identifies the splits
+                   "source": data_source(args.data),
+                   "fingerprint": datasets.split_fingerprint(data, args.val_fraction)},
         "loss": _loss_record(args, loss),
         "train": asdict(cfg),
     }

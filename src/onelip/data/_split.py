@@ -6,6 +6,7 @@ data), and :func:`check_split`, the check every split passes before training
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 
@@ -13,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VAL_SEED", "DataSplit", "check_split", "split", "validation_indices",
-           "validation_split"]
+__all__ = ["VAL_SEED", "DataSplit", "check_split", "fingerprint", "fingerprint_change",
+           "split", "split_fingerprint", "validation_indices", "validation_split"]
 
 VAL_SEED = 0
 """The seed of :func:`validation_split` unless told otherwise: the same validation part
@@ -133,6 +134,108 @@ def validation_split(d: DataSplit, fraction: float, *, seed: int = VAL_SEED) -> 
                          f"to carve a validation split (fraction {fraction:g}); give more data")
     return replace(d, x_train=d.x_train[tr], y_train=d.y_train[tr], x_val=d.x_train[va],
                    y_val=d.y_train[va])
+
+
+_CHUNK = 4096  # samples hashed at a time: bounded temporaries whatever the size of the set
+
+
+def _canonical(x: Tensor) -> tuple[bytes, np.ndarray]:
+    """(tag, array) of a chunk of samples as :func:`fingerprint` hashes them: images (uint8, or
+    floats that are k/255 for integers k in 0..255) as uint8, anything else as float32. So the
+    same images hash alike whether a loader keeps them as uint8 or as floats in [0, 1]."""
+    if x.dtype == torch.uint8:
+        return b"u8", x.contiguous().numpy()
+    x = x.to(torch.float32)
+    scaled = x * 255.0
+    q = torch.round(scaled)
+    if x.numel() == 0 or (float((q - scaled).abs().max()) <= 1e-3 and float(q.min()) >= 0
+                          and float(q.max()) <= 255):
+        return b"u8", q.to(torch.uint8).numpy()
+    return b"f32", x.contiguous().numpy()
+
+
+def fingerprint(x: Tensor, y: Tensor, index: Tensor | None = None) -> str:
+    """A SHA-256 digest (32 hex digits) of the samples ``x[index]`` and labels ``y[index]``
+    (all of them without ``index``), in order: any added, removed, reordered, changed or
+    relabelled sample changes it.
+
+    Shapes: x (N, ...), y (N,), index (M,) integer positions. Image values hash as uint8
+    (:func:`_canonical`), so uint8 and float [0, 1] copies of the same images agree.
+    """
+    x, y = x.detach().cpu(), y.detach().cpu()
+    idx = torch.arange(len(y)) if index is None else torch.as_tensor(index).cpu().long()
+    h = hashlib.sha256(b"onelip-fingerprint/1")
+    h.update(repr(tuple(x.shape[1:])).encode())
+    for start in range(0, len(idx), _CHUNK):
+        part = idx[start:start + _CHUNK]
+        tag, arr = _canonical(x[part])
+        h.update(tag)
+        h.update(arr)
+        h.update(y[part].to(torch.int64).numpy())
+    return h.hexdigest()[:32]
+
+
+def split_fingerprint(d: DataSplit, fraction: float = 0.0, *, seed: int = VAL_SEED) -> dict:
+    """What identifies the training part of ``d`` and the validation split carved from it
+    (:func:`validation_split` with ``fraction`` and ``seed``), for a run to record and for
+    :func:`fingerprint_change` to compare later.
+
+    Returns a JSON-able dict: ``n`` (training samples before the carving), ``class_counts``
+    (samples per class), ``labels`` (:func:`fingerprint` of the labels alone: the carving is a
+    function of them), ``train`` (the samples left for training) and, for ``fraction`` > 0,
+    ``val`` (the validation samples), each a :func:`fingerprint`.
+    """
+    y = d.y_train.detach().cpu()
+    counts = torch.bincount(y, minlength=d.num_classes) if len(y) else torch.zeros(
+        d.num_classes, dtype=torch.int64)
+    out = {"n": int(len(y)), "class_counts": [int(c) for c in counts],
+           "labels": fingerprint(torch.zeros(len(y), 0), y)}
+    if fraction > 0:
+        tr, va = validation_indices(y, fraction, seed=seed)
+        out["train"] = fingerprint(d.x_train, y, tr)
+        out["val"] = fingerprint(d.x_train, y, va)
+    else:
+        out["train"] = fingerprint(d.x_train, y)
+    return out
+
+
+def fingerprint_change(recorded: dict, now: dict, *, part: str = "val",
+                       classes: list[str] | None = None, unit: str = "sample") -> str | None:
+    """What changed between two :func:`split_fingerprint` records, as a phrase for a message
+    ("3 samples more than at training (cat 8 -> 11)"), or None when the ``part`` ("val" or
+    "train") is the same samples with the same labels.
+
+    ``classes``: the class names (index = label) to name the classes that changed; ``unit``:
+    what a sample is called ("image" for an image folder).
+    """
+    old_counts, new_counts = list(recorded.get("class_counts", [])), now["class_counts"]
+    if recorded.get("n") != now["n"] or old_counts != new_counts:
+        width = max(len(old_counts), len(new_counts))
+        old_counts += [0] * (width - len(old_counts))
+        new_counts = list(new_counts) + [0] * (width - len(new_counts))
+        diffs = [(c, a, b) for c, (a, b) in enumerate(zip(old_counts, new_counts)) if a != b]
+        names = [classes[c] if classes and c < len(classes) else f"class {c}"
+                 for c, _, _ in diffs]
+        detail = ", ".join(f"{name} {a} -> {b}" for name, (_, a, b) in zip(names, diffs[:5]))
+        if len(diffs) > 5:
+            detail += f" and {len(diffs) - 5} more classes"
+        delta = now["n"] - int(recorded.get("n") or 0)
+        added, removed = (sum(max(b - a, 0) for _, a, b in diffs),
+                          sum(max(a - b, 0) for _, a, b in diffs))
+        if delta and (delta == added or -delta == removed):
+            head = (f"{abs(delta)} {unit}{'s' if abs(delta) != 1 else ''} "
+                    f"{'added' if delta > 0 else 'removed'} since training")
+        else:
+            head = f"{added} added and {removed} removed per class since training"
+        return f"{head} ({detail})" if detail else head
+    if recorded.get("labels") != now["labels"]:
+        return (f"the same number of {unit}s per class, but reordered or relabelled since "
+                "training")
+    if recorded.get(part) != now.get(part):
+        what = "validation" if part == "val" else "training"
+        return (f"the same number of {unit}s and labels, but {what} {unit}s changed since "
+                "training")
+    return None
 
 
 def _counted(values, counts, limit: int = 5, unit: str = "sample") -> str:
