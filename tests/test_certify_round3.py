@@ -78,6 +78,54 @@ def trained(tmp_path_factory, cache) -> tuple[Path, Path]:
     return d, run
 
 
+def _spellings(d: Path, tmp_path: Path, monkeypatch) -> dict[str, str]:
+    link = tmp_path / "link"
+    link.symlink_to(d, target_is_directory=True)
+    monkeypatch.chdir(d.parent)
+    return {"slash": f"folder:{d}/", "dot": f"folder:{d}/.", "relative": f"folder:{d.name}",
+            "dotdot": f"folder:{d}/../{d.name}", "link": f"folder:{link}"}
+
+
+@pytest.mark.parametrize("spelling", ["slash", "dot", "relative", "dotdot", "link"])
+def test_the_training_folder_spelled_otherwise_is_not_test_data(trained, spelling, tmp_path,
+                                                                 monkeypatch, capsys):
+    d, run = trained
+    data = _spellings(d, tmp_path, monkeypatch)[spelling]
+    out = tmp_path / "c.json"
+    rc = main(["certify", str(run), "--data", data, "--eps", "0.1", "--out", str(out)])
+    line = _error(capsys, rc)
+    assert "trained on" in line and "not held-out test data" in line and "--split val" in line
+    assert not out.exists()
+    # --split val is the run's validation split, reported as such, under the run's name
+    assert main(["certify", str(run), "--data", data, "--split", "val", "--eps", "0.1",
+                 "--out", str(out)]) == 0
+    assert "the run's validation split: held out from training" in capsys.readouterr().out
+    res = _latest(out)
+    assert res["n_test"] == json.loads((run / "config.json").read_text())["splits"]["n_val"] == 4
+    assert res["settings"]["data"] == f"folder:{d}" and res["settings"]["split"] == "val"
+
+
+def test_a_copy_of_the_training_folder_is_the_runs_own(trained, tmp_path, capsys):
+    d, run = trained
+    copy = tmp_path / "E"
+    shutil.copytree(d, copy)
+    rc = main(["certify", str(run), "--data", f"folder:{copy}", "--eps", "0.1", "--out",
+               str(tmp_path / "c.json")])
+    assert "a copy of the data the run was trained on" in _error(capsys, rc)
+    assert main(["certify", str(run), "--data", f"folder:{copy}", "--split", "val",
+                 "--eps", "0.1", "--out", str(tmp_path / "c.json")]) == 0
+    assert _latest(tmp_path / "c.json")["n_test"] == 4
+
+
+def test_another_folder_is_certified_whole_as_test(trained, tmp_path, capsys):
+    _, run = trained
+    other = _folder(tmp_path / "F", n=3, seed=1)
+    assert main(["certify", str(run), "--data", f"folder:{other}", "--eps", "0.1", "--out",
+                 str(tmp_path / "c.json")]) == 0
+    res = _latest(tmp_path / "c.json")
+    assert res["n_test"] == 6 and res["split"] == "test" and "split" not in res["settings"]
+
+
 def test_split_val_of_a_changed_folder_is_refused_naming_the_change(tmp_path, capsys):
     d = _folder(tmp_path / "G")
     run = tmp_path / "run"

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from onelip.cli._common import (
     PRETRAINED_HELP,
     CLIError,
+    data_source,
     eps_float,
     positive_int,
     refuse_inside_pretrained,
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     attack = (certify.AttackSettings(points=args.attack_points, steps=args.attack_steps)
               if args.attack else None)
     report = certify.evaluate(model, x, y, eps=eps, attack=attack)
-    result: dict = {"data": data_name, **report.to_dict()}
+    result: dict = {"data": data_name, "split": args.split, **report.to_dict()}
     key, settings = _settings(data_name, eps, args)
     result = {"settings": settings, **result}
 
@@ -151,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(*row)
     console = Console(width=120)
     console.print(table)
+    if own and args.split != "test":
+        console.print("these points are the run's validation split: held out from training, "
+                      "not a test set" if args.split == "val" else
+                      "these points are the run's training data: not held out")
     if att is not None and att.median_adv_over_radius is not None:
         console.print(f"attack on {att.points} points: median(adversarial norm / certified "
                       f"radius) = {att.median_adv_over_radius:.3f} (1 = tight); "
@@ -164,10 +170,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_data(args: argparse.Namespace, cfg: dict, shipped: bool):
-    """(name, DataSplit, own) of the data to certify on: ``--data`` or the run's own (``own``
-    True). The run's ``--split val`` / ``--split train`` are carved again only if its data
-    still hold the samples recorded at training (:func:`onelip.data.split_fingerprint`): else
-    a one-line error naming the change; a warning where the run records no fingerprint.
+    """(name, DataSplit, own) of the data to certify on: ``--data`` or the run's own.
+
+    ``own`` is True when the data are those the run was trained on: given the same way, the
+    same folder or file spelled otherwise (``folder:D/``, ``folder:./D/.``, a link to D:
+    compared resolved), or a copy (the same samples and labels: :func:`onelip.data.
+    split_fingerprint`). Their test split is the only held-out part; ``--split val`` is carved
+    again only if the data still hold the samples recorded at training (else a one-line
+    error naming the change; a warning where the run records no fingerprint).
     """
     from onelip import data as datasets
 
@@ -181,17 +191,39 @@ def _load_data(args: argparse.Namespace, cfg: dict, shipped: bool):
                        f"of {shape or 'its'} images in the classes {', '.join(classes)}")
     if name is None:
         raise CLIError("the run does not say which data it was trained on; pass --data")
-    own = args.data is None or name == trained_on  # the run's own data
+    source = data_source(name)
+    # where the run's data were (recorded resolved; older runs: the name, from here)
+    trained_at = splits.get("source") or data_source(trained_on)
+    same_place = source is not None and source == trained_at and \
+        name.partition(":")[0] == (trained_on or "").partition(":")[0]
+    own = args.data is None or name == trained_on or same_place
     kwargs = {k: v for k, v in recorded.items() if k != "name"} if own else {}
     data = datasets.load(name, **kwargs)
-    if not own:
-        return name, data, False
     fraction = float(cfg.get("train", {}).get("val_fraction") or 0.0)
     seed = int(splits.get("val_seed", datasets.VAL_SEED))
+    record = splits.get("fingerprint")
+    copy = False
+    if not own and isinstance(record, dict) and len(data.y_train) == record.get("n"):
+        now = datasets.split_fingerprint(data, fraction, seed=seed)
+        if all(datasets.fingerprint_change(record, now, part=p) is None
+               for p in ("train", "val") if p in record):
+            own = copy = True
+    if not own:
+        return name, data, False
+    what = "a copy of the data" if copy else "the data"
+    if args.split == "test" and len(data.x_test) == 0:
+        where = "" if name == trained_on else f" ({trained_on})"
+        raise CLIError(f"the test split of {name} is empty: it is {what} the run was trained "
+                       f"on{where}, all of it the run's training and validation data, not "
+                       "held-out test data; pass --split val (the run's validation split), or "
+                       "--data a set the run never saw")
     if args.split in ("val", "train") and not (args.split == "val" and fraction <= 0):
-        _check_unchanged(args, name, data, splits.get("fingerprint"), fraction, seed,
-                         splits.get("classes"))
-    return name, data, True
+        _check_unchanged(args, name, data, record, fraction, seed, splits.get("classes"))
+    if copy:
+        print(f"onelip: note: {name} holds the data the run was trained on (the same "
+              f"samples and labels as {trained_on}): its {args.split} split is the run's",
+              file=sys.stderr)
+    return (name if copy else trained_on or name), data, True
 
 
 def _check_unchanged(args: argparse.Namespace, name: str, data, record, fraction: float,
