@@ -163,3 +163,31 @@ def test_a_run_without_a_fingerprint_warns_that_val_cannot_be_verified(trained, 
     assert main(["certify", str(old), "--split", "val", "--eps", "0.1"]) == 0
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warnings) == 1 and "cannot be verified" in warnings[0]
+
+
+def test_a_run_trained_with_resize_certifies_a_folder_of_mixed_sizes(tmp_path, capsys):
+    d = _folder(tmp_path / "M", sizes=(6, 8))
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{d}", "--resize", "4", "4", "--val-fraction",
+                 "0.25", *TRAIN, "--out", str(run)]) == 0
+    other = _folder(tmp_path / "N", n=3, sizes=(5, 9), seed=1)
+    out = tmp_path / "c.json"
+    assert main(["certify", str(run), "--data", f"folder:{other}", "--eps", "0.1",
+                 "--out", str(out)]) == 0
+    assert _latest(out)["n_test"] == 6
+    assert main(["certify", str(run), "--data", f"folder:{other}", "--resize", "4", "4",
+                 "--eps", "0.1", "--out", str(out)]) == 0
+    line = _error(capsys, main(["certify", str(run), "--data", f"folder:{other}",
+                                "--resize", "5", "5", "--eps", "0.1"]))
+    assert "same shape" in line and "--resize" in line
+    line = _error(capsys, main(["certify", str(run), "--split", "val", "--resize", "5", "5"]))
+    assert "resized to 4 4" in line
+    assert main(["certify", str(run), "--split", "val", "--eps", "0.1"]) == 0
+
+
+def test_resize_is_refused_for_data_that_are_not_an_image_folder(trained, tmp_path, capsys):
+    _, run = trained
+    np.savez(tmp_path / "a.npz", x=np.zeros((4, 6, 6, 3), np.uint8), y=np.array([0, 1, 0, 1]))
+    line = _error(capsys, main(["certify", str(run), "--data", f"npz:{tmp_path / 'a.npz'}",
+                                "--resize", "4", "4"]))
+    assert "--resize is for image folders" in line

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which part of the data: test; val, the run's validation split "
                         "(--val-fraction); train, the rest of its training data. Another "
                         "--data without a test split (an image folder) is certified whole")
+    p.add_argument("--resize", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
+                   help="resize the images of --data folder:DIR to H x W (default: the run's "
+                        "own --resize, if it was trained with one)")
     p.add_argument("--eps", type=eps_float, nargs="+", default=[0.5, 1.0, 1.58],
                    help="L2 radii to certify")
     p.add_argument("--attack", action="store_true", help="also run the L2 PGD attack")
@@ -197,7 +200,11 @@ def _load_data(args: argparse.Namespace, cfg: dict, shipped: bool):
     same_place = source is not None and source == trained_at and \
         name.partition(":")[0] == (trained_on or "").partition(":")[0]
     own = args.data is None or name == trained_on or same_place
-    kwargs = {k: v for k, v in recorded.items() if k != "name"} if own else {}
+    resize = _resize(args, recorded, name, own)
+    if own:
+        kwargs = {k: v for k, v in recorded.items() if k != "name"}
+    else:
+        kwargs = {"resize": resize} if resize is not None else {}
     data = datasets.load(name, **kwargs)
     fraction = float(cfg.get("train", {}).get("val_fraction") or 0.0)
     seed = int(splits.get("val_seed", datasets.VAL_SEED))
@@ -246,6 +253,25 @@ def _check_unchanged(args: argparse.Namespace, name: str, data, record, fraction
         raise CLIError(f"{name} changed since the run was trained: {change}; the run's "
                        f"{what} split cannot be carved from it as it was: restore the data, or "
                        "certify on --data a set the run never saw")
+
+
+def _resize(args: argparse.Namespace, recorded: dict, name: str, own: bool):
+    """The (H, W) to resize the images of ``name`` to: ``--resize``, else the run's own for
+    its data and for another image folder; None for no resizing."""
+    given = list(args.resize) if getattr(args, "resize", None) is not None else None
+    trained = recorded.get("resize")
+    if given is not None and not name.startswith("folder:"):
+        raise CLIError(f"--resize is for image folders (folder:DIR), not {name}")
+    if own:
+        if given is not None and given != (list(trained) if trained else None):
+            was = (f"resized to {trained[0]} {trained[1]}" if trained else
+                   "at the images' own size")
+            raise CLIError(f"--resize {given[0]} {given[1]}: the run was trained on {name} "
+                           f"{was}; leave --resize out to certify the images it was trained on")
+        return trained
+    if given is not None:
+        return given
+    return list(trained) if trained and name.startswith("folder:") else None
 
 
 def _write(target: Path, key: str, result: dict, *, explicit: bool) -> None:

@@ -369,7 +369,7 @@ def run_data(cfg: dict, data, split: str, *, own_data: bool):
     if dim is not None and math.prod(data.input_shape) != dim:
         raise CLIError(f"{where} has samples of shape {tuple(data.input_shape)}, but the run "
                        f"takes {tuple(shape) if shape else (dim,)}: certify it on data of the "
-                       "same shape (--resize H W when training on an image folder)")
+                       "same shape (an image folder: --resize H W)")
     classes = cfg.get("splits", {}).get("classes")
     theirs = _folder_classes(where)
     if classes and theirs is not None and list(classes) != theirs:
