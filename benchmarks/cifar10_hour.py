@@ -204,6 +204,9 @@ GRID = (
     # (z / T); T = 1/4 scales them by 4. (10) and (11) give the offset its temperature range.
     Recipe("ortho", "center", "offset-ce:temperature=1", "adam", 1e-3),  # (10)
     Recipe("ortho", "center", "offset-ce:temperature=4", "adam", 1e-3),  # (11)
+    # (12) the search's leading loss (8) on the layer family that led the layer comparison
+    Recipe("shift", "center", "la:temperature=0.75,offset=2,gamma=5", "adam", 1e-3,
+           epsilon_ramp=0.3),
 )
 BF16_TWINS = (2, 4)  # grid numbers given a bf16 row where bf16 is native
 
