@@ -10,7 +10,8 @@ A *unit* is a top-level module or package of ``onelip`` ("" is the root ``__init
 lowest first; a unit may always import itself, and may import what ``ALLOWED`` lists:
 
 * rank 0, leaves: the root ``onelip/__init__`` (imports nothing of onelip), ``_errors``,
-  ``_validation``, ``_io``. Leaves may import each other but nothing else, not even the root.
+  ``_validation``, ``_io``, ``_memory``. Leaves may import each other but nothing else, not
+  even the root.
 * rank 1: ``functional`` -- leaves.
 * rank 2: ``nn`` -- leaves, functional.
 * rank 3: ``losses``, ``certify``, ``models``, ``data``, ``arch`` (architecture descriptions
@@ -42,7 +43,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "onelip"
 
-_LEAVES = {"", "_errors", "_validation", "_io"}
+_LEAVES = {"", "_errors", "_validation", "_io", "_memory"}
 _R1 = _LEAVES | {"functional"}
 _R2 = _R1 | {"nn"}
 _R3 = _R2 | {"losses", "certify", "models", "data", "arch"}
@@ -56,6 +57,7 @@ ALLOWED: dict[str, set[str]] = {
     "_errors": {"_validation", "_io"},
     "_validation": {"_errors", "_io"},
     "_io": {"_errors", "_validation"},
+    "_memory": set(),
     "functional": _R1,
     "nn": _R2,
     "losses": _R2,

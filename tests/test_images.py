@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from onelip.data import images
@@ -55,7 +56,7 @@ def test_folder_train_test_layout_and_datasplit(tmp_path):
     split = images.load_folder(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
     assert split.x_train.shape == (8, 3 * 8 * 6) and split.x_test.shape == (4, 3 * 8 * 6)
     assert split.input_shape == (3, 8, 6) and split.num_classes == 2
-    assert 0 <= float(split.x_train.min()) and float(split.x_train.max()) <= 1
+    assert split.x_train.dtype == split.x_test.dtype == torch.uint8  # pixels, float per batch
 
 
 @pytest.mark.parametrize("case, match", [
@@ -102,8 +103,9 @@ def test_npz_uint8_and_float_layouts(tmp_path, layout):
     a = images.load_npz(tmp_path / "u.npz")
     b = images.load_npz(tmp_path / "f.npz")
     assert a.input_shape == (3, 5, 5) and a.num_classes == 3
-    assert np.allclose(a.x_train.numpy(), b.x_train.numpy(), atol=1e-6)
-    assert np.allclose(a.x_train[0].numpy().reshape(3, 5, 5), x[0].transpose(2, 0, 1) / 255)
+    assert a.x_train.dtype == b.x_train.dtype == torch.uint8
+    assert np.array_equal(a.x_train.numpy(), b.x_train.numpy())
+    assert np.array_equal(a.x_train[0].numpy().reshape(3, 5, 5), x[0].transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("arrays, match", [

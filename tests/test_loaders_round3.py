@@ -240,3 +240,80 @@ def test_gif_images_are_read_and_skipped_files_are_counted(tmp_path, capsys):
     assert len(line) == 1 and "warning" in line[0]
     assert "2 files of other types (.heic, .txt;" in line[0]
     assert "1 sub-folder of class folders" in line[0] and "more" in line[0]
+
+
+# -- item 10: uint8 end to end; what cannot fit is refused before allocating ---------------
+
+def test_folder_and_npz_splits_keep_uint8_pixels(tmp_path):
+    import torch
+
+    from onelip import data
+
+    _rgb(tmp_path / "d", n=3)
+    d = data.load(f"folder:{tmp_path / 'd'}", cache_dir=tmp_path / "c", progress=False)
+    assert d.x_train.dtype == d.x_test.dtype == torch.uint8  # 1 byte a pixel, not 4
+    png = np.asarray(Image.open(tmp_path / "d" / "dog" / "1.png")).transpose(2, 0, 1)
+    assert np.array_equal(d.x_train[4].reshape(3, 4, 4).numpy(), png)
+    x = _nhwc(h=5, w=6)
+    np.savez(tmp_path / "a.npz", x=x.astype(np.float32) / 255, y=np.array([0, 1, 0, 1]))
+    n = data.load(f"npz:{tmp_path / 'a.npz'}")
+    assert n.x_train.dtype == torch.uint8
+    assert np.array_equal(n.x_train[1].reshape(3, 5, 6).numpy(), x[1].transpose(2, 0, 1))
+    f = data.as_float(n.x_train)
+    assert f.dtype == torch.float32 and torch.equal(f * 255, n.x_train.float())
+
+
+def test_certify_refuses_uint8_pixels_and_the_cli_certifies_them_as_floats(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from onelip import certify, data, runs
+    from onelip.cli import main
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    with pytest.raises(ValueError, match=r"uint8 pixels.*as_float") as e:
+        certify.certified_accuracy(net, torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+                                   torch.tensor([0, 1]), [0.1])
+    assert "\n" not in str(e.value)
+    x = np.concatenate([_nhwc(n=8, h=5, w=6, seed=1) // 4, _nhwc(n=8, h=5, w=6, seed=2) // 4 + 190])
+    np.savez(tmp_path / "a.npz", x=x, y=np.repeat([0, 1], 8))
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"npz:{tmp_path / 'a.npz'}", "--model", "mlp", "--width",
+                 "8", "--depth", "1", "--epochs", "2", "--val-fraction", "0.25", "--quiet",
+                 "--out", str(run)]) == 0
+    assert main(["certify", str(run), "--split", "val", "--eps", "0.1"]) == 0
+    capsys.readouterr()
+    got = json.loads((run / "certify.json").read_text())
+    model, _ = runs.load(run)
+    d = data.validation_split(data.load(f"npz:{tmp_path / 'a.npz'}"), 0.25)
+    want = certify.evaluate(model, data.as_float(d.x_val), d.y_val, eps=[0.1])
+    res = got["results"][got["latest"]]
+    assert res["n_test"] == 4 == want.n and res["clean"] == want.clean
+    assert res["certified"]["0.1"] == want.certified[0.1]
+
+
+def test_a_resize_that_cannot_fit_is_refused_before_decoding(tmp_path, monkeypatch):
+    _rgb(tmp_path / "d")
+
+    def no_resize(*a, **k):
+        raise AssertionError("an image was resized before the size was checked")
+
+    monkeypatch.setattr(Image.Image, "resize", no_resize)
+    with pytest.raises(ValueError, match=r"4 images of 3×1000000×1000000 .*need 12.0 TB.*"
+                                         r"resize=\(H, W\)") as e:
+        _read(tmp_path / "d", tmp_path, resize=(10**6, 10**6))
+    assert "\n" not in str(e.value)
+
+
+def test_an_mlp_width_that_cannot_fit_is_refused_before_allocating(tmp_path, capsys):
+    from onelip import models
+    from onelip.cli import main
+
+    with pytest.raises(ValueError, match=r"mlp: hidden widths \(2 × 10000000\).*need .* TB"):
+        models.build("mlp", in_features=3072, hidden=[10**7, 10**7], num_outputs=10)
+    np.savez(tmp_path / "a.npz", x=_nhwc(h=5, w=6), y=np.array([0, 1, 0, 1]))
+    rc = main(["train", "--data", f"npz:{tmp_path / 'a.npz'}", "--model", "mlp", "--width",
+               "10000000", "--depth", "2", "--val-fraction", "0.5", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "TB" in err and "pass smaller --width" in err

@@ -100,6 +100,9 @@ def check_points(x: object) -> Tensor:
         raise TypeError(f"Expected x to be a torch.Tensor, but got {type(x).__name__}")
     if x.dim() < 1:
         raise ValueError("Expected x of shape (N, *input_shape), but got a 0-d tensor")
+    if x.dtype == torch.uint8:  # read as 0..255, a model trained on [0, 1] would be off 255×
+        raise ValueError("x holds uint8 pixels (0..255), but a model takes images in [0, 1]: "
+                         "pass onelip.data.as_float(x) (float32, x / 255)")
     check_finite("x", x)
     return x
 

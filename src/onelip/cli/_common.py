@@ -36,6 +36,7 @@ FLAGS = MappingProxyType({
     "nproc": "--nproc {value}",
     "resize": "--resize H W",
     "layout": "--layout NHWC or NCHW (onelip train)",
+    "hidden": "--width (or --set hidden=...)",
     "n_samples": " (--n-samples)",  # after "n_samples >= 10" in the library's message
     "data": "--data folder:DIR",
     "quick": "--quick",

@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     from onelip.cli.train import run_data
 
     x, y = run_data(cfg, data, args.split, own_data=own)  # CLIError: other classes or shape
+    from onelip.data import as_float
+
+    x = as_float(x)  # folder: and npz: pixels are uint8 (0..255): [0, 1], as fit trains on
     if x.shape[0] == 0:
         raise CLIError(f"the test split of {data_name} is empty: nothing to certify; pass "
                        "--data with a data set that has test points")

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             data = datasets.load(data_cfg["name"], **{k: v for k, v in data_cfg.items()
                                                      if k != "name"})
-            info["lipschitz_estimate"] = certify.estimate_lipschitz(model,
-                                                                    data.x_test[:args.points])
+            x = datasets.as_float(data.x_test[:args.points])  # uint8 pixels → [0, 1]
+            info["lipschitz_estimate"] = certify.estimate_lipschitz(model, x)
         except (KeyError, ValueError, FileNotFoundError) as e:
             info["estimate_skipped"] = str(e)
     print(model)

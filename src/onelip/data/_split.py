@@ -26,8 +26,11 @@ whatever the training seed, so that runs of several seeds are measured on the sa
 class DataSplit:
     """Train and test tensors of one data set.
 
-    ``x_*``: float32 (N, D); ``y_*``: int64 (N,) class indices; ``num_classes`` K;
-    ``input_shape`` the shape of one sample as a model sees it, e.g. (1, 28, 28).
+    ``x_*``: float32 (N, D), or uint8 (N, D) pixels 0..255 of images (``folder:`` and
+    ``npz:`` keep them so, a quarter of the memory; :func:`as_float` or ``fit`` make them
+    float32 in [0, 1], per batch in ``fit``); ``y_*``: int64 (N,) class indices;
+    ``num_classes`` K; ``input_shape`` the shape of one sample as a model sees it, e.g.
+    (1, 28, 28).
     ``x_val``, ``y_val``: an optional validation part carved from the training data
     (:func:`validation_split`; ``None`` when there is none): :func:`onelip.train.fit` measures
     every epoch on it, never on the test part.
@@ -82,6 +85,13 @@ def split(name: str, x: np.ndarray, y: np.ndarray, n_test: int, seed: int, k: in
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.int64)
     return DataSplit(name, xt[tr], yt[tr], xt[te], yt[te], k, shape)
+
+
+def as_float(x: Tensor) -> Tensor:
+    """Features as a model takes them: uint8 pixels (N, ...) → float32 / 255 in [0, 1] (a
+    new tensor of the same shape); float features are returned as they are. For the parts of
+    a :class:`DataSplit` that are used outside ``fit`` (certifying, a Lipschitz estimate)."""
+    return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def validation_indices(y: Tensor, fraction: float, *, seed: int = VAL_SEED
@@ -249,10 +259,11 @@ def _counted(values, counts, limit: int = 5, unit: str = "sample") -> str:
 def check_split(d: DataSplit, *, allow_empty_test: bool = False) -> DataSplit:
     """Check ``d`` before any training step; return it unchanged.
 
-    Verifies: float features of shape (N, D) (or (N, *input_shape)) with D the size of
-    ``input_shape`` and the same in both parts; a non-empty train and test part (the test part
-    may be empty with ``allow_empty_test``: a user's image folder without a test split); finite
-    values; integer labels, one per sample, in [0, num_classes) with num_classes >= 2.
+    Verifies: float (or uint8 image) features of shape (N, D) (or (N, *input_shape)) with D
+    the size of ``input_shape`` and the same in both parts; a non-empty train and test part
+    (the test part may be empty with ``allow_empty_test``: a user's image folder without a
+    test split); finite values; integer labels, one per sample, in [0, num_classes) with
+    num_classes >= 2.
 
     Raises:
         ValueError: naming the data set, what is wrong and what to do, in one line.
@@ -289,15 +300,16 @@ def check_split(d: DataSplit, *, allow_empty_test: bool = False) -> DataSplit:
         if y.shape != (len(x),):
             raise ValueError(f"{where}: {len(x)} {part} samples but labels of shape "
                              f"{tuple(y.shape)}; give one integer label per sample")
-        if not x.is_floating_point():
+        if not x.is_floating_point() and x.dtype != torch.uint8:
             raise ValueError(f"{where}: {part} features are {x.dtype}; convert them to float32 "
-                             "(images scaled to [0, 1])")
+                             "(images scaled to [0, 1]) or to uint8 pixels 0..255")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ValueError(f"{where}: {part} labels are {y.dtype}; labels must be integer "
                              "class indices 0..K-1 (not one-hot, not floats)")
         # two reductions (NaN propagates through max and min, ±inf shows in one of them)
         # instead of a bool tensor the size of the data: 0.2 s, not 3 s, on CIFAR-10
-        if x.numel() and not (torch.isfinite(x.amax()) and torch.isfinite(x.amin())):
+        if x.is_floating_point() and x.numel() and not (torch.isfinite(x.amax())
+                                                        and torch.isfinite(x.amin())):
             bad = ~torch.isfinite(x)
             n_nan = int(torch.isnan(x).sum())
             raise ValueError(f"{where}: {part} features hold {n_nan} NaN and "

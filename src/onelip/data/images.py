@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from onelip._errors import Argument, ArgumentError
+from onelip._memory import available_bytes, size_text
 from onelip.data._split import DataSplit
 from onelip.data.files import _num_classes
 
@@ -170,15 +171,32 @@ def _fingerprint(root: Path, entries: list[tuple[int, str, int, int]],
     return h.hexdigest()[:32]
 
 
+def _check_fits(n: int, per_image: int, what: str) -> None:
+    """Refuse, before allocating, ``n`` images of ``per_image`` bytes that do not fit in the
+    memory available (:func:`onelip._memory.available_bytes`)."""
+    need, free = n * per_image, available_bytes()
+    if free is not None and need > free:
+        raise ArgumentError(f"{n:,} images of {what} need {size_text(need)} of memory as "
+                            f"uint8, more than the {size_text(free)} available; pass a smaller ",
+                            Argument("resize", "resize=(H, W)"),
+                            " or use fewer images")
+
+
 def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | None,
             progress: bool) -> tuple[np.ndarray, list[str]]:
+    """The images of ``entries`` as one uint8 array (N, C, H, W), written in place image by
+    image (no list of arrays, no stacked copy); the notes of the conversions applied."""
     from PIL import Image, UnidentifiedImageError
 
+    n = len(entries)
+    if resize is not None:  # before any image is resized: RGB at the size asked for
+        _check_fits(n, 3 * resize[0] * resize[1], f"3×{resize[0]}×{resize[1]} (resize)")
     modes: dict[str, int] = {}
     first: tuple[int, int] | None = None  # (H, W) of the first image
     first_name = ""
-    arrays: list[np.ndarray] = []
-    bar = _progress(len(entries), "decoding images") if progress else None
+    x: np.ndarray | None = None  # (N, C, H, W), C = 1 until a colour image comes
+    n_gray = 0
+    bar = _progress(n, "decoding images") if progress else None
     for i, (_, f, _, _) in enumerate(entries):
         try:
             with Image.open(f) as im:
@@ -202,27 +220,32 @@ def _decode(entries: list[tuple[int, str, int, int]], resize: tuple[int, int] | 
         hw = a.shape[:2]
         if first is None:
             first, first_name = hw, str(f)
+            if resize is None:
+                c = 1 if a.ndim == 2 else 3
+                _check_fits(n, c * hw[0] * hw[1], f"{c}×{hw[0]}×{hw[1]} ({_shown(f)})")
+            x = np.empty((n, 1 if a.ndim == 2 else 3, *hw), dtype=np.uint8)
         elif hw != first:
-            raise ArgumentError(f"images have different sizes: {f} is {hw[0]}×{hw[1]}, "
-                                f"{first_name} is {first[0]}×{first[1]}; pass ",
+            raise ArgumentError(f"images have different sizes: {_shown(f)} is {hw[0]}×{hw[1]}, "
+                                f"{_shown(first_name)} is {first[0]}×{first[1]}; pass ",
                                 Argument("resize", "resize=(H, W)"))
-        arrays.append(a)
-        if bar is not None and (i % 500 == 0 or i + 1 == len(entries)):
+        if a.ndim == 2:
+            n_gray += 1
+            x[i] = a  # broadcast over the channels: gray → RGB when x has 3
+        else:
+            if x.shape[1] == 1:  # the first colour image after gray ones: RGB from now on
+                x = np.repeat(x, 3, axis=1)
+            x[i] = a.transpose(2, 0, 1)
+        if bar is not None and (i % 500 == 0 or i + 1 == n):
             bar(i + 1)
-    gray = [a.ndim == 2 for a in arrays]
     notes: list[str] = []
-    deep = {m: n for m, n in modes.items() if m in _DEEP_MODES}
+    deep = {m: k for m, k in modes.items() if m in _DEEP_MODES}
     if deep:
         notes.append(f"{sum(deep.values())} grayscale image(s) of more than 8 bits a pixel "
                      f"(Pillow mode {', '.join(sorted(deep))}) were scaled to 0..255 by their "
                      "bit depth")
-    if any(gray) and not all(gray):  # mixed: convert the gray ones to RGB, and say so
-        n_gray = sum(gray)
-        arrays = [np.repeat(a[:, :, None], 3, axis=2) if g else a for a, g in zip(arrays, gray)]
+    if 0 < n_gray < n:  # mixed: the gray ones became RGB; say so
         notes.append(f"{n_gray} grayscale image(s) among colour ones were converted to RGB")
-    x = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), notes
+    return x, notes
 
 
 _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -353,9 +376,9 @@ def _to_split(name: str, train: ImageArrays, test: ImageArrays | None) -> DataSp
 
     def flat(a: ImageArrays | None) -> tuple[torch.Tensor, torch.Tensor]:
         if a is None:
-            return torch.zeros(0, c * h * w), torch.zeros(0, dtype=torch.int64)
-        x = torch.from_numpy(a.x).reshape(a.x.shape[0], -1).to(torch.float32).div_(255.0)
-        return x, torch.from_numpy(a.y)
+            return (torch.zeros(0, c * h * w, dtype=torch.uint8),
+                    torch.zeros(0, dtype=torch.int64))
+        return torch.from_numpy(a.x).reshape(a.x.shape[0], -1), torch.from_numpy(a.y)
 
     return DataSplit(name, *flat(train), *flat(test), max(len(train.classes), 2), (c, h, w))
 

@@ -27,7 +27,7 @@ from torch import nn
 from onelip import __version__
 from onelip._io import atomic_path
 from onelip._validation import binary_signs, is_binary_output
-from onelip.data import DataSplit
+from onelip.data import DataSplit, as_float
 from onelip.nn.utils import eval_mode
 
 __all__ = [
@@ -389,14 +389,16 @@ class BCELoss(nn.Module):
 
 def subset(data: DataSplit, *, n_train: int | None = None, n_test: int | None = None,
            seed: int = 0) -> DataSplit:
-    """A random subset of the train and test sets (``None`` keeps all); fixed by ``seed``."""
+    """A random subset of the train and test sets (``None`` keeps all); fixed by ``seed``.
+    Features come back as float (uint8 pixels of ``folder:`` / ``npz:`` → [0, 1]): the
+    experiments that take a subset measure their models on it outside ``fit``."""
     gen = torch.Generator().manual_seed(seed)
 
     def pick(x, y, n):
         if n is None or n >= x.shape[0]:
-            return x, y
+            return as_float(x), y
         idx = torch.randperm(x.shape[0], generator=gen)[:n]
-        return x[idx], y[idx]
+        return as_float(x[idx]), y[idx]
 
     xtr, ytr = pick(data.x_train, data.y_train, n_train)
     xte, yte = pick(data.x_test, data.y_test, n_test)

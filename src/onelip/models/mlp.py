@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from onelip import nn as onn
+from onelip._errors import Argument, ArgumentError
+from onelip._memory import available_bytes, size_text
 from onelip.models._common import activation
 
 __all__ = ["MLPConfig", "mlp"]
@@ -41,7 +43,23 @@ class MLPConfig:
             raise ValueError("Expected positive in_features, num_outputs and hidden widths")
 
 
+def _check_fits(cfg: MLPConfig) -> None:
+    """Refuse, before allocating, widths whose float32 weights alone exceed the memory
+    available (:func:`onelip._memory.available_bytes`), with the size they need."""
+    widths = [cfg.in_features, *cfg.hidden, cfg.num_outputs]
+    params = sum(a * b for a, b in zip(widths, widths[1:]))
+    need, free = 4 * params, available_bytes()
+    if free is not None and need > free:
+        hidden = (f"{len(cfg.hidden)} × {cfg.hidden[0]}" if len(set(cfg.hidden)) == 1
+                  else ", ".join(map(str, cfg.hidden)))
+        raise ArgumentError(f"mlp: hidden widths ({hidden}) on {cfg.in_features} inputs need "
+                            f"{params:,} weights, {size_text(need)} as float32 before any "
+                            f"training state, more than the {size_text(free)} of memory "
+                            "available; pass smaller ", Argument("hidden", "hidden widths"))
+
+
 def mlp(cfg: MLPConfig) -> onn.Sequential:
+    _check_fits(cfg)
     lin = _LINEAR[cfg.layer].for_shape
     layers: list[nn.Module] = [nn.Flatten()]
     width = cfg.in_features
