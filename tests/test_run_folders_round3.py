@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from onelip import models, runs
+from onelip._errors import OutputError
 from onelip.cli import main
 
 
@@ -59,3 +61,77 @@ def test_export_refuses_every_spelling_of_a_path_inside_a_run(tmp_path, capsys, 
     assert main(["export", "run", "--format", "safetensors", "--out", "run.safetensors"]) == 0
     assert (tmp_path / "run.safetensors").is_file()
     assert _snapshot(run) == before[run]
+
+
+# ==== 14: a write killed in the middle strands nothing in a finished run ====================
+
+_KILLED_WRITE = r"""
+import os, signal, sys
+import safetensors.torch, torch
+from onelip import runs
+real = safetensors.torch.save_file
+with runs.resumable_run(sys.argv[1]) as part:
+    runs.write_checkpoint(part, {"epoch": 1, "w": torch.zeros(64)})
+    def half_then_killed(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        os.truncate(filename, os.path.getsize(filename) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    safetensors.torch.save_file = half_then_killed
+    runs.write_checkpoint(part, {"epoch": 2, "w": torch.ones(64)})
+"""
+
+
+def test_a_checkpoint_killed_half_written_leaves_nothing_in_the_resumed_run(tmp_path):
+    """A process killed (SIGKILL) while writing its second checkpoint leaves the half-written
+    temporary file in the unfinished run. Before, the resumed run carried it into the finished
+    run, whose replacement (``--force``) was then refused ("holds files that no run writes").
+    Now the resume drops it (the checkpoint before it is intact) and the finished run holds
+    only run files."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITE, str(run)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    part = runs.partial_path(run)
+    stranded = sorted(p.name for p in part.iterdir() if p.name != runs.CHECKPOINT)
+    assert len(stranded) == 1, stranded  # the half-written checkpoint
+    assert runs.read_checkpoint(part)["epoch"] == 1  # the last complete one
+    with runs.resumable_run(run, resume=True) as folder:
+        assert sorted(p.name for p in folder.iterdir()) == [runs.CHECKPOINT]
+        runs.write_checkpoint(folder, {"epoch": 2, "w": torch.ones(64)})
+        model, cfg = models.build("mlp", in_features=2, num_outputs=1, hidden=[8])
+        runs.write_model(folder, model, model_name="mlp", model_config=cfg)
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        [runs.CHECKPOINT, runs.CONFIG, runs.WEIGHTS])
+    assert runs.check_target(run, overwrite=True) == run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_onelips_leftovers_in_a_finished_run_never_block_force_and_a_users_files_do(tmp_path):
+    """A finished run holding a temporary file of a write killed in the middle (e.g. of
+    certify.json), named as onelip 0.3.0 or this version names them, is still replaced by
+    ``overwrite`` (``--force``), which removes it; a user's file is never taken for one,
+    however close its name."""
+    from onelip._io import atomic_path
+
+    run = _tiny_run(tmp_path / "run")
+    killed = atomic_path(run / "certify.json")  # entered and never left: as a kill leaves it
+    stranded = killed.__enter__()
+    stranded.write_text("{")
+    (run / ".certify.json.k3x9_a2b.tmp").write_text("{")  # as onelip 0.3.0 named it
+    for users in ["notes.txt", ".certify.json.bak", ".onelip-tmp-notes.txt.k3x9_a2b.tmp",
+                  ".onelip-tmp-certify.json.k3x9_a2b", ".certify.json.K3X9_A2B.tmp"]:
+        (run / users).write_text("mine")
+        with pytest.raises(OutputError, match=f"holds files that no run writes \\({users}"):
+            runs.check_target(run, overwrite=True)
+        (run / users).unlink()
+    assert runs.check_target(run, overwrite=True) == run
+    assert [p.name for p in runs.leftovers(run)] == [".certify.json.k3x9_a2b.tmp",
+                                                     stranded.name]
+    model, cfg = models.build("mlp", in_features=2, num_outputs=1, hidden=[4])
+    runs.save(model, run, model_name="mlp", model_config=cfg, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == [runs.CONFIG, runs.WEIGHTS]
+    assert runs.load(run)[1]["model"]["config"]["hidden"] == [4]
+

@@ -2,7 +2,8 @@
 """Files written atomically and state dicts checked against a model (a leaf).
 
 * :func:`atomic_path`: a context manager yielding a temporary path beside the target, renamed
-  onto it only when the block succeeds (a crash leaves the old file as it was);
+  onto it only when the block succeeds (a crash leaves the old file as it was, and at worst a
+  temporary file named :data:`TEMP_PREFIX` ..., which :func:`is_leftover` recognises);
 * :func:`write_json`: JSON through :func:`atomic_path`;
 * :func:`unwritable_reason`: why files cannot be created in a folder (probed, nothing left);
 * :func:`file_sha256` / :func:`json_sha256`: digests of a file and of a JSON value (canonical:
@@ -16,24 +17,55 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 import torch
 
 from onelip._errors import CheckpointError
 
-__all__ = ["atomic_path", "check_state_dict", "file_sha256", "json_sha256", "read_safetensors",
-           "unwritable_reason", "write_json"]
+__all__ = ["TEMP_PREFIX", "atomic_path", "check_state_dict", "file_sha256", "is_leftover",
+           "json_sha256", "read_safetensors", "unwritable_reason", "write_json"]
+
+TEMP_PREFIX = ".onelip-tmp-"
+"""How the temporary files of :func:`atomic_path` begin: ``.onelip-tmp-NAME.XXXXXXXX`` and a
+suffix, beside the file ``NAME`` they become. A process killed while writing one leaves it
+behind; :func:`is_leftover` recognises it, so that run folders can drop it (and never a user's
+file)."""
+_PROBE_PREFIX = ".onelip-probe-"
+# A leftover of atomic_path for the file NAME: the prefix (or, as onelip 0.3.0 named them, a
+# bare dot), NAME, tempfile's 8 random characters, a suffix; or a probe of unwritable_reason.
+_LEFTOVER = re.compile(r"(?:\.onelip-tmp-|\.)(?P<target>.+)\.[a-z0-9_]{8}\.[A-Za-z0-9]{1,16}")
+_PROBE = re.compile(re.escape(_PROBE_PREFIX) + r"[a-z0-9_]{8}")
+
+
+def is_leftover(name: str, targets: Collection[str]) -> bool:
+    """Whether the file name ``name`` is one that onelip's own writers leave when killed: a
+    temporary file of :func:`atomic_path` for one of the file names ``targets`` (named with
+    :data:`TEMP_PREFIX`, or as onelip 0.3.0 named them), or a probe of
+    :func:`unwritable_reason`. A user's file is never one (another name or another target).
+
+    Example:
+        >>> is_leftover(".onelip-tmp-config.json.k3x9_a2b.tmp", {"config.json"})
+        True
+        >>> is_leftover("notes.txt", {"config.json"}), is_leftover(".config.json", {"config.json"})
+        (False, False)
+    """
+    if _PROBE.fullmatch(name):
+        return True
+    m = _LEFTOVER.fullmatch(name)
+    return m is not None and m.group("target") in targets
 
 
 @contextmanager
 def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path``
     (``os.replace``: atomic on POSIX), on error it is removed and ``path`` is untouched.
-    ``suffix`` ends the temporary name (for writers that check it).
+    ``suffix`` ends the temporary name (for writers that check it). The name begins with
+    :data:`TEMP_PREFIX`: if the process is killed meanwhile, :func:`is_leftover` knows it.
 
     Example:
         >>> import tempfile, pathlib
@@ -45,7 +77,8 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.",
+                                suffix=suffix)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -83,7 +116,7 @@ def unwritable_reason(folder: str | Path) -> str | None:
     if not probe.is_dir():
         return f"{probe} is a file, not a folder"
     try:
-        fd, name = tempfile.mkstemp(dir=probe, prefix=".onelip-probe-")
+        fd, name = tempfile.mkstemp(dir=probe, prefix=_PROBE_PREFIX)
     except OSError as e:
         return f"{probe} is not writable ({e.strerror or e})"
     os.close(fd)

@@ -29,6 +29,12 @@ A run that may be resumed (``onelip train``) is written into a fixed folder besi
 ``.NAME.partial`` (:func:`partial_path`, :func:`resumable_run`), holding a checkpoint after each
 epoch; a killed run leaves it behind for ``onelip train --resume NAME``.
 
+Every file is written under a temporary name (``.onelip-tmp-NAME.XXXXXXXX...``,
+:func:`onelip._io.atomic_path`) and renamed when complete. A kill in the middle of a write
+leaves that temporary file: :func:`leftovers` recognises onelip's own (and only those), a
+resumed run drops them before it continues and again before it is renamed into place, and a
+run holding some is still replaced by ``overwrite`` (they are not a user's files).
+
 Checkpoints (:func:`write_checkpoint`, :func:`read_checkpoint`) are one safetensors file: every
 tensor of a nested state (model and optimiser state dicts, generator states) is a tensor of the
 file, everything else (numbers, strings, the history) is JSON in its metadata, with tags that
@@ -61,6 +67,7 @@ from onelip._io import (
     atomic_path,
     check_state_dict,
     file_sha256,
+    is_leftover,
     json_sha256,
     read_safetensors,
     unwritable_reason,
@@ -68,8 +75,8 @@ from onelip._io import (
 )
 
 __all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "WEIGHTS",
-           "check_target", "discard_partial", "enclosing_run", "is_run_folder", "load",
-           "load_config", "new_run",
+           "check_target", "discard_partial", "enclosing_run", "is_run_folder", "leftovers",
+           "load", "load_config", "new_run",
            "partial_path", "read_checkpoint", "resumable_run", "save", "write_checkpoint",
            "write_json", "write_model"]
 
@@ -110,6 +117,22 @@ def is_run_folder(path: str | Path) -> bool:
     return isinstance(cfg, dict) and "onelip_version" in cfg
 
 
+def leftovers(folder: str | Path) -> list[Path]:
+    """The files of ``folder`` that a killed onelip write left behind: temporary files of
+    the files a run holds (:data:`RUN_FILES`, :func:`onelip._io.is_leftover`), never a
+    user's file; sorted. [] when ``folder`` is not a folder."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return sorted(e for e in folder.iterdir()
+                  if is_leftover(e.name, RUN_FILES) and e.is_file() and not e.is_symlink())
+
+
+def _drop_leftovers(folder: Path) -> None:
+    for e in leftovers(folder):
+        e.unlink(missing_ok=True)
+
+
 def _is_partial(folder: Path) -> bool:
     return folder.name.startswith(".") and folder.name.endswith(".partial") and folder.is_dir()
 
@@ -133,9 +156,10 @@ def check_target(path: str | Path, *, overwrite: bool = False) -> Path:
     ``path`` may be missing (its parents are created) or an empty folder; an existing run
     folder only with ``overwrite``. Never the current folder or one above it, a file, a
     symbolic link, or a folder that is not a run folder (or holds sub-folders, or files that
-    no run writes: :data:`RUN_FILES`), whatever ``overwrite``; and the folder it goes in must
-    be writable (probed). The messages name the arguments ``path`` and ``overwrite`` as
-    :class:`~onelip._errors.Argument` parts (``onelip train`` shows ``--out``, ``--force``).
+    no run writes: :data:`RUN_FILES`; onelip's own :func:`leftovers` do not count), whatever
+    ``overwrite``; and the folder it goes in must be writable (probed). The messages name
+    the arguments ``path`` and ``overwrite`` as :class:`~onelip._errors.Argument` parts
+    (``onelip train`` shows ``--out``, ``--force``).
     """
     path = Path(path)
     full = Path(os.path.abspath(path))
@@ -148,7 +172,8 @@ def check_target(path: str | Path, *, overwrite: bool = False) -> Path:
     if path.exists():
         if not path.is_dir():
             raise OutputError(f"{path} is a file, not a run folder; choose another ", _PATH)
-        entries = list(path.iterdir())
+        own = set(leftovers(path))
+        entries = [e for e in path.iterdir() if e not in own]
         if entries:
             if not is_run_folder(path):
                 raise OutputError(
@@ -216,6 +241,7 @@ def _finished_into(tmp: Path, path: Path, *, keep: Callable[[], bool], **target)
             check_target(path, **target)
         except OutputError as e:
             raise _Kept(*e.parts, f"; the new run is kept in {tmp}") from None
+        _drop_leftovers(tmp)  # of a write killed before a resume: never in a finished run
         _commit(tmp, Path(os.path.abspath(path)))
     except _Kept:
         raise
@@ -230,6 +256,7 @@ class _Kept(OutputError):
 
 
 def _commit(tmp: Path, target: Path) -> None:
+    _drop_leftovers(target)
     if not target.exists() or not any(target.iterdir()):
         os.replace(tmp, target)  # onto a missing name or an empty folder: atomic
         return
@@ -284,6 +311,7 @@ def resumable_run(path: str | Path, *, overwrite: bool = False,
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         os.chmod(tmp, 0o777 & ~_umask())
+    _drop_leftovers(tmp)  # a write killed in the middle: its checkpoint is the one before
     with _finished_into(tmp, path, keep=lambda: (tmp / CHECKPOINT).is_file(),
                         overwrite=overwrite):
         yield tmp
