@@ -98,6 +98,7 @@ def test_a_checkpoint_killed_half_written_leaves_nothing_in_the_resumed_run(tmp_
     stranded = sorted(p.name for p in part.iterdir() if p.name != runs.CHECKPOINT)
     assert len(stranded) == 1, stranded  # the half-written checkpoint
     assert runs.read_checkpoint(part)["epoch"] == 1  # the last complete one
+    assert runs.lock_path(run).is_file()  # the killed writer's: taken over
     with runs.resumable_run(run, resume=True) as folder:
         assert sorted(p.name for p in folder.iterdir()) == [runs.CHECKPOINT]
         runs.write_checkpoint(folder, {"epoch": 2, "w": torch.ones(64)})
@@ -135,3 +136,73 @@ def test_onelips_leftovers_in_a_finished_run_never_block_force_and_a_users_files
     assert sorted(p.name for p in run.iterdir()) == [runs.CONFIG, runs.WEIGHTS]
     assert runs.load(run)[1]["model"]["config"]["hidden"] == [4]
 
+
+# ==== 15: one writer a run ==================================================================
+
+
+def _lock_of(run: Path, pid: int, **extra) -> Path:
+    """A lock of the run ``run`` as a writer of pid ``pid`` on this host leaves it."""
+    import json
+    import socket
+
+    lock = runs.lock_path(run)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
+                                "since": "2025-01-01 00:00:00",
+                                "command": "onelip train --out run", **extra}))
+    return lock
+
+
+@pytest.fixture
+def other_process():
+    """A live process that is not this one (its pid holds a lock in the tests)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_a_second_writer_of_a_run_is_refused_naming_the_first(tmp_path, capsys, other_process):
+    """Two trainings writing the same ``--out`` at once were not prevented (each wrote the
+    same ``.NAME.partial``). While a live process holds the run's lock, ``onelip train`` is
+    refused before training, in one line naming that process, and the library's writers
+    raise; nothing of the run or its lock is touched. Once the process is gone its lock is
+    taken over, and removed when the run is in place."""
+    run = tmp_path / "run"
+    lock = _lock_of(run, other_process.pid)
+    held = lock.read_bytes()
+    rc = main(["train", "--data", "two-moons", "--n-samples", "60", "--epochs", "1",
+               "--width", "4", "--depth", "1", "--quiet", "--out", str(run)])
+    _one_line(capsys, rc, f"pid {other_process.pid} on ", "onelip train --out run",
+              "wait until it ends or choose another --out")
+    model, cfg = models.build("mlp", in_features=2, num_outputs=1, hidden=[8])
+    for write in (lambda: runs.save(model, run, model_name="mlp", model_config=cfg),
+                  lambda: runs.resumable_run(run, resume=True).__enter__()):
+        with pytest.raises(OutputError, match=f"another process \\(pid {other_process.pid}"):
+            write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]
+    assert lock.read_bytes() == held
+    other_process.kill()
+    other_process.wait()
+    runs.save(model, run, model_name="mlp", model_config=cfg)  # a dead writer's lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_the_lock_knows_a_reused_pid_and_this_process(tmp_path, other_process):
+    """A lock whose pid now belongs to a process started at another time (the writer died and
+    its pid was given again, as in a restarted container) is stale; a run this very process
+    is writing is refused to a second writer of the same process."""
+    if runs._process_start(other_process.pid) is None:
+        pytest.skip("no /proc: process start times unknown")
+    run = tmp_path / "run"
+    _lock_of(run, other_process.pid, start="1")
+    model, cfg = models.build("mlp", in_features=2, num_outputs=1, hidden=[8])
+    runs.save(model, run, model_name="mlp", model_config=cfg)
+    with runs.resumable_run(run, overwrite=True) as part:
+        with pytest.raises(OutputError, match="already being written by this process"):
+            runs.save(model, run, model_name="mlp", model_config=cfg, overwrite=True)
+        runs.write_model(part, model, model_name="mlp", model_config=cfg)
+    assert not runs.lock_path(run).exists() and runs.is_run_folder(run)

@@ -35,6 +35,12 @@ leaves that temporary file: :func:`leftovers` recognises onelip's own (and only 
 resumed run drops them before it continues and again before it is renamed into place, and a
 run holding some is still replaced by ``overwrite`` (they are not a user's files).
 
+One process writes a run at a time: :func:`new_run` and :func:`resumable_run` hold the lock
+file ``.NAME.lock`` beside it (:func:`lock_path`: created exclusively, it records the pid, host
+and start of its process, and is removed when the run is in place). A second writer of the
+same run is refused with the first one named (:func:`check_target` already says so); a lock
+left by a process that no longer runs (killed) is taken over.
+
 Checkpoints (:func:`write_checkpoint`, :func:`read_checkpoint`) are one safetensors file: every
 tensor of a nested state (model and optimiser state dicts, generator states) is a tensor of the
 file, everything else (numbers, strings, the history) is JSON in its metadata, with tags that
@@ -52,7 +58,10 @@ import json
 import os
 import secrets
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -76,7 +85,7 @@ from onelip._io import (
 
 __all__ = ["CHECKPOINT", "CONFIG", "CUSTOM", "CheckpointError", "OutputError", "WEIGHTS",
            "check_target", "discard_partial", "enclosing_run", "is_run_folder", "leftovers",
-           "load", "load_config", "new_run",
+           "load", "load_config", "lock_path", "new_run",
            "partial_path", "read_checkpoint", "resumable_run", "save", "write_checkpoint",
            "write_json", "write_model"]
 
@@ -157,7 +166,8 @@ def check_target(path: str | Path, *, overwrite: bool = False) -> Path:
     folder only with ``overwrite``. Never the current folder or one above it, a file, a
     symbolic link, or a folder that is not a run folder (or holds sub-folders, or files that
     no run writes: :data:`RUN_FILES`; onelip's own :func:`leftovers` do not count), whatever
-    ``overwrite``; and the folder it goes in must be writable (probed). The messages name
+    ``overwrite``; nor a run another process is writing (its :func:`lock_path`); and the
+    folder it goes in must be writable (probed). The messages name
     the arguments ``path`` and ``overwrite`` as :class:`~onelip._errors.Argument` parts
     (``onelip train`` shows ``--out``, ``--force``).
     """
@@ -169,6 +179,10 @@ def check_target(path: str | Path, *, overwrite: bool = False) -> Path:
                           "folder of its own: choose another ", _PATH, ", e.g. runs/NAME")
     if path.is_symlink():
         raise OutputError(f"{path} is a symbolic link; give the folder it points to as ", _PATH)
+    lock = lock_path(path)
+    holder, raw = _read_lock(lock)
+    if raw is not None and _alive(lock, holder) and not _is_this_process(holder):
+        raise _busy(path, lock, holder)
     if path.exists():
         if not path.is_dir():
             raise OutputError(f"{path} is a file, not a run folder; choose another ", _PATH)
@@ -223,10 +237,11 @@ def new_run(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     check_target(path, overwrite=overwrite)
     full = Path(os.path.abspath(path))
     full.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
-    with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite):
-        yield tmp
+    with _locked(path):
+        tmp = Path(tempfile.mkdtemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())
+        with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite):
+            yield tmp
 
 
 @contextmanager
@@ -297,24 +312,164 @@ def resumable_run(path: str | Path, *, overwrite: bool = False,
     path = Path(path)
     check_target(path, overwrite=overwrite)
     tmp = partial_path(path)
-    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
-        raise OutputError(f"{tmp} is in the way of the run {path} (not a folder); move it")
-    if tmp.is_dir() and not (tmp / CHECKPOINT).is_file():
-        shutil.rmtree(tmp)  # killed before its first checkpoint: nothing to resume
-    if tmp.exists() and not resume:
-        if not overwrite:
-            raise OutputError(f"an unfinished run of {path} is in {tmp}; resume it with ",
-                              Argument("resume", "resume=True", value=path), " or pass ",
-                              _OVERWRITE, " to start over")
-        shutil.rmtree(tmp)
-    if not tmp.exists():
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        os.chmod(tmp, 0o777 & ~_umask())
-    _drop_leftovers(tmp)  # a write killed in the middle: its checkpoint is the one before
-    with _finished_into(tmp, path, keep=lambda: (tmp / CHECKPOINT).is_file(),
-                        overwrite=overwrite):
-        yield tmp
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):  # before the unfinished run is touched: it may be another's
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+            raise OutputError(f"{tmp} is in the way of the run {path} (not a folder); move it")
+        if tmp.is_dir() and not (tmp / CHECKPOINT).is_file():
+            shutil.rmtree(tmp)  # killed before its first checkpoint: nothing to resume
+        if tmp.exists() and not resume:
+            if not overwrite:
+                raise OutputError(f"an unfinished run of {path} is in {tmp}; resume it with ",
+                                  Argument("resume", "resume=True", value=path), " or pass ",
+                                  _OVERWRITE, " to start over")
+            shutil.rmtree(tmp)
+        if not tmp.exists():
+            tmp.mkdir()
+            os.chmod(tmp, 0o777 & ~_umask())
+        _drop_leftovers(tmp)  # a write killed in the middle: its checkpoint is the one before
+        with _finished_into(tmp, path, keep=lambda: (tmp / CHECKPOINT).is_file(),
+                            overwrite=overwrite):
+            yield tmp
+
+
+# ==== one writer a run ======================================================================
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of the run ``path`` while a process writes it: ``.NAME.lock`` beside it
+    (a JSON record of the writer: ``pid``, ``host``, ``start``, ``since``, ``command``)."""
+    full = Path(os.path.abspath(path))
+    return full.with_name(f".{full.name}.lock")
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc), None where unknown:
+    a later process given the same pid started at another time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def _this_process() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "start": _process_start(os.getpid()), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(os.path.basename(a) if i == 0 else a
+                                for i, a in enumerate(sys.argv))[:200]}
+
+
+def _read_lock(lock: Path) -> tuple[dict | None, bytes | None]:
+    """(the writer's record, or None when unreadable; the raw bytes, None when no lock)."""
+    try:
+        raw = lock.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError:
+        return None, b""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None, raw
+    return (record if isinstance(record, dict) else None), raw
+
+
+_STARTING_S = 10.0  # an unreadable lock this young is a writer between creating and writing it
+
+
+def _alive(lock: Path, holder: dict | None) -> bool:
+    """Whether the writer of ``lock`` may still run: one on another host always (it cannot
+    be checked); here while its pid runs and started when the record says."""
+    if holder is None:  # unreadable: being written now, or left by a writer killed then
+        try:
+            return time.time() - lock.stat().st_mtime < _STARTING_S
+        except OSError:
+            return False
+    if holder.get("host") != socket.gethostname() or os.name == "nt":
+        return True  # (on Windows os.kill(pid, 0) would stop the process)
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        pass
+    start, now = holder.get("start"), _process_start(pid)
+    return start is None or now is None or start == now
+
+
+def _is_this_process(holder: dict | None) -> bool:
+    return (holder is not None and holder.get("pid") == os.getpid()
+            and holder.get("host") == socket.gethostname()
+            and holder.get("start") == _process_start(os.getpid()))
+
+
+def _busy(path: Path, lock: Path, holder: dict | None) -> OutputError:
+    if holder is None:
+        who = "a process that is starting"
+    elif _is_this_process(holder):
+        return OutputError(f"{path} is already being written by this process (pid "
+                           f"{os.getpid()}); write each run once at a time, or choose "
+                           "another ", _PATH)
+    else:
+        command = f", `{holder['command']}`" if holder.get("command") else ""
+        since = f", since {holder['since']}" if holder.get("since") else ""
+        who = f"pid {holder.get('pid')} on {holder.get('host')}{since}{command}"
+    return OutputError(f"{path} is being written by another process ({who}); wait until it "
+                       "ends or choose another ", _PATH, f" (if no such process runs any more, "
+                       f"delete its lock {lock})")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the lock of the run ``path`` (:func:`lock_path`) around the block: created
+    exclusively (``O_EXCL``); a live writer's lock is an :class:`OutputError` naming it, a
+    dead one's is taken over. Removed after the block unless another took it meanwhile."""
+    lock = lock_path(path)
+    mine = json.dumps(_this_process()).encode()
+    for _ in range(8):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder, raw = _read_lock(lock)
+            if raw is None:
+                continue  # released meanwhile
+            if _alive(lock, holder):
+                raise _busy(path, lock, holder) from None
+            _take_over(lock, raw)
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(mine)
+        break
+    else:
+        raise OutputError(f"cannot take the lock {lock} of {path}: other processes keep "
+                          "taking it; retry, or choose another ", _PATH)
+    try:
+        yield
+    finally:
+        if _read_lock(lock)[1] == mine:
+            lock.unlink(missing_ok=True)
+
+
+def _take_over(lock: Path, stale: bytes) -> None:
+    """Remove the lock ``stale`` of a writer that no longer runs; if another process took the
+    lock meanwhile (the file moved aside is not ``stale``), put theirs back."""
+    aside = lock.with_name(f"{lock.name}.stale-{secrets.token_hex(4)}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if aside.read_bytes() != stale:
+            try:
+                os.link(aside, lock)
+            except OSError:
+                pass
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 # ==== training checkpoints ==================================================================
