@@ -74,7 +74,10 @@ with runs.resumable_run(sys.argv[1]) as part:
     runs.write_checkpoint(part, {"epoch": 1, "w": torch.zeros(64)})
     def half_then_killed(tensors, filename, metadata=None):
         real(tensors, filename, metadata=metadata)
-        os.truncate(filename, os.path.getsize(filename) // 2)
+        # safetensors writes a temporary file of its own beside the path it is given
+        half = os.path.join(os.path.dirname(filename), ".tmpK1LL3D")
+        os.rename(filename, half)
+        os.truncate(half, os.path.getsize(half) // 2)
         os.kill(os.getpid(), signal.SIGKILL)
     safetensors.torch.save_file = half_then_killed
     runs.write_checkpoint(part, {"epoch": 2, "w": torch.ones(64)})
@@ -82,11 +85,11 @@ with runs.resumable_run(sys.argv[1]) as part:
 
 
 def test_a_checkpoint_killed_half_written_leaves_nothing_in_the_resumed_run(tmp_path):
-    """A process killed (SIGKILL) while writing its second checkpoint leaves the half-written
-    temporary file in the unfinished run. Before, the resumed run carried it into the finished
-    run, whose replacement (``--force``) was then refused ("holds files that no run writes").
-    Now the resume drops it (the checkpoint before it is intact) and the finished run holds
-    only run files."""
+    """A process killed (SIGKILL) while safetensors writes its second checkpoint leaves the
+    half-written temporary file in the unfinished run. Before, the resumed run carried it into
+    the finished run, whose replacement (``--force``) was then refused ("holds files that no
+    run writes"). Now it lies in a temporary folder of onelip's, which the resume drops (the
+    checkpoint before it is intact); the finished run holds only run files."""
     import subprocess
     import sys
 
@@ -96,7 +99,7 @@ def test_a_checkpoint_killed_half_written_leaves_nothing_in_the_resumed_run(tmp_
     assert done.returncode == -9, done.stderr
     part = runs.partial_path(run)
     stranded = sorted(p.name for p in part.iterdir() if p.name != runs.CHECKPOINT)
-    assert len(stranded) == 1, stranded  # the half-written checkpoint
+    assert len(stranded) == 1, stranded  # the half-written checkpoint (in its folder)
     assert runs.read_checkpoint(part)["epoch"] == 1  # the last complete one
     assert runs.lock_path(run).is_file()  # the killed writer's: taken over
     with runs.resumable_run(run, resume=True) as folder:
@@ -111,26 +114,31 @@ def test_a_checkpoint_killed_half_written_leaves_nothing_in_the_resumed_run(tmp_
 
 
 def test_onelips_leftovers_in_a_finished_run_never_block_force_and_a_users_files_do(tmp_path):
-    """A finished run holding a temporary file of a write killed in the middle (e.g. of
-    certify.json), named as onelip 0.3.0 or this version names them, is still replaced by
-    ``overwrite`` (``--force``), which removes it; a user's file is never taken for one,
-    however close its name."""
+    """A finished run holding what a write killed in the middle left (e.g. of certify.json:
+    this version's temporary folder; onelip 0.3.0's temporary file, or safetensors' own) is
+    still replaced by ``overwrite`` (``--force``), which removes them; a user's file or
+    folder is never taken for one, however close its name."""
     from onelip._io import atomic_path
 
     run = _tiny_run(tmp_path / "run")
     killed = atomic_path(run / "certify.json")  # entered and never left: as a kill leaves it
     stranded = killed.__enter__()
     stranded.write_text("{")
-    (run / ".certify.json.k3x9_a2b.tmp").write_text("{")  # as onelip 0.3.0 named it
+    old = [".certify.json.k3x9_a2b.tmp", ".tmpK1LL3D"]  # as onelip 0.3.0 left them
+    for name in old:
+        (run / name).write_text("{")
     for users in ["notes.txt", ".certify.json.bak", ".onelip-tmp-notes.txt.k3x9_a2b.tmp",
-                  ".onelip-tmp-certify.json.k3x9_a2b", ".certify.json.K3X9_A2B.tmp"]:
+                  ".certify.json.K3X9_A2B.tmp", ".tmpK1LL3D.txt", "tmpK1LL3D"]:
         (run / users).write_text("mine")
         with pytest.raises(OutputError, match=f"holds files that no run writes \\({users}"):
             runs.check_target(run, overwrite=True)
         (run / users).unlink()
+    (run / ".onelip-tmp-notes.txt.k3x9_a2b").mkdir()  # a folder of the user's
+    with pytest.raises(OutputError, match="holds folders that no run writes"):
+        runs.check_target(run, overwrite=True)
+    (run / ".onelip-tmp-notes.txt.k3x9_a2b").rmdir()
     assert runs.check_target(run, overwrite=True) == run
-    assert [p.name for p in runs.leftovers(run)] == [".certify.json.k3x9_a2b.tmp",
-                                                     stranded.name]
+    assert sorted(p.name for p in runs.leftovers(run)) == sorted([*old, stranded.parent.name])
     model, cfg = models.build("mlp", in_features=2, num_outputs=1, hidden=[4])
     runs.save(model, run, model_name="mlp", model_config=cfg, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == [runs.CONFIG, runs.WEIGHTS]

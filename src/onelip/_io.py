@@ -3,7 +3,7 @@
 
 * :func:`atomic_path`: a context manager yielding a temporary path beside the target, renamed
   onto it only when the block succeeds (a crash leaves the old file as it was, and at worst a
-  temporary file named :data:`TEMP_PREFIX` ..., which :func:`is_leftover` recognises);
+  temporary folder named :data:`TEMP_PREFIX` ..., which :func:`is_leftover` recognises);
 * :func:`write_json`: JSON through :func:`atomic_path`;
 * :func:`unwritable_reason`: why files cannot be created in a folder (probed, nothing left);
 * :func:`file_sha256` / :func:`json_sha256`: digests of a file and of a JSON value (canonical:
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,41 +32,51 @@ __all__ = ["TEMP_PREFIX", "atomic_path", "check_state_dict", "file_sha256", "is_
            "json_sha256", "read_safetensors", "unwritable_reason", "write_json"]
 
 TEMP_PREFIX = ".onelip-tmp-"
-"""How the temporary files of :func:`atomic_path` begin: ``.onelip-tmp-NAME.XXXXXXXX`` and a
-suffix, beside the file ``NAME`` they become. A process killed while writing one leaves it
-behind; :func:`is_leftover` recognises it, so that run folders can drop it (and never a user's
-file)."""
+"""How the temporary folders of :func:`atomic_path` begin: ``.onelip-tmp-NAME.XXXXXXXX/``,
+beside the file ``NAME`` that is written in it and then renamed into place. A process killed
+while writing leaves that folder, with whatever the writer had made in it (safetensors' own
+temporary file too); :func:`is_leftover` recognises it, so that run folders drop it (and never
+a user's file)."""
 _PROBE_PREFIX = ".onelip-probe-"
-# A leftover of atomic_path for the file NAME: the prefix (or, as onelip 0.3.0 named them, a
-# bare dot), NAME, tempfile's 8 random characters, a suffix; or a probe of unwritable_reason.
-_LEFTOVER = re.compile(r"(?:\.onelip-tmp-|\.)(?P<target>.+)\.[a-z0-9_]{8}\.[A-Za-z0-9]{1,16}")
-_PROBE = re.compile(re.escape(_PROBE_PREFIX) + r"[a-z0-9_]{8}")
+# Left by a killed write of the file NAME: the folder of atomic_path (the prefix, NAME,
+# tempfile's 8 random characters); as onelip 0.3.0 left them, a file ".NAME.XXXXXXXX.SUFFIX"
+# or safetensors' own ".tmpXXXXXX" (written beside the path it was given); a probe of
+# unwritable_reason.
+_LEFTOVER_DIR = re.compile(re.escape(TEMP_PREFIX) + r"(?P<target>.+)\.[a-z0-9_]{8}")
+_LEFTOVER_FILE = re.compile(r"(?:\.onelip-tmp-|\.)(?P<target>.+)\.[a-z0-9_]{8}\.[A-Za-z0-9]{1,16}")
+_OTHER_LEFTOVER = re.compile(r"\.tmp[A-Za-z0-9]{6}|" + re.escape(_PROBE_PREFIX) + r"[a-z0-9_]{8}")
 
 
-def is_leftover(name: str, targets: Collection[str]) -> bool:
-    """Whether the file name ``name`` is one that onelip's own writers leave when killed: a
-    temporary file of :func:`atomic_path` for one of the file names ``targets`` (named with
-    :data:`TEMP_PREFIX`, or as onelip 0.3.0 named them), or a probe of
+def is_leftover(name: str, targets: Collection[str], *, folder: bool = False) -> bool:
+    """Whether ``name`` (a folder's when ``folder``, else a file's) is one that onelip's own
+    writers leave when killed while writing one of the files ``targets``: the temporary folder
+    of :func:`atomic_path` (:data:`TEMP_PREFIX`), the temporary files onelip 0.3.0 left
+    (``.NAME.XXXXXXXX.SUFFIX``, safetensors' ``.tmpXXXXXX``), a probe of
     :func:`unwritable_reason`. A user's file is never one (another name or another target).
 
     Example:
-        >>> is_leftover(".onelip-tmp-config.json.k3x9_a2b.tmp", {"config.json"})
+        >>> is_leftover(".onelip-tmp-config.json.k3x9_a2b", {"config.json"}, folder=True)
         True
         >>> is_leftover("notes.txt", {"config.json"}), is_leftover(".config.json", {"config.json"})
         (False, False)
     """
-    if _PROBE.fullmatch(name):
+    if folder:
+        m = _LEFTOVER_DIR.fullmatch(name)
+        return m is not None and m.group("target") in targets
+    if _OTHER_LEFTOVER.fullmatch(name):
         return True
-    m = _LEFTOVER.fullmatch(name)
+    m = _LEFTOVER_FILE.fullmatch(name)
     return m is not None and m.group("target") in targets
 
 
 @contextmanager
 def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success it replaces ``path``
-    (``os.replace``: atomic on POSIX), on error it is removed and ``path`` is untouched.
-    ``suffix`` ends the temporary name (for writers that check it). The name begins with
-    :data:`TEMP_PREFIX`: if the process is killed meanwhile, :func:`is_leftover` knows it.
+    """Yield a temporary path for ``path``; on success it replaces ``path`` (``os.replace``:
+    atomic on POSIX), on error it is removed and ``path`` is untouched. The path lies in a
+    temporary folder of its own beside ``path`` (:data:`TEMP_PREFIX`), so that whatever a
+    writer makes there (safetensors writes a temporary file of its own) goes with it, and a
+    process killed meanwhile leaves one folder that :func:`is_leftover` knows. Its name is
+    ``path``'s, ending in ``suffix`` (for writers that check it).
 
     Example:
         >>> import tempfile, pathlib
@@ -77,16 +88,14 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.",
-                                suffix=suffix)
-    os.close(fd)
-    tmp = Path(name)
+    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}."))
+    tmp = folder / (path.name if path.name.endswith(suffix) else path.name + suffix)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -29,9 +29,9 @@ A run that may be resumed (``onelip train``) is written into a fixed folder besi
 ``.NAME.partial`` (:func:`partial_path`, :func:`resumable_run`), holding a checkpoint after each
 epoch; a killed run leaves it behind for ``onelip train --resume NAME``.
 
-Every file is written under a temporary name (``.onelip-tmp-NAME.XXXXXXXX...``,
-:func:`onelip._io.atomic_path`) and renamed when complete. A kill in the middle of a write
-leaves that temporary file: :func:`leftovers` recognises onelip's own (and only those), a
+Every file is written in a temporary folder beside it (``.onelip-tmp-NAME.XXXXXXXX/``,
+:func:`onelip._io.atomic_path`) and renamed into place when complete. A kill in the middle of
+a write leaves that folder: :func:`leftovers` recognises onelip's own (and only those), a
 resumed run drops them before it continues and again before it is renamed into place, and a
 run holding some is still replaced by ``overwrite`` (they are not a user's files).
 
@@ -127,19 +127,23 @@ def is_run_folder(path: str | Path) -> bool:
 
 
 def leftovers(folder: str | Path) -> list[Path]:
-    """The files of ``folder`` that a killed onelip write left behind: temporary files of
-    the files a run holds (:data:`RUN_FILES`, :func:`onelip._io.is_leftover`), never a
-    user's file; sorted. [] when ``folder`` is not a folder."""
+    """What a killed onelip write left in ``folder``: the temporary folders and files of the
+    files a run holds (:data:`RUN_FILES`, :func:`onelip._io.is_leftover`), never a user's
+    file; sorted. [] when ``folder`` is not a folder."""
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return []
-    return sorted(e for e in folder.iterdir()
-                  if is_leftover(e.name, RUN_FILES) and e.is_file() and not e.is_symlink())
+    return sorted(e for e in folder.iterdir() if not e.is_symlink() and (
+        is_leftover(e.name, RUN_FILES, folder=True) if e.is_dir()
+        else e.is_file() and is_leftover(e.name, RUN_FILES)))
 
 
 def _drop_leftovers(folder: Path) -> None:
     for e in leftovers(folder):
-        e.unlink(missing_ok=True)
+        if e.is_dir():
+            shutil.rmtree(e, ignore_errors=True)
+        else:
+            e.unlink(missing_ok=True)
 
 
 def _is_partial(folder: Path) -> bool:
