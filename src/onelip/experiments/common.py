@@ -258,8 +258,81 @@ class SubRuns:
 
     def __call__(self, name: str, config: dict,
                  compute: Callable[[], dict]) -> dict | None:
-        key = config_key(config)
-        path = None if self.dir is None else self.dir / f"{key}.json"
+        found, result = self._cached(name, config)
+        if found:
+            return result
+        if self._spent(name):
+            return None
+        self.note(name)
+        t0 = time.perf_counter()
+        result = compute()
+        self._store(name, config, time.perf_counter() - t0, environment(), result)
+        return result
+
+    def map(self, items: list[tuple[str, dict, tuple]], compute: Callable[..., dict], *,
+            jobs: int = 1) -> list[dict | None]:
+        """``[self(name, config, lambda: compute(*args)) for name, config, args in items]``,
+        with up to ``jobs`` sub-runs computing at once, each in a fresh process of its own
+        (``spawn``): ``compute`` must be a module-level function and ``args`` must pickle.
+        The cached sub-runs are read first; the others start in order, none after the
+        deadline (the budget's rule of :meth:`__call__`). A sub-run that raises stops the
+        starts; the ones computing finish and are stored, then the error is raised."""
+        if jobs < 1:
+            raise ValueError(f"Expected jobs >= 1, but got {jobs}")
+        if jobs == 1:
+            return [self(name, config, lambda a=args: compute(*a))
+                    for name, config, args in items]
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        out: list[dict | None] = [None] * len(items)
+        queue = deque()
+        for i, (name, config, _) in enumerate(items):
+            found, result = self._cached(name, config)
+            if found:
+                out[i] = result
+            else:
+                queue.append(i)
+        if not queue:
+            return out
+        error: BaseException | None = None
+        running: dict = {}
+        with ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            while queue or running:
+                while queue and len(running) < jobs and error is None:
+                    i = queue.popleft()
+                    if self._spent(items[i][0]):
+                        continue
+                    self.note(items[i][0])
+                    if self._bar is None and self.progress:
+                        print(f"[{self.claim}] {items[i][0]}: started", file=sys.stderr,
+                              flush=True)
+                    running[pool.submit(_timed, compute, items[i][2])] = i
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    try:
+                        seconds, env, result = fut.result()
+                    except Exception as e:  # noqa: BLE001 - raised below, after the others
+                        error = error or e
+                        continue
+                    self._store(items[i][0], items[i][1], seconds, env, result)
+                    out[i] = result
+        if error is not None:
+            raise error
+        return out
+
+    def _path(self, config: dict) -> Path | None:
+        return None if self.dir is None else self.dir / f"{config_key(config)}.json"
+
+    def _cached(self, name: str, config: dict) -> tuple[bool, dict | None]:
+        """(True, result) of a finished sub-run with this config, counted; else (False,
+        None)."""
+        path = self._path(config)
         if path is not None and path.exists():
             try:
                 stored = json.loads(path.read_text())
@@ -268,29 +341,33 @@ class SubRuns:
                     self.cached += 1
                     self.compute_seconds += float(stored.get("seconds", 0.0))
                     self._count_env(stored.get("environment"))
-                    return stored["result"]
+                    return True, stored["result"]
             except (json.JSONDecodeError, KeyError):
                 pass  # a torn or foreign file: recompute it
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.not_run.append(name)
-            if not self.partial:
-                raise ClaimNotRun(self.claim, self.stats())
-            self._advance(name, "not run (the time budget is spent)")
-            return None
-        self.note(name)
-        t0 = time.perf_counter()
-        result = compute()
-        seconds = time.perf_counter() - t0
+        return False, None
+
+    def _spent(self, name: str) -> bool:
+        """Whether the deadline has passed: then ``name`` is recorded as not run (or, for a
+        claim that needs all its sub-runs, :class:`ClaimNotRun` is raised)."""
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return False
+        self.not_run.append(name)
+        if not self.partial:
+            raise ClaimNotRun(self.claim, self.stats())
+        self._advance(name, "not run (the time budget is spent)")
+        return True
+
+    def _store(self, name: str, config: dict, seconds: float, env: dict,
+               result: dict) -> None:
         self.compute_seconds += seconds
-        env = environment()
         self._count_env(env)
+        path = self._path(config)
         if path is not None:
             _write_json(path, {"name": name, "config": config, "seconds": round(seconds, 2),
                                "onelip_version": __version__, "environment": env,
                                "result": result})
         self.ran += 1
         self._advance(name, f"ran in {seconds:.1f}s")
-        return result
 
     def _advance(self, name: str, what: str) -> None:
         self.done += 1
@@ -330,6 +407,14 @@ class SubRuns:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _timed(compute: Callable[..., dict], args: tuple) -> tuple[float, dict, dict]:
+    """``compute(*args)`` in a worker process of :meth:`SubRuns.map`: (seconds,
+    :func:`environment` of the worker, result)."""
+    t0 = time.perf_counter()
+    result = compute(*args)
+    return time.perf_counter() - t0, environment(), result
 
 
 # ==== models ================================================================================
