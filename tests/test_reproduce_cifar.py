@@ -38,7 +38,8 @@ def _folder(root, *, classes=("cat", "dog", "frog"), n=16, size=8, test=False):
 
 def _tiny_pareto(data: str) -> pareto.ParetoConfig:
     return replace(pareto.ParetoConfig.quick(), data=data, val_fraction=0.25, n_val=None,
-                   taus=(0.1, 3.0), margins=(36.0,), alphas=(10.0,), epochs=2, batch_size=16,
+                   taus=(0.1, 3.0), margins=(36.0,), alphas=(10.0,), offsets=(0.0, 72.0),
+                   epochs=2.0, paper_batch_size=16, onelip_batch_size=16,
                    paper_net=(("preset", "bethune-vgg"), ("width", 4), ("hidden", (8,))),
                    onelip_net=(("width", 4), ("blocks", 2), ("depth", 1)))
 
@@ -59,8 +60,9 @@ def test_front_keeps_only_non_dominated_points():
 
 def test_paper_front_is_the_papers_envelope():
     f = pareto.PAPER_FRONT
-    assert (0.70, 0.44) in f and (0.80, 0.21) in f and (0.865, 0.0) in f
-    assert (0.575, 0.44) not in f, "dominated by (0.70, 0.44)"
+    assert (0.698, 0.437) in f and (0.799, 0.211) in f and (0.865, 0.0) in f
+    assert (0.575, 0.437) not in f, "dominated by (0.698, 0.437)"
+    assert (0.802, 0.144) not in f, "dominated by (0.804, 0.167)"
     cs, rs = zip(*f)
     assert list(cs) == sorted(cs) and list(rs) == sorted(rs, reverse=True)
 
@@ -69,9 +71,9 @@ def test_domination_gap_is_zero_only_when_every_point_is_dominated():
     theirs = pareto.PAPER_FRONT
     assert pareto.domination_gap([(0.9, 0.5)], theirs) == 0.0
     gap = pareto.domination_gap([(0.9, 0.40)], theirs)
-    assert gap == pytest.approx(0.04), "(0.70, 0.44) beats it by 4 points of certified"
+    assert gap == pytest.approx(0.037), "(0.698, 0.437) beats it by 3.7 points of certified"
     assert pareto.domination_gap([(0.7, 0.44), (0.865, 0.0)], theirs) > 0, \
-        "(0.80, 0.21) is not dominated by either point"
+        "(0.799, 0.211) is not dominated by either point"
     assert pareto.domination_gap([], theirs) == 1.0
 
 
@@ -133,45 +135,53 @@ def test_pareto_on_an_image_folder_writes_results_verdicts_and_figure(tmp_path, 
     out = tmp_path / "claims"
     r = pareto.run(cfg, out=out, progress=False)
     nets = r["networks"]
-    assert set(nets) == {"paper", "onelip"} and set(nets["paper"]) == set(pareto.SWEEPS)
-    for rs in nets["paper"].values():
-        for x in rs:
-            assert x["n_train"] == 36 and x["n_val"] == 12, "25 % of 48 training images"
-            assert set(x["certified"]) == {"36", "72", "108"}
-            assert x["val_acc"] >= x["certified"]["36"]
-    assert r["subruns"]["ran"] == 8
+    assert set(nets) == set(pareto.NETWORKS)
+    assert set(nets["paper-spectral"]) == set(nets["paper-ortho"]) == set(pareto.SWEEPS)
+    assert set(nets["onelip"]) == {pareto.OFFSET}
+    for network in ("paper-spectral", "paper-ortho"):
+        for rs in nets[network].values():
+            for x in rs:
+                assert x["n_train"] == 36 and x["n_val"] == 12, "25 % of 48 training images"
+                assert set(x["certified"]) == {"36", "72", "108"}
+                assert x["val_acc"] >= x["certified"]["36"]
+                assert x["epochs"] == pytest.approx(2.0) and x["budget"] == "2 epochs"
+    assert r["subruns"]["ran"] == 10
     claims = " ".join(v["claim"] for v in r["verdicts"])
-    assert "Fig. 3" in claims and "dominates" in claims
+    assert "Fig. 3" in claims and "dominates" in claims and "70 % clean" in claims
     rows = " ".join(v["research"] + v["measured"] for v in r["verdicts"])
-    assert "44.0 % at 70.0 % clean" in rows and "domination gap" in rows
-    assert "batch 16 (the paper: 512)" in rows, "protocol differences in the row"
+    assert "43.4 % certified" in rows and "12-image validation split" in rows
+    assert "the paper: the test split" in rows, "the protocol's difference in the row"
+    budget = r["tables"][0]["rows"][0][-1]
+    assert "thread(s): 2.00 epochs" in budget, "every row states its budget"
     assert pareto.verdicts(json.loads(json.dumps(r))) == r["verdicts"]
     assert pareto.plot(r, tmp_path) == ["pareto.png"]
     assert (tmp_path / "pareto.png").read_bytes()[:8] == PNG_MAGIC
     # a second run is all cached, and the same
     again = pareto.run(cfg, out=out, progress=False)
-    assert again["subruns"] == {**again["subruns"], "ran": 0, "cached": 8}
+    assert again["subruns"] == {**again["subruns"], "ran": 0, "cached": 10}
     assert again["networks"] == r["networks"]
 
 
 def test_pareto_verdicts_follow_the_stored_points():
     """The verdicts are computed from the stored results: move the points, they change."""
     def sweeps(points):
-        return {"tau": [{"value": 0.1 + i, "val_acc": c, "certified": {"36": r, "72": 0,
-                                                                        "108": 0},
-                         "seconds": 1, "n_train": 10, "n_val": 5}
-                        for i, (c, r) in enumerate(points)], "margin": [], "alpha": []}
+        return {"offset": [{"value": 36.0 * i, "val_acc": c,
+                            "certified": {"36": r, "72": 0, "108": 0}, "cpu_seconds": 1,
+                            "threads": 1, "epochs": 1.0, "steps": 1, "n_train": 10,
+                            "n_val": 5} for i, (c, r) in enumerate(points)]}
 
     cfg = pareto.ParetoConfig(data="folder:x")
-    good = [(0.70, 0.56), (0.75, 0.5), (0.81, 0.40), (0.87, 0.1)]
-    res = {"config": config_dict(cfg),
-           "networks": {"onelip": sweeps(good), "paper": sweeps(good)}}
+    good = [(0.87, 0.1), (0.81, 0.44), (0.75, 0.5), (0.70, 0.56)]
+    res = {"config": config_dict(cfg), "networks": {"onelip": sweeps(good)}}
     v = {x["claim"]: x["agree"] for x in pareto.verdicts(res)}
-    assert v["onelip's best network dominates the paper's front (Fig. 3)"]
-    res["networks"]["onelip"] = sweeps([(0.70, 0.50), (0.87, 0.1), (0.81, 0.4)])
+    assert v["Fig. 3: onelip's network dominates the paper's points up to 80 % clean"]
+    assert v["Fig. 3: onelip's network at 70 % clean certifies ≥ 55 % at 36/255"]
+    res["networks"]["onelip"] = sweeps([(0.87, 0.1), (0.78, 0.4), (0.70, 0.50)])
     v = {x["claim"]: x["agree"] for x in pareto.verdicts(res)}
-    assert not v["onelip's best network dominates the paper's front (Fig. 3)"], \
+    assert not v["Fig. 3: onelip's network at 70 % clean certifies ≥ 55 % at 36/255"], \
         "50 % at 70 % clean misses the 55 % target"
+    assert not v["Fig. 3: onelip's network dominates the paper's points up to 80 % clean"], \
+        "(0.792, 0.244) … (0.799, 0.211) are more accurate than every onelip point"
 
 
 def test_pareto_full_needs_data_and_refuses_before_training(tmp_path, capsys):

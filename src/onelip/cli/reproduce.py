@@ -6,6 +6,8 @@
     onelip reproduce all --data folder:DIR --out docs/claims  # full run, writes report.md
     onelip reproduce all --redraw --out docs/claims # figures + report from results.json only
     onelip reproduce pareto --data folder:DIR --out docs/claims --budget 9m  # part of it
+    onelip reproduce pareto --data folder:DIR --out docs/claims/pareto-cpu --point-budget 20m \
+        --jobs 2 --add-point benchmarks/models/cifar10-hour.json   # Fig. 3 on the CPU
 
 The work is done by :mod:`onelip.experiments.report`.
 """
@@ -17,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from onelip.cli._common import CLIError, duration, set_item, typed_value
+from onelip.cli._common import CLIError, duration, positive_int, set_item, typed_value
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,6 +27,8 @@ _CHOICES = ("expressivity", "optimal-transport", "generalization", "tradeoff", "
             "consistency", "memorization", "snowflake", "all")
 _NEEDS_DATA = ("pareto", "consistency", "memorization")
 """Claims whose full protocol trains on a user's images (CIFAR-10): ``--data`` is required."""
+_FIELD_FLAGS = {"point_budget": "--point-budget", "jobs": "--jobs", "saved_points": "--add-point"}
+"""Config fields with a flag of their own (a claim without the field refuses the flag)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "report from the cached sub-runs alone). The report names every "
                         "sub-run left out as not run; the same command later continues from "
                         "the cache")
+    p.add_argument("--point-budget", type=duration, default=None, metavar="DURATION",
+                   help="pareto: the CPU time (of its own process) every sub-run trains for, "
+                        "e.g. 20m; the tables state the epochs it bought")
+    p.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                   help="pareto: sub-runs at once, each in a process of its own (one torch "
+                        "thread each by default)")
+    p.add_argument("--add-point", dest="add_point", action="append", default=[],
+                   metavar="JSON",
+                   help="pareto: a saved network's figures as one more onelip point (the JSON "
+                        "beside its weights, e.g. benchmarks/models/cifar10-hour.json); "
+                        "repeatable")
 
 
 def _print_verdicts(name: str, results: dict) -> None:
@@ -83,12 +98,20 @@ def _overrides(names: list[str], args: argparse.Namespace) -> dict:
 
     from onelip.experiments import report
 
+    flags = {field: flag for field, flag in _FIELD_FLAGS.items() if _given(args, field)}
     if len(names) != 1:
-        raise CLIError("--set sets one claim's config: run the claims one at a time "
-                       "(onelip reproduce CLAIM --set ...)")
+        what = ", ".join(flags.values()) or "--set"
+        raise CLIError(f"{what} sets one claim's config: run the claims one at a time "
+                       f"(onelip reproduce CLAIM {what} ...)")
     cfg = report.claim_config(names[0], quick=args.quick, data=args.data)
     fields = {f.name for f in dataclasses.fields(cfg)}
     out: dict = {}
+    for field, flag in flags.items():
+        if field not in fields:
+            raise CLIError(f"{flag}: {names[0]} has no such setting (only pareto takes "
+                           f"{flag})")
+        out[field] = tuple(args.add_point) if field == "saved_points" else \
+            getattr(args, field)
     for item in args.config_set:
         key, value = set_item(item)
         if key not in fields:
@@ -98,8 +121,16 @@ def _overrides(names: list[str], args: argparse.Namespace) -> dict:
     try:
         report.claim_config(names[0], quick=args.quick, data=args.data, overrides=out)
     except (TypeError, ValueError) as e:
-        raise CLIError(f"--set: {e}") from None
+        used = [*flags.values(), *(["--set"] if args.config_set else [])]
+        raise CLIError(f"{', '.join(used)}: {e}") from None
     return out
+
+
+def _given(args: argparse.Namespace, field: str) -> bool:
+    """Whether the flag of config field ``field`` (:data:`_FIELD_FLAGS`) was given."""
+    if field == "saved_points":
+        return bool(getattr(args, "add_point", []))
+    return getattr(args, field, None) is not None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     if need and not args.quick and args.data is None:
         raise CLIError(f"{', '.join(need)}: the full protocol trains on CIFAR-10: pass --data "
                        "folder:DIR (the training images as an image folder), or use --quick")
-    overrides = _overrides(names, args) if args.config_set else None
+    given = args.config_set or any(_given(args, f) for f in _FIELD_FLAGS)
+    overrides = _overrides(names, args) if given else None
     deadline = None if args.budget is None else time.monotonic() + args.budget
     for name in names:
         results = report.run_claim(name, quick=args.quick, out=args.out,
