@@ -6,6 +6,7 @@ file, ``onelip inspect`` works on every run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,124 @@ def test_the_lock_knows_a_reused_pid_and_this_process(tmp_path, other_process):
             runs.save(model, run, model_name="mlp", model_config=cfg, overwrite=True)
         runs.write_model(part, model, model_name="mlp", model_config=cfg)
     assert not runs.lock_path(run).exists() and runs.is_run_folder(run)
+
+
+# ==== 9: a full disk, an edited config.json, inspect of any run: one line or an answer ======
+
+TINY = ["--data", "two-moons", "--n-samples", "60", "--epochs", "1", "--width", "4",
+        "--depth", "1", "--quiet"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_what_to_do(tmp_path, capsys,
+                                                                 monkeypatch):
+    """A full disk while saving was safetensors' SafetensorError (a traceback) or an OSError
+    naming a temporary file. Now every writer (a run, its checkpoint, its config.json, an
+    export) says in one line which file could not be written, why, and what to do; nothing is
+    left behind, and a checkpoint that could not be replaced is kept whole."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    src = _tiny_run(tmp_path / "src")
+    runs.write_checkpoint(src, {"epoch": 1})
+    real = safetensors.torch.save_file
+
+    def no_space(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28) at path \"/somewhere/.tmpAb12Cd\"")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match=f"cannot write {out / 'run' / runs.WEIGHTS}: No "
+                                          "space left on device; free space on its disk"):
+        _tiny_run(out / "run")
+    with pytest.raises(OutputError, match=f"{src / runs.CHECKPOINT}: No space .* \\(the last "
+                                          "checkpoint, .*, is kept\\)"):
+        runs.write_checkpoint(src, {"epoch": 2})
+    assert runs.read_checkpoint(src)["epoch"] == 1
+    rc = main(["export", str(src), "--format", "safetensors", "--out", str(out / "m.st")])
+    _one_line(capsys, rc, f"cannot write {out / 'm.st'}: No space left on device")
+    rc = main(["train", *TINY, "--out", str(out / "trained")])
+    _one_line(capsys, rc, f"{runs.CHECKPOINT}: No space left on device; free space")
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+
+    def write_text(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(OutputError, match=f"cannot write {out / 'run' / runs.CONFIG}: No "
+                                          "space left on device"):
+        _tiny_run(out / "run")
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", *TINY, "--val-fraction", "0.2", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("splits", None, "x"), ("train", None, [1]), ("data", "name", 7),
+    ("splits", "val_seed", "zz"), ("train", "val_fraction", "0.2"), ("splits", "classes", 3),
+])
+def test_an_edited_config_field_is_one_line_naming_the_file(trained, tmp_path, capsys,
+                                                             section, field, value):
+    """A field of config.json edited into another type (today: an AttributeError, or a
+    message about int() that names no file) is one line naming config.json and the field, for
+    every command that reads the run."""
+    import json
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    cfg = json.loads((run / runs.CONFIG).read_text())
+    if field is None:
+        cfg[section] = value
+    else:
+        cfg.setdefault(section, {})[field] = value
+    (run / runs.CONFIG).write_text(json.dumps(cfg))
+    where = section if field is None else f"{section}.{field}"
+    for command in (["inspect", str(run)], ["certify", str(run), "--eps", "0.1", "--out",
+                                            str(tmp_path / "c.json")],
+                    ["export", str(run), "--format", "safetensors", "--out",
+                     str(tmp_path / "m.safetensors")]):
+        _one_line(capsys, main(command), f"{run / runs.CONFIG}: ", where,
+                  "restore it from a backup or retrain")
+
+
+def _png_folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("model", [["mlp", "--width", "8", "--depth", "1"],
+                                   ["convnet", "--set", "width=4", "--set", "stages=1",
+                                    "--set", "depth=1"]])
+def test_inspect_works_on_a_run_trained_on_an_image_folder_of_one_split(tmp_path, capsys,
+                                                                        model):
+    """``onelip inspect`` of a run trained on an image folder without a test split raised a
+    RuntimeError (an MLP) or a misleading shape message (a convnet): it estimated on the
+    empty test split. It now estimates on the run's validation split and says so."""
+    import json
+
+    images = _png_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"folder:{images}", "--model", *model, "--epochs", "1",
+                 "--val-fraction", "0.25", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    info = json.loads(out[out.index("\n{") + 1:])
+    assert "estimate_skipped" not in info, info
+    assert info["estimate_points"] == "4 of the validation split", info
+    assert 0 < info["lipschitz_estimate"] <= info["lipschitz_bound"] + 1e-6, info

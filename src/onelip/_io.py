@@ -3,7 +3,8 @@
 
 * :func:`atomic_path`: a context manager yielding a temporary path beside the target, renamed
   onto it only when the block succeeds (a crash leaves the old file as it was, and at worst a
-  temporary folder named :data:`TEMP_PREFIX` ..., which :func:`is_leftover` recognises);
+  temporary folder named :data:`TEMP_PREFIX` ..., which :func:`is_leftover` recognises); a
+  full disk is a one-line error naming the file (:func:`write_error`);
 * :func:`write_json`: JSON through :func:`atomic_path`;
 * :func:`unwritable_reason`: why files cannot be created in a folder (probed, nothing left);
 * :func:`file_sha256` / :func:`json_sha256`: digests of a file and of a JSON value (canonical:
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,10 +28,11 @@ from typing import Any, Collection, Iterator, Mapping
 
 import torch
 
-from onelip._errors import CheckpointError
+from onelip._errors import CheckpointError, OutputError
 
 __all__ = ["TEMP_PREFIX", "atomic_path", "check_state_dict", "file_sha256", "is_leftover",
-           "json_sha256", "read_safetensors", "unwritable_reason", "write_json"]
+           "WriteError", "json_sha256", "read_safetensors", "unwritable_reason", "write_error",
+           "write_json"]
 
 TEMP_PREFIX = ".onelip-tmp-"
 """How the temporary folders of :func:`atomic_path` begin: ``.onelip-tmp-NAME.XXXXXXXX/``,
@@ -78,6 +81,10 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     process killed meanwhile leaves one folder that :func:`is_leftover` knows. Its name is
     ``path``'s, ending in ``suffix`` (for writers that check it).
 
+    An error of the file system while writing (a full disk, a folder that cannot be written:
+    ``OSError``, or safetensors' ``SafetensorError`` of one) is an
+    :class:`~onelip._errors.OutputError` naming ``path`` and saying what to do.
+
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -87,15 +94,58 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}."))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}."))
+    except OSError as e:
+        raise write_error(path, e) from None
     tmp = folder / (path.name if path.name.endswith(suffix) else path.name + suffix)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as e:
+        err = write_error(path, e) if not isinstance(e, WriteError) else None
+        if err is None:
+            raise
+        raise err from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_OS_ERROR = re.compile(r"(?:os error|code:) (\d+)")
+_WHAT_TO_DO = {errno.ENOSPC: "free space on its disk, or write elsewhere",
+               errno.EDQUOT: "free space within your disk quota, or write elsewhere",
+               errno.EACCES: "make its folder writable, or write elsewhere",
+               errno.EPERM: "make its folder writable, or write elsewhere",
+               errno.EROFS: "write elsewhere (a read-only file system)"}
+
+
+class WriteError(OutputError):
+    """A file that could not be written (:func:`write_error`): :attr:`path`, and
+    :attr:`reason` (what happened and what to do)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot write {path}: {reason}")
+
+
+def write_error(path: str | Path, e: BaseException) -> WriteError | None:
+    """The one-line :class:`WriteError` for ``e``, an error of the file system while writing
+    ``path`` (an ``OSError``, or safetensors' ``SafetensorError`` of one): what happened (e.g.
+    "No space left on device") and what to do; None for any other error."""
+    if isinstance(e, OSError):
+        code, why = e.errno, e.strerror or str(e)
+    elif type(e).__name__ == "SafetensorError":
+        m = _OS_ERROR.search(str(e))
+        if m is None:
+            return None
+        code = int(m.group(1))
+        why = os.strerror(code)
+    else:
+        return None
+    todo = _WHAT_TO_DO.get(code, "check that place and retry, or write elsewhere")
+    return WriteError(path, f"{why}; {todo}")
 
 
 def _umask() -> int:

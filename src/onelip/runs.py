@@ -33,7 +33,8 @@ Every file is written in a temporary folder beside it (``.onelip-tmp-NAME.XXXXXX
 :func:`onelip._io.atomic_path`) and renamed into place when complete. A kill in the middle of
 a write leaves that folder: :func:`leftovers` recognises onelip's own (and only those), a
 resumed run drops them before it continues and again before it is renamed into place, and a
-run holding some is still replaced by ``overwrite`` (they are not a user's files).
+run holding some is still replaced by ``overwrite`` (they are not a user's files). A full
+disk is a one-line error naming the file (:func:`onelip._io.write_error`).
 
 One process writes a run at a time: :func:`new_run` and :func:`resumable_run` hold the lock
 file ``.NAME.lock`` beside it (:func:`lock_path`: created exclusively, it records the pid, host
@@ -72,6 +73,7 @@ from torch import nn
 from onelip import __version__, arch, models
 from onelip._errors import Argument, CheckpointError, OutputError
 from onelip._io import (
+    WriteError,
     _umask,
     atomic_path,
     check_state_dict,
@@ -244,8 +246,13 @@ def new_run(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     with _locked(path):
         tmp = Path(tempfile.mkdtemp(dir=full.parent, prefix=f".{full.name}.", suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_umask())
-        with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite):
-            yield tmp
+        try:
+            with _finished_into(tmp, path, keep=lambda: False, overwrite=overwrite):
+                yield tmp
+        except WriteError as e:  # named where the file goes, not in the temporary folder
+            if not e.path.is_relative_to(tmp):
+                raise
+            raise WriteError(path / e.path.relative_to(tmp), e.reason) from None
 
 
 @contextmanager
@@ -544,8 +551,13 @@ def write_checkpoint(folder: str | Path, state: dict) -> Path:
             "state": json.dumps(packed, allow_nan=False),
             "tensors_sha256": _tensors_sha256(tensors)}
     target = Path(folder) / CHECKPOINT
-    with atomic_path(target, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    try:
+        with atomic_path(target, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except OutputError as e:  # a full disk: the checkpoint before is still whole
+        if target.is_file():
+            raise OutputError(*e.parts, f" (the last checkpoint, {target}, is kept)") from None
+        raise
     return target
 
 
@@ -675,16 +687,73 @@ def load_config(path: str | Path) -> dict:
     if (not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict)
             or "name" not in cfg["model"]):
         raise CheckpointError(f"{cfg_path} has no model section; the run folder is corrupt")
-    if not isinstance(cfg.get("data", {}), dict):
-        raise CheckpointError(f"{cfg_path}: the data section is not an object; the run folder "
-                              "is corrupt")
     version = cfg.get("onelip_version")
     if not isinstance(version, str) or tuple(version.split(".")[:2]) not in READS_VERSIONS:
         raise CheckpointError(
             f"{path} was written by onelip {version}, this is onelip {__version__}; "
             "load it with that version or retrain"
         )
+    _check_fields(cfg_path, cfg)
     return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_shape(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(s) and s > 0 for s in v)
+
+
+def _is_fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+
+
+_SECTIONS = ("model", "data", "splits", "loss", "train", "integrity")
+"""The sections of config.json that are objects (where present)."""
+_FIELDS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("model", "name"): (lambda v: isinstance(v, str), "a model name"),
+    ("model", "config"): (lambda v: isinstance(v, dict), "an object"),
+    ("model", "input_shape"): (_is_shape, "a shape (a list of positive integers)"),
+    ("data", "name"): (lambda v: isinstance(v, str), "a data set name"),
+    ("data", "resize"): (lambda v: v is None or (_is_shape(v) and len(v) == 2),
+                         "[height, width]"),
+    ("data", "n_samples"): (lambda v: v is None or (_is_int(v) and v > 0), "a count"),
+    ("splits", "val_fraction"): (_is_fraction, "a fraction in [0, 1)"),
+    ("splits", "val_seed"): (_is_int, "an integer"),
+    ("splits", "num_classes"): (lambda v: _is_int(v) and v > 0, "a count"),
+    ("splits", "n_train"): (lambda v: _is_int(v) and v >= 0, "a count"),
+    ("splits", "n_val"): (lambda v: _is_int(v) and v >= 0, "a count"),
+    ("splits", "n_test"): (lambda v: _is_int(v) and v >= 0, "a count"),
+    ("splits", "classes"): (lambda v: isinstance(v, list) and all(isinstance(c, str)
+                                                                   for c in v),
+                            "a list of class names"),
+    ("splits", "input_shape"): (_is_shape, "a shape (a list of positive integers)"),
+    ("splits", "source"): (lambda v: v is None or isinstance(v, str), "a path"),
+    ("splits", "fingerprint"): (lambda v: v is None or isinstance(v, dict), "an object"),
+    ("train", "val_fraction"): (_is_fraction, "a fraction in [0, 1)"),
+}
+"""Fields of config.json that onelip reads (where present) -> (the check, what it must be)."""
+
+
+def _check_fields(cfg_path: Path, cfg: dict) -> None:
+    """A :class:`CheckpointError` naming the file and the field for a section or field of
+    ``cfg`` that is not what onelip writes (an edited or corrupt config.json). Only the model
+    section is covered by a digest (:func:`load`): the others are checked here, so that no
+    edit turns into an error far from the file."""
+    def bad(where: str, value: Any, what: str) -> CheckpointError:
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return CheckpointError(f"{cfg_path}: {where} is not {what} ({shown}); the file was "
+                               "edited or is corrupt: restore it from a backup or retrain")
+
+    for section in _SECTIONS:
+        if section in cfg and not isinstance(cfg[section], dict):
+            raise bad(f"the {section} section", cfg[section], "an object")
+    for (section, field), (ok, what) in _FIELDS.items():
+        part = cfg.get(section, {})
+        if field in part and not ok(part[field]):
+            raise bad(f"{section}.{field}", part[field], what)
 
 
 def _build(path: Path, section: dict) -> nn.Module:
