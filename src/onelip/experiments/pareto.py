@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -525,6 +526,11 @@ def run(cfg: ParetoConfig, *, out: Path | None = None, progress: bool = True,
     with SubRuns(CLAIM, out, total=len(items), progress=progress, deadline=start_by,
                  partial=True) as runs:
         if cfg.jobs > 1:
+            if start_by is None or start_by > time.monotonic():
+                todo = [k for _, k, _ in keyed if out is None or not (
+                    Path(out) / CLAIM / "runs" / f"{common.config_key(k)}.json").exists()]
+                if todo:  # decode the images once (onelip's image cache) before the workers
+                    _data(cfg)
             res = runs.map(keyed, _point, jobs=cfg.jobs)
         else:
             pool: list = []
