@@ -34,7 +34,9 @@ def venv_python(venv: Path) -> Path:
 def venv_ready(py: Path) -> bool:
     if not py.exists():
         return False
-    probe = ("import torch, numpy, deel.torchlip, orthogonium, sys; "
+    # what the benchmarks import there: a venv missing one (safetensors to save, Pillow to
+    # decode) is completed by ensure_peers_venv, not found broken after a 20-minute run
+    probe = ("import torch, numpy, safetensors, PIL, deel.torchlip, orthogonium, sys; "
              f"sys.exit(0 if torch.__version__.split('+')[0] == {TORCH_PIN!r} else 3)")
     # cwd=REPO: a stray deel.py in the caller's directory must not shadow the package.
     return subprocess.run([str(py), "-c", probe], cwd=REPO, capture_output=True).returncode == 0
@@ -53,7 +55,7 @@ def ensure_peers_venv(venv: Path) -> Path:
                    cwd=REPO)
     if not venv_ready(py):
         raise SystemExit(f"[bench] {venv} still cannot import torch=={TORCH_PIN}, numpy, "
-                         "deel.torchlip and orthogonium; remove it and retry")
+                         "safetensors, PIL, deel.torchlip and orthogonium; remove it and retry")
     return py
 
 

@@ -6,6 +6,8 @@ valid way for the whole network (issue 11).
     .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --sweep          # the benchmark
     .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --budget 20s --sweep \\
         --sweep-budget 10s --train-limit 2000 --jobs 1 --out /tmp/c10-smoke   # a smoke run
+    .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --recipe-from \\
+        benchmarks/results/cifar10_hour.json          # issue 21: the one-hour recipe for all
     .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --device cuda    # GPU protocol
     .venv/bin/python benchmarks/cifar10.py --data /tmp/cifar --gpu-checks --device cpu \\
         --budget 30s --out /tmp/c10-gpu-smoke                                  # it, on a CPU
@@ -58,6 +60,29 @@ first ``--attack`` validation points checks that no certificate is violated.
 ``--sweep-losses`` (× ``--sweep-lrs``), ``--jobs`` at a time; the rule (``choose``) picks the
 loss then used for all three networks. Recorded in the result files.
 
+**The one-hour recipe** (``--recipe-from PATH``, issue 21): the recipe of
+``benchmarks/cifar10_hour.py`` — its result file (the winner of its finals, a grid recipe) or a
+saved network's JSON with a ``recipe`` (``benchmarks/models/cifar10-hour.json``) — given to
+all three networks: the input normalisation (``std``: Normalize(mean, std); ``center``:
+Normalize(mean, 1), bound 1), the optimiser, lr and weight decay, the ε ramp (for a loss that
+has an ε) and bf16 (only where :func:`onelip.train.config.bf16_support` allows it; else
+float32, said in the report); onelip's network takes the recipe's layer family
+(``lipconvnet(layer=...)``, its title names the class). Each network then gets the loss that
+suits it best: a ``--sweep-budget`` run per spec of ``--peer-losses`` (default: the recipe's
+loss and the baseline run's), ``choose`` per network, and its headline run trains with its own
+pick. The margin-aware losses (offset-ce, emma, la: :func:`cifar10_hour.build_recipe_loss`)
+get L = the network's certified bound at initialisation: onelip's
+``onelip.certify.lipschitz_bound`` (as ``cifar10_hour.py``), each peer's the bound this
+benchmark certifies for it (``benchmarks/_certify.py``: L_body · ‖W_last‖₂, the bound its
+radii are computed with; not 1/min σ of Normalize, which assumes 1-Lipschitz layers:
+orthogonium's AOC are, its bound at initialisation is 1/min σ within 1e-4, but deel-torchlip's
+zero-padded ``SpectralConv2d`` are contractions, about 0.63 each, and its network's certified
+bound is about 1e-4 of 1/min σ). Budgets stay wall-clock (``clock: wall`` in the files). The
+report puts each network's figures under the previous run's recipe (``--baseline``: default
+the ``cifar10.json`` about to be overwritten, read first and copied to
+``cifar10_before_recipe.json`` unless that exists; a recipe run's own baseline is carried
+over) beside the new ones, so that recipe and layers show apart.
+
 **GPU protocol** (``--device cuda``, or ``--gpu-checks`` on any device): the time of a training
 step at batch 256 of each network and of its plain twin (the same network with ``nn.Conv2d`` /
 ``nn.Linear`` of the same shapes and padding), then onelip's network trained for
@@ -105,6 +130,7 @@ NETS = [ONELIP, ORTHO, DEEL]
 PEERS = (ORTHO, DEEL)
 TITLES = {ONELIP: "onelip (OrthoConv2d)", ORTHO: "orthogonium (AOC)",
           DEEL: "deel-torchlip (SpectralConv2d)"}
+FAMILY = "ortho"  # onelip's layer family (lipconvnet's layer=) unless a recipe names another
 DATA_NAME = "CIFAR-10 (JPEG)"
 EPS255 = (36, 72, 108, 255)
 WIDTH = 16  # ConvNet XS
@@ -119,6 +145,7 @@ AUGMENT = ("crop", "flip")
 # every setting after 3 minutes.
 SWEEP_LOSSES = ["ce:tau=0.25", "ce:tau=0.5", "ce:tau=1", "ce:tau=4"]
 DEFAULT_LOSS = "ce:tau=4"  # without --sweep (and without --loss)
+BASELINE_LOSS = "ce:tau=0.25"  # --peer-losses' second default when no baseline says its loss
 MATCHED_CLEAN_TOL = 0.01  # "matched clean accuracy": within 1 point
 TARGET_CERT_GAIN = 0.03  # CPU target: onelip cert@36/255 >= better peer's + 3 points
 TARGET_GPU_STEP_RATIO = 1.5  # GPU target: onelip step <= 1.5 x its plain twin
@@ -220,8 +247,19 @@ def to_float(xb):
 # ==== networks ==============================================================================
 
 
-def build_network(name: str, mean, std, *, width: int = WIDTH, seed: int = 0):
-    """ConvNet XS of Prach et al. from the layers of ``name``; input (N, 3, 32, 32) in [0, 1]."""
+def title_of(name: str, family: str = FAMILY) -> str:
+    """The network's title; onelip's names the class of its layer family."""
+    if name == ONELIP and family != FAMILY:
+        from onelip import nn as onn
+
+        return f"onelip ({onn.CONV_LAYERS[family].__name__})"
+    return TITLES[name]
+
+
+def build_network(name: str, mean, std, *, width: int = WIDTH, seed: int = 0,
+                  family: str = FAMILY):
+    """ConvNet XS of Prach et al. from the layers of ``name``; input (N, 3, 32, 32) in [0, 1].
+    ``family``: onelip's convolutions (:data:`onelip.nn.CONV_LAYERS`; the peers ignore it)."""
     import torch
     from torch import nn
 
@@ -233,7 +271,8 @@ def build_network(name: str, mean, std, *, width: int = WIDTH, seed: int = 0):
     if name == ONELIP:
         from onelip.models.lipconvnet import LipConvNetConfig, lipconvnet
 
-        return lipconvnet(LipConvNetConfig(width=width, mean=tuple(mean), std=tuple(std)))
+        return lipconvnet(LipConvNetConfig(width=width, layer=family, mean=tuple(mean),
+                                           std=tuple(std)))
     if name == ORTHO:
         from orthogonium.layers import MaxMin, OrthoLinear
         from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
@@ -565,7 +604,8 @@ def load_saved(json_path: str | Path):
 
     json_path = Path(json_path)
     meta = json.loads(json_path.read_text())
-    model = build_network(meta["network"], meta["mean"], meta["std"], width=meta["width"])
+    model = build_network(meta["network"], meta["mean"], meta["std"], width=meta["width"],
+                          family=meta.get("family", FAMILY))
     model.load_state_dict(load_file(str(json_path.with_suffix(".safetensors"))))
     return model.eval(), meta
 
@@ -593,22 +633,46 @@ def run_worker(args) -> int:
     mean, std = channel_stats(xtr)
     rss_data = peak_rss_mb()
     name, loss_spec, lr = job["network"], job["loss"], job["lr"]
-    model = build_network(name, mean, std, seed=args.seed)
+    rec = job.get("recipe")  # --recipe-from: the one-hour recipe's settings
+    family = rec["family"] if rec and name == ONELIP else FAMILY
+    std_used = list(std) if not rec or rec["norm"] == "std" else [1.0] * len(std)
+    model = build_network(name, mean, std_used, seed=args.seed, family=family)
     label = job["label"]
-    print(f"[{label}] {TITLES[name]}: {count_params(model):,} parameters, loss {loss_spec}, "
-          f"lr {lr:g}, budget {job['budget_s']:.0f} s, {torch.get_num_threads()} thread(s), "
+    opt, wd, ramp, amp = "adam", 0.0, 0.0, False
+    if rec:
+        from cifar10_hour import build_recipe_loss, loss_values
+
+        lip, lip_from = init_bound(name, model, to_float(xtr[:2]))
+        loss_fn = build_recipe_loss(loss_spec, lip)
+        opt, wd, amp = rec["optimizer"], rec["weight_decay"], rec["amp"]
+        # the ε ramp schedules a loss's ε: none for a loss without one (τ-CE, hinge)
+        ramp = rec["epsilon_ramp"] if getattr(loss_fn, "ramps_epsilon", False) else 0.0
+    else:
+        loss_fn = make_loss(loss_spec)
+    print(f"[{label}] {title_of(name, family)}: {count_params(model):,} parameters, loss "
+          f"{loss_spec}, {opt} lr {lr:g}" + (f", wd {wd:g}, ε ramp {ramp:g}, "
+                                             f"{rec['norm']}, L {lip:.4f}" if rec else "")
+          + f", budget {job['budget_s']:.0f} s, {torch.get_num_threads()} thread(s), "
           f"train {xtr.shape[0]} / val {xva.shape[0]} images", flush=True)
-    info = {"network": name, "title": TITLES[name], "loss": loss_spec, "lr": lr,
-            "budget_seconds": job["budget_s"], "role": job["role"],
+    info = {"network": name, "title": title_of(name, family), "loss": loss_spec, "lr": lr,
+            "budget_seconds": job["budget_s"], "clock": "wall", "role": job["role"],
             "params": count_params(model), "batch_size": args.batch_size, "clip": args.clip,
-            "schedule": "one-cycle over the wall-clock budget (Adam)",
+            "schedule": "one-cycle over the wall-clock budget "
+                        f"({'Adam' if opt == 'adam' else opt})",
             "retract_each_step": name == ONELIP, "train_size": int(xtr.shape[0]),
-            "val_size": int(xva.shape[0]), "mean": mean, "std": std,
+            "val_size": int(xva.shape[0]), "mean": mean, "std": std_used,
             "machine": machine_info(args), "data_load_seconds": load_s,
             "load_average_start": os.getloadavg()[0]}
-    info.update(train(model, make_loss(loss_spec), xtr, ytr, budget_s=job["budget_s"],
+    if rec:
+        info.update({"family": family, "normalisation": rec["norm"], "optimizer": opt,
+                     "weight_decay": wd, "epsilon_ramp": ramp,
+                     "epsilon_ramp_recipe": rec["epsilon_ramp"], "amp": amp,
+                     "loss_class": type(loss_fn).__name__, "loss_values": loss_values(loss_fn),
+                     "lipschitz_at_init": lip, "lipschitz_at_init_from": lip_from})
+    info.update(train(model, loss_fn, xtr, ytr, budget_s=job["budget_s"],
                       batch_size=args.batch_size, lr=lr, clip=args.clip,
-                      retract=name == ONELIP, device="cpu", seed=args.seed, label=label))
+                      retract=name == ONELIP, device="cpu", seed=args.seed, label=label,
+                      optimizer=opt, weight_decay=wd, epsilon_ramp=ramp, amp=amp))
     info["load_average_end"] = os.getloadavg()[0]
     info["peak_rss_mb"] = peak_rss_mb()
     info["peak_rss_after_data_mb"] = rss_data
@@ -616,7 +680,7 @@ def run_worker(args) -> int:
     print(f"[{label}] {info['epochs_done']:.2f} epochs, {info['images_per_second']:.0f} img/s, "
           f"peak RSS {info['peak_rss_mb']:.0f} MB; val {cert_line(info)}", flush=True)
     if job.get("save"):
-        meta = {"network": name, "width": WIDTH, "mean": mean, "std": std,
+        meta = {"network": name, "width": WIDTH, "mean": mean, "std": std_used,
                 "classes": classes, "data": DATA_NAME,
                 "recipe": {k: info[k] for k in ("loss", "lr", "budget_seconds", "batch_size",
                                                 "clip", "schedule", "retract_each_step")},
@@ -625,6 +689,19 @@ def run_worker(args) -> int:
                 "split": {"val_size": args.val_size, "split_seed": args.split_seed,
                           "train_limit": args.train_limit},
                 "written_by": "benchmarks/cifar10.py"}
+        if name == ONELIP:  # how onelip.models builds it (benchmarks/ship_pretrained.py)
+            import dataclasses
+
+            from onelip.models.lipconvnet import LipConvNetConfig
+
+            meta.update(model="lipconvnet", family=family, config=dataclasses.asdict(
+                LipConvNetConfig(width=WIDTH, layer=family, mean=tuple(mean),
+                                 std=tuple(std_used))))
+        if rec:
+            meta["recipe"].update({k: info[k] for k in (
+                "optimizer", "weight_decay", "epsilon_ramp", "amp", "loss_values",
+                "lipschitz_at_init")}, normalisation=rec["norm"], clock="wall",
+                threads=args.threads, recipe_from=job.get("recipe_from"))
         save_model(model, Path(job["save"]), meta)
         info["saved"] = job["save"]
     Path(job["result"]).write_text(json.dumps(info, indent=1) + "\n")
@@ -677,13 +754,215 @@ def run_jobs(args, jobs: list[dict], tmp: Path) -> list[dict]:
 
 def choose(rows: list[dict]) -> dict:
     """The highest validation certified accuracy at 36/255, the benchmark's headline (ties,
-    within 0.5 point: the higher validation clean accuracy)."""
+    within 0.5 point: the higher validation clean accuracy); runs that predict one class on
+    the whole split rank after the others (a constant classifier is certified at every
+    radius)."""
     ok = [r for r in rows if "error" not in r]
     if not ok:
         raise SystemExit("[cifar10] every sweep run failed")
+    ok = [r for r in ok if r.get("predicted_classes", 2) > 1] or ok
     best = max(r["certified"]["36"] for r in ok)
     near = [r for r in ok if r["certified"]["36"] >= best - SWEEP_CERT_TIE]
     return max(near, key=lambda r: (r["clean"], r["certified"]["36"]))
+
+
+# ==== the one-hour recipe (--recipe-from) ===================================================
+
+
+def load_recipe(path: str | Path) -> dict:
+    """The recipe of ``path``: a ``benchmarks/cifar10_hour.py`` result file (the grid recipe
+    of its ``winner``) or a saved network's JSON with a ``recipe`` dict (its ``family`` or
+    ``config.layer``; ``normalisation``, else ``center`` where every std of its config is 1).
+    Returns ``cifar10_hour.Recipe``'s fields (family, norm, loss, optimizer, lr, weight_decay,
+    epsilon_ramp, amp) with ``text``, ``source`` and ``from``; a file without one is a one-line
+    ValueError that says what to pass."""
+    import dataclasses
+
+    from cifar10_hour import Recipe, check_recipe
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--recipe-from {path}: cannot read it as JSON ({e})") from None
+    d = d if isinstance(d, dict) else {}
+    if "grid" in d and "winner" in d:
+        w = d["winner"]
+        if w is None or str(w) not in d["grid"]:
+            raise ValueError(f"--recipe-from {path}: the recipe search has no winner yet (its "
+                             "finals have not finished); wait for it, or pass a saved "
+                             "network's JSON (benchmarks/models/cifar10-hour.json)")
+        fields, src = dict(d["grid"][str(w)]), f"the winner of the recipe search (grid recipe " \
+                                                 f"({w}) of `{path.name}`)"
+    elif isinstance(d.get("recipe"), dict):
+        r, cfg = d["recipe"], d.get("config") or {}
+        if "loss" not in r or "lr" not in r:
+            raise ValueError(f"--recipe-from {path}: its recipe records no loss or lr")
+        norm = r.get("normalisation")
+        if norm is None:
+            std = cfg.get("std") or d.get("std") or ()
+            norm = "center" if std and all(float(v) == 1.0 for v in std) else "std"
+        fields = {"family": d.get("family") or cfg.get("layer") or FAMILY, "norm": norm,
+                  "loss": r["loss"], "optimizer": r.get("optimizer", "adam"),
+                  "lr": float(r["lr"]), "weight_decay": float(r.get("weight_decay", 0.0)),
+                  "epsilon_ramp": float(r.get("epsilon_ramp", 0.0)),
+                  "amp": bool(r.get("amp", False))}
+        src = f"the recipe of the saved network `{path.name}`"
+    else:
+        raise ValueError(f"--recipe-from {path}: neither a cifar10_hour result ('grid', "
+                         "'winner') nor a saved network's JSON ('recipe')")
+    try:
+        rec = Recipe(**fields)
+        check_recipe(dataclasses.replace(rec, amp=False))  # bf16: recipe_amp() decides
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--recipe-from {path}: {e}") from None
+    return {**dataclasses.asdict(rec), "text": rec.text(), "source": str(path), "from": src}
+
+
+def recipe_amp(rec: dict, device: str = "cpu") -> tuple[bool, str | None]:
+    """(bf16 autocast used, why not where the recipe asks for it and ``device`` refuses it)."""
+    if not rec["amp"]:
+        return False, None
+    from onelip.train.config import bf16_support
+
+    ok, why = bf16_support(device)
+    return (True, None) if ok else (False, f"the recipe's bf16 is not used here ({why}): "
+                                           "every network trains in float32")
+
+
+def init_bound(name: str, model, sample) -> tuple[float, str]:
+    """(L, where it comes from): the certified bound of a freshly built network that a
+    margin-aware loss is given. onelip: ``onelip.certify.lipschitz_bound`` (as
+    ``cifar10_hour.py``); a peer: this benchmark's certificate (``benchmarks/_certify.py``,
+    L_body · ‖W_last‖₂ in eval mode on ``sample``), the bound its figures are certified with."""
+    import torch
+    import torch.nn.utils.parametrize as P
+
+    if name == ONELIP:
+        from onelip import certify
+
+        return (float(certify.lipschitz_bound(model)),
+                "onelip.certify.lipschitz_bound at initialisation (as cifar10_hour.py)")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), P.cached():
+        body, w, _ = split_head(model)
+        l_body, _ = certified_body_bound(body, sample)
+        w_norm = float(torch.linalg.matrix_norm(w.double(), ord=2))
+    model.train(was_training)
+    return (l_body * w_norm, "the benchmark's certified bound at initialisation "
+                             "(benchmarks/_certify.py: L_body · ‖W_last‖₂)")
+
+
+def baseline_summary(path: Path) -> dict | None:
+    """Per network, the loss and validation figures of a previous ``cifar10.json`` and the
+    recipe it trained with; a ``--recipe-from`` run's own baseline is carried over (None if
+    it has none)."""
+    d = json.loads(Path(path).read_text())
+    if d.get("recipe"):
+        b = d.get("baseline")
+        return None if b is None else dict(b, carried_from=str(path))
+    nets = {}
+    for n, r in d.get("candidates", {}).items():
+        row = {"title": r.get("title", TITLES.get(n, n)), "loss": r.get("loss", d.get("loss"))}
+        if "error" in r:
+            row["error"] = r["error"]
+        else:
+            row.update({k: r.get(k) for k in ("clean", "certified", "epochs_done",
+                                              "predicted_classes")})
+        nets[n] = row
+    sweep = d.get("sweep")
+    return {"path": str(path), "command": d.get("command"), "written": d.get("written"),
+            "budget_s": d.get("budget_s"), "loss": d.get("loss"), "lr": d.get("lr"),
+            "train_limit": (d.get("args") or {}).get("train_limit"),
+            "recipe_text": f"Adam lr {d.get('lr', 1e-3):g}, Normalize(mean, std), onelip in "
+                           "OrthoConv2d, no weight decay, no ε ramp, float32, one loss for all "
+                           f"(`{d.get('loss')}`"
+                           + (", chosen on onelip's sweep)" if sweep else ")"),
+            "networks": nets}
+
+
+def default_baseline(args) -> Path | None:
+    """``--baseline``, else ``<out>/cifar10.json``, else the committed results file."""
+    if args.baseline is not None:
+        return None if str(args.baseline) == "none" else args.baseline
+    for p in (args.out / "cifar10.json", REPO / "benchmarks" / "results" / "cifar10.json"):
+        if p.exists():
+            return p
+    return None
+
+
+def prepare_recipe(args) -> dict:
+    """Everything a ``--recipe-from`` run fixes before training: the recipe, bf16, the loss
+    specs of each network's sweep, the baseline (read now, before the results file is
+    overwritten, and copied to ``cifar10_before_recipe.json`` when it is that file)."""
+    import shutil
+
+    from cifar10_hour import build_recipe_loss
+
+    try:
+        rec = load_recipe(args.recipe_from)
+    except ValueError as e:
+        raise SystemExit(f"[cifar10] {e}") from None
+    amp, amp_note = recipe_amp(rec)
+    bpath = default_baseline(args)
+    base = None
+    if bpath is not None:
+        try:
+            base = baseline_summary(bpath)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"[cifar10] --baseline {bpath}: cannot read it ({e}); pass "
+                             "another previous cifar10.json or --baseline none") from None
+        keep = args.out / "cifar10_before_recipe.json"
+        if base is not None and "carried_from" not in base and not keep.exists() \
+                and Path(bpath).resolve() == (args.out / "cifar10.json").resolve():
+            shutil.copyfile(bpath, keep)
+            base["kept_as"] = str(keep)
+    if args.peer_losses:
+        specs = [s.strip() for s in args.peer_losses.split(";") if s.strip()]
+    else:
+        specs = [rec["loss"], (base or {}).get("loss") or BASELINE_LOSS]
+    specs = list(dict.fromkeys(specs))
+    for spec in specs:
+        try:
+            build_recipe_loss(spec, 1.0)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"[cifar10] --peer-losses {spec!r}: {e}") from None
+    return {"recipe": rec, "amp": amp, "amp_note": amp_note, "losses": specs,
+            "baseline": base, "baseline_path": None if bpath is None else str(bpath)}
+
+
+def job_recipe(prep: dict) -> dict:
+    """What a worker needs of the recipe (bf16 as it will be used)."""
+    r = prep["recipe"]
+    return {k: r[k] for k in ("family", "norm", "optimizer", "weight_decay",
+                              "epsilon_ramp")} | {"amp": prep["amp"]}
+
+
+def run_peer_sweep(args, prep: dict, names: list[str], tmp: Path) -> tuple[dict, dict | None]:
+    """Each network trained ``--sweep-budget`` with each loss spec, the rule per network:
+    ({network: its loss or None when every run failed}, the sweep's record or None when
+    there is a single spec)."""
+    specs, lr = prep["losses"], prep["recipe"]["lr"]
+    if len(specs) == 1:
+        return {n: specs[0] for n in names}, None
+    sb = parse_duration(args.sweep_budget)
+    jobs = [{"network": n, "loss": s, "lr": lr, "budget_s": sb, "role": "sweep", "attack": 0,
+             "label": f"sweep {n} {s}", "recipe": job_recipe(prep)}
+            for n in names for s in specs]
+    rows = run_jobs(args, jobs, tmp)
+    losses, per = {}, {}
+    for n in names:
+        mine = [r for r in rows if r["network"] == n]
+        pick = choose(mine) if any("error" not in r for r in mine) else None
+        losses[n] = pick["loss"] if pick else None
+        per[n] = {"rows": [{k: v for k, v in r.items() if k not in ("layers", "history")}
+                           for r in mine], "chosen": losses[n]}
+        print(f"[cifar10] sweep {n}: " + (f"chose {losses[n]}" if pick
+                                          else "every run failed"), flush=True)
+    return losses, {"budget_s": sb, "clock": "wall", "jobs": args.jobs,
+                    "threads": args.threads, "losses": specs, "networks": per,
+                    "rule": " ".join(choose.__doc__.split())}
 
 
 # ==== targets ===============================================================================
@@ -796,11 +1075,138 @@ def sweep_markdown(sweep: dict) -> list[str]:
     return L
 
 
+def onelip_conv(result: dict) -> str:
+    """onelip's convolutions as the Networks section names them."""
+    fam = (result.get("recipe") or {}).get("family", FAMILY)
+    if fam == FAMILY:
+        return "`OrthoConv2d` (zero padding)"
+    return f"`{title_of(ONELIP, fam)[len('onelip ('):-1]}` (the recipe's family `{fam}`)"
+
+
+def recipe_markdown(result: dict) -> list[str]:
+    """The "Recipe" section of a ``--recipe-from`` run: where it came from, what it sets, each
+    network's loss and the L its margin-aware loss was given."""
+    rc, cands = result["recipe"], result["candidates"]
+    norm = ("`center`: Normalize(mean, 1), inputs centred, not scaled (bound 1)"
+            if rc["norm"] == "center" else
+            f"`std`: Normalize(mean, std) (bound 1/min σ = {1 / min(result['std']):.4f})")
+    wd = f", weight decay {rc['weight_decay']:g}" if rc["weight_decay"] else ", no weight decay"
+    ramp = (f"the ε ramp over the first {100 * rc['epsilon_ramp']:g} % of the budget (a "
+            "margin-aware loss's ε grows linearly from 0; none for a loss without an ε)"
+            if rc["epsilon_ramp"] else "no ε ramp")
+    amp = ("bf16 autocast of the forward" if rc["amp_used"] else
+           (rc["amp_note"] if rc["amp"] else "float32"))
+    fam = ("the onelip network keeps `OrthoConv2d`" if rc["family"] == FAMILY else
+           f"the onelip network is built from the recipe's layer family `{rc['family']}` "
+           f"({onelip_conv(result).split(' ')[0]}), so its row changes its layers as well as "
+           "its recipe against the baseline")
+    L = ["## Recipe (issue 21: the one-hour benchmark's, given to every network)", "",
+         f"From {rc['from']} (`{rc['source']}`): {rc['text']}. It sets, for every network: the "
+         f"input normalisation {norm}; the optimiser `{rc['optimizer']}`, lr {rc['lr']:g}{wd}, "
+         f"one-cycle over the budget; {ramp}; {amp}; {fam}. Batch, clipping, augmentation, "
+         "the budget, its clock (wall) and the threads are this benchmark's, as before. "
+         + ("The loss is each network's own: each network's sweep tries every spec of `"
+            + "; ".join(result["peer_sweep"]["losses"]) + "` (below) and the rule picks."
+            if result.get("peer_sweep") else
+            "The loss: one spec given (`--peer-losses`), every network's, no sweep."), "",
+         "| network | loss (its pick) | resolved | ε ramp | L given to the loss | that L is |",
+         "|---|---|---|---:|---:|---|"]
+    for n, r in cands.items():
+        if "error" in r:
+            L.append(f"| {title_of(n, rc['family'])} | `{r.get('loss') or '—'}` | failed "
+                     f"({r['error']}) | | | |")
+            continue
+        vals = ", ".join(f"{k} {v:.4g}" for k, v in (r.get("loss_values") or {}).items())
+        name, _, opts = str(r["loss"]).partition(":")
+        margin = name in ("emma", "la") or (name == "offset-ce" and "offset" not in opts)
+        L.append(f"| {r['title']} | `{r['loss']}` | {r.get('loss_class', '')} {vals} | "
+                 f"{r.get('epsilon_ramp', 0):g} | "
+                 + (f"{r['lipschitz_at_init']:.4f} | {r['lipschitz_at_init_from']}"
+                    if margin else "— | (the loss takes no L)") + " |")
+    L += ["", f"Rule per network: {result['loss_rule']}", ""]
+    return L
+
+
+def peer_sweep_markdown(result: dict) -> list[str]:
+    sw = result["peer_sweep"]
+    L = ["## Each network's loss, chosen on the validation split", "",
+         f"Each network trained {fmt_s(sw['budget_s'])} ({sw['clock']} clock, as every budget "
+         f"here; {sw['jobs']} run(s) at a time, {sw['threads']} thread each) with each loss of "
+         "`" + "; ".join(sw["losses"]) + f"` and the recipe above, evaluated on the {DATA_NAME} "
+         "validation split:", "",
+         "| network | loss | epochs | val clean | cert@36 | cert@72 | cert@108 | cert@255 | "
+         "L at init |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, d in sw["networks"].items():
+        for r in d["rows"]:
+            if "error" in r:
+                L.append(f"| {title_of(n, result['recipe']['family'])} | `{r['loss']}` | "
+                         f"failed ({r['error']}) | | | | | | |")
+                continue
+            mark = " **(chosen)**" if r["loss"] == d["chosen"] else ""
+            one = " (one class)" if r.get("predicted_classes") == 1 else ""
+            c = r["certified"]
+            L.append(f"| {r['title']} | `{r['loss']}`{mark} | {r['epochs_done']:.2f} | "
+                     f"{_pct(r['clean'])}{one} | " + " | ".join(_pct(c[str(e)]) for e in EPS255)
+                     + f" | {_f(r.get('lipschitz_at_init'))} |")
+    L += ["", f"Rule: {sw['rule']} Each network's headline run trains with its own pick.", ""]
+    return L
+
+
+def before_after_markdown(result: dict) -> list[str]:
+    """Recipe and layers apart: each network's figures under the baseline's recipe beside
+    this run's."""
+    b, cands = result.get("baseline"), result["candidates"]
+    L = ["## Recipe and layers apart: the previous recipe against the one-hour recipe", ""]
+    if not b:
+        return L + ["No baseline run to compare with (`--baseline none`, or no previous "
+                    "`cifar10.json`).", ""]
+    same = b.get("budget_s") == result["budget_s"] and \
+        (b.get("train_limit") or 0) == (result["args"].get("train_limit") or 0)
+    L += [f"Before: `{b.get('command')}` ({b.get('written')}; "
+          + (f"its figures carried over from `{b['carried_from']}`; " if b.get("carried_from")
+             else "")
+          + f"{fmt_s(b['budget_s']) if b.get('budget_s') else '?'} per network): "
+          f"{b['recipe_text']}. After: this run, the recipe above. "
+          + ("The same budget and data." if same else
+             "**Not the same budget or training data** (a smoke run?): the columns do not "
+             "compare.")
+          + " Down a column the layers differ under one recipe; along a row the recipe "
+          "differs for the same layers"
+          + ("" if result["recipe"]["family"] == FAMILY else
+             f" (onelip's row also changes its layers: OrthoConv2d → "
+             f"{onelip_conv(result).split('`')[1]})") + ".", "",
+          "| network | before: loss | clean | cert@36 | cert@72 | after: loss | clean | "
+          "cert@36 | cert@72 | Δ clean | Δ cert@36 |",
+          "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for n, r in cands.items():
+        o = b["networks"].get(n)
+        before = (["—"] * 4 if o is None else
+                  [f"`{o.get('loss')}`", f"failed ({o['error']})", "", ""] if "error" in o
+                  else [f"`{o['loss']}`", _pct(o["clean"]), _pct(o["certified"]["36"]),
+                        _pct(o["certified"]["72"])])
+        after = ([f"`{r.get('loss')}`", f"failed ({r['error']})", "", ""] if "error" in r
+                 else [f"`{r['loss']}`", _pct(r["clean"]), _pct(r["certified"]["36"]),
+                       _pct(r["certified"]["72"])])
+        both = o is not None and "error" not in o and "error" not in r
+        delta = ([f"{100 * (r['clean'] - o['clean']):+.1f}",
+                  f"{100 * (r['certified']['36'] - o['certified']['36']):+.1f}"]
+                 if both else ["—", "—"])
+        title = r.get("title") or title_of(n, result["recipe"]["family"])
+        if o is not None and o.get("title") and o["title"] != title:
+            title = f"{o['title']} → {title}"
+        L.append("| " + " | ".join([title, *before, *after, *delta]) + " |")
+    L += ["", "Δ in points. Every figure on the validation split; a network that predicts "
+          "one class everywhere is a constant classifier (its certified accuracy is that "
+          "class's share).", ""]
+    return L
+
+
 def write_markdown(path: Path, result: dict) -> None:
     cands, a = result["candidates"], result["args"]
     ok = {n: r for n, r in cands.items() if "error" not in r}
+    rc = result.get("recipe")
     L = [f"# {DATA_NAME}: certified accuracy, onelip vs orthogonium and deel-torchlip "
-         "(ConvNet XS, same CPU budget)", "",
+         "(ConvNet XS, same CPU budget" + (", the one-hour recipe)" if rc else ")"), "",
          f"Written by `{result['command']}` on {result['written']}, in "
          f"{result['seconds'] / 60:.0f} min. Every figure is on the **{DATA_NAME} validation "
          f"split** ({a['val_size']} of the 50,000 training images, fixed seed "
@@ -808,10 +1214,14 @@ def write_markdown(path: Path, result: dict) -> None:
     if a.get("train_limit") or result["budget_s"] < 600:
         L += [f"**Smoke run** (train limit {a.get('train_limit') or 'none'}, budget "
               f"{fmt_s(result['budget_s'])}): a pipeline check, not the benchmark.", ""]
+    if rc:
+        L += recipe_markdown(result)
     L += ["## Results", "",
           f"Each network trained for {fmt_s(result['budget_s'])} of wall-clock time with "
-          f"{a['threads']} torch thread(s), {a['jobs']} network(s) at a time; loss "
-          f"`{result['loss']}`, Adam lr {result['lr']:g}, one-cycle over the budget, batch "
+          f"{a['threads']} torch thread(s), {a['jobs']} network(s) at a time; "
+          + ("the recipe above, each network with its own loss" if rc else
+             f"loss `{result['loss']}`, Adam lr {result['lr']:g}")
+          + f", one-cycle over the budget, batch "
           f"{a['batch_size']}, gradient clipping at {a['clip']:g}, augmentation crop (padding "
           "4) + flip.", "",
           f"| {DATA_NAME}, validation | params | epochs | images/s (training) | peak RSS MB | "
@@ -820,7 +1230,8 @@ def write_markdown(path: Path, result: dict) -> None:
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, r in cands.items():
         if "error" in r:
-            L.append(f"| {TITLES[n]} | failed ({r['error']}) |" + " |" * 11)
+            L.append(f"| {title_of(n, (rc or {}).get('family', FAMILY))} | failed "
+                     f"({r['error']}) |" + " |" * 11)
             continue
         c = r["certified"]
         att = r.get("attack")
@@ -847,6 +1258,8 @@ def write_markdown(path: Path, result: dict) -> None:
                       for n, r in ok.items()) + "). 'attack violations' = points of the first "
           f"{a['attack']} whose adversarial (found / of those attacked successfully) is closer "
           "than their certificate: must be 0.", ""]
+    if rc:
+        L += before_after_markdown(result)
     rt = result.get("ratios")
     if rt:
         L += ["## onelip against the better peer", "",
@@ -879,15 +1292,20 @@ def write_markdown(path: Path, result: dict) -> None:
         f"{_pct(r['certified_global']['72'])}" for r in ok.values()) + ".", ""]
     if result.get("sweep"):
         L += sweep_markdown(result["sweep"])
+    if result.get("peer_sweep"):
+        L += peer_sweep_markdown(result)
     L += ["## Networks", "",
           "ConvNet XS of Prach et al. (CVPR 2024), width 16: Normalize (per-channel mean/std of "
           "the training split: mean " + ", ".join(f"{v:.4f}" for v in result["mean"])
           + "; std " + ", ".join(f"{v:.4f}" for v in result["std"]) + f"; bound "
-          f"{1 / min(result['std']):.4f}), zero-channel padding 3 → 16, 1×1 convolution + "
-          "activation, 5 blocks × (5 convolutions + activation; 3×3, the last block 1×1) each "
+          f"{1 / min(result['std']):.4f}"
+          + ("; **this run: centred only, std 1, bound 1**, the recipe's normalisation"
+             if rc and rc["norm"] == "center" else "")
+          + "), zero-channel padding 3 → 16, 1×1 convolution + activation, 5 blocks × "
+          "(5 convolutions + activation; 3×3, the last block 1×1) each "
           "ending in first-channels (halving) + 2×2 invertible downsampling, flatten (512), "
           "512 → 10 dense head. The parameter-free layers are onelip's in all three networks.",
-          "", "- onelip: `OrthoConv2d` (zero padding), `MaxMin`, `OrthoLinear`; "
+          "", f"- onelip: {onelip_conv(result)}, `MaxMin`, `OrthoLinear`; "
           "`retract_()` after each step.",
           "- orthogonium: `AdaptiveOrthoConv2d` (AOC, circular padding, its default), its "
           "`MaxMin`, its `OrthoLinear`.",
@@ -963,16 +1381,27 @@ def run_benchmark(args) -> int:
     import torch
 
     t0 = time.perf_counter()
+    # the recipe and the baseline first: a bad file stops here, before any data is read
+    prep = prepare_recipe(args) if args.recipe_from else None
     d = data_summary(args)
     print(f"[cifar10] {DATA_NAME}: {d['images']} images in {d['load_seconds']:.1f} s "
           f"(cache {'built' if d['decoded'] else 'hit'}; again {d['reload_seconds']:.2f} s); "
           f"train {d['train']}, val {d['val']}; mean {[round(v, 4) for v in d['mean']]}, std "
           f"{[round(v, 4) for v in d['std']]}; torch {torch.__version__}", flush=True)
     budget = parse_duration(args.budget) or 1200.0
-    sweep = None
+    sweep = peer_sweep = None
     loss, lr = args.loss or DEFAULT_LOSS, args.lr
     mdir = models_dir(args)
+    names = [n for n in NETS if n in args.only]
+    if prep:
+        lr = prep["recipe"]["lr"]
+        print(f"[cifar10] recipe from {args.recipe_from}: {prep['recipe']['text']}"
+              + (f" ({prep['amp_note']})" if prep["amp_note"] else "") + "; losses swept: "
+              + "; ".join(prep["losses"]) + "; baseline: " + str(prep["baseline_path"]),
+              flush=True)
     with tempfile.TemporaryDirectory(prefix="cifar10-jobs-") as tmp:
+        if prep:
+            losses, peer_sweep = run_peer_sweep(args, prep, names, Path(tmp))
         if args.sweep:
             sb = parse_duration(args.sweep_budget)
             specs = [s for s in args.sweep_losses.split(";") if s]
@@ -987,19 +1416,33 @@ def run_benchmark(args) -> int:
                               for r in rows],
                      "chosen": {"loss": loss, "lr": lr}, "rule": " ".join(choose.__doc__.split())}
             print(f"[cifar10] sweep: chose {loss} (lr {lr:g})", flush=True)
-        names = [n for n in NETS if n in args.only]
-        jobs = [{"network": n, "loss": loss, "lr": lr, "budget_s": budget, "role": "headline",
-                 "attack": args.attack, "label": n,
-                 "save": str(mdir / f"cifar10-{n}")} for n in names]
-        results = run_jobs(args, jobs, Path(tmp))
-    cands = {n: r for n, r in zip(names, results)}
+        if not prep:
+            losses = {n: loss for n in names}
+        jobs = [{"network": n, "loss": losses[n], "lr": lr, "budget_s": budget,
+                 "role": "headline", "attack": args.attack, "label": n,
+                 "save": str(mdir / f"cifar10-{n}")} for n in names if losses[n]]
+        if prep:
+            for j in jobs:
+                j.update(recipe=job_recipe(prep), recipe_from=prep["recipe"]["source"])
+        results = iter(run_jobs(args, jobs, Path(tmp)))
+    cands = {n: next(results) if losses[n] else
+             {"network": n, "loss": None, "lr": lr, "error": "every sweep run failed"}
+             for n in names}
+    if prep:  # the loss results files name: onelip's (the GPU protocol reads the baseline's)
+        loss = losses.get(ONELIP) or next((v for v in losses.values() if v), None)
     result = {"command": " ".join(["benchmarks/cifar10.py", *args.argv]),
               "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "data_name": DATA_NAME, "args": {k: (str(v) if isinstance(v, Path) else v)
                                                for k, v in vars(args).items()},
               "budget_s": budget, "loss": loss, "lr": lr, "eps_255": list(EPS255),
               "mean": d["mean"], "std": d["std"], "data": d, "sweep": sweep,
+              "clock": "wall (time.perf_counter): every budget of this benchmark",
               "candidates": cands, "seconds": time.perf_counter() - t0}
+    if prep:
+        result.update(recipe=dict(prep["recipe"], amp_used=prep["amp"],
+                                  amp_note=prep["amp_note"]),
+                      losses=losses, peer_sweep=peer_sweep, baseline=prep["baseline"],
+                      loss_rule=" ".join(choose.__doc__.split()))
     result["targets"] = targets(cands)
     result["ratios"] = ratios(cands)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -1100,8 +1543,14 @@ def run_gpu(args) -> int:
     loss, loss_from = args.loss, "--loss"
     if loss is None:  # the loss chosen by the CPU benchmark, if it has run
         for prev in (args.out / "cifar10.json", REPO / "benchmarks" / "results" / "cifar10.json"):
-            if prev.exists():
-                loss, loss_from = json.loads(prev.read_text())["loss"], str(prev)
+            d = json.loads(prev.read_text()) if prev.exists() else {}
+            if d.get("recipe"):  # a --recipe-from run: its baseline's loss fits this protocol
+                if (d.get("baseline") or {}).get("loss"):  # (Adam, Normalize(mean, std))
+                    loss = d["baseline"]["loss"]
+                    loss_from = f"{prev} (the loss of its baseline run, Adam / std recipe)"
+                    break
+            elif d.get("loss"):
+                loss, loss_from = d["loss"], str(prev)
                 break
         else:
             loss, loss_from = DEFAULT_LOSS, "DEFAULT_LOSS (no cifar10.json yet)"
@@ -1328,17 +1777,24 @@ def write_gpu_markdown(path: Path, res: dict) -> None:
 # ==== certify saved networks on another folder ==============================================
 
 
+def saved_networks(args) -> list[Path]:
+    """The saved networks that ``--evaluate-saved`` certifies: the ``cifar10-*.json`` of
+    ``--models`` whose network ``--only`` names (by default all of them)."""
+    return [jp for jp in sorted(models_dir(args).glob("cifar10-*.json"))
+            if json.loads(jp.read_text()).get("network") in args.only]
+
+
 def run_evaluate_saved(args) -> int:
-    """Certify every ``cifar10-*.json`` network of ``--models`` on all images of ``--data``
-    (a folder of class sub-folders, e.g. a split the benchmark never saw)."""
+    """Certify every ``cifar10-*.json`` network of ``--models`` that ``--only`` names on all
+    images of ``--data`` (a folder of class sub-folders, e.g. a split the benchmark never
+    saw)."""
     import torch
 
     from onelip.data.images import read_image_folder
 
     torch.set_num_threads(args.threads)
-    mdir = models_dir(args)
     out = {}
-    for jp in sorted(mdir.glob("cifar10-*.json")):
+    for jp in saved_networks(args):
         model, meta = load_saved(jp)
         arr = read_image_folder(Path(args.data), classes=meta["classes"],
                                 cache_dir=args.cache_dir)
@@ -1386,6 +1842,18 @@ def parse_args(argv=None):
     p.add_argument("--loss", default=None,
                    help=f"the loss without --sweep (default {DEFAULT_LOSS}; GPU protocol: the "
                         "loss of <out>/cifar10.json or benchmarks/results/cifar10.json if any)")
+    p.add_argument("--recipe-from", type=Path, default=None,
+                   help="train every network with the recipe of benchmarks/cifar10_hour.py: its "
+                        "result file (the winner's recipe) or a saved network's JSON with a "
+                        "'recipe' (benchmarks/models/cifar10-hour.json); see the docstring")
+    p.add_argument("--peer-losses", default=None,
+                   help="with --recipe-from: ';'-separated loss specs each network is swept "
+                        "over for --sweep-budget (default: the recipe's loss and the baseline "
+                        "run's); one spec: no sweep")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="with --recipe-from: the previous run's cifar10.json to put beside the "
+                        "new figures (default <out>/cifar10.json, else benchmarks/results/"
+                        "cifar10.json, read before it is overwritten); 'none': no comparison")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
@@ -1413,7 +1881,8 @@ def parse_args(argv=None):
     p.add_argument("--gpu-steps", type=int, default=None,
                    help="GPU protocol: timed steps per network (default 20 on a GPU, 3 on CPU)")
     p.add_argument("--evaluate-saved", action="store_true",
-                   help="certify the saved networks (--models) on every image of --data")
+                   help="certify the saved networks (--models) of the networks --only names "
+                        "on every image of --data")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(raw)
@@ -1427,6 +1896,22 @@ def parse_args(argv=None):
             parse_duration(getattr(args, k))
         except argparse.ArgumentTypeError as e:
             p.error(f"--{k.replace('_', '-')}: {e}")
+    if args.recipe_from is None:
+        for k in ("peer_losses", "baseline"):
+            if getattr(args, k) is not None:
+                p.error(f"--{k.replace('_', '-')} goes with --recipe-from")
+    else:
+        clash = [f for f, on in (("--sweep", args.sweep), ("--loss", args.loss),
+                                 ("--sweep-lrs", args.sweep_lrs),
+                                 ("--evaluate-saved", args.evaluate_saved),
+                                 ("--device cuda / --gpu-checks", args.gpu_checks
+                                  or args.device.startswith("cuda"))) if on]
+        if clash:
+            p.error(f"--recipe-from does not go with {', '.join(clash)}: the recipe fixes the "
+                    "lr, each network's loss comes from its own sweep over --peer-losses "
+                    "(one spec: that loss for all)")
+        if not args.worker and not args.recipe_from.is_file():
+            p.error(f"--recipe-from {args.recipe_from}: no such file")
     return args
 
 
@@ -1435,10 +1920,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
     gpu_mode = args.gpu_checks or args.device.startswith("cuda")
     peers_needed = bool(set(PEERS) & set(args.only))
-    if args.evaluate_saved:
-        mdir = models_dir(args)
+    if args.evaluate_saved:  # the peers' venv only for a peer's saved network that is asked for
         peers_needed = any(json.loads(p.read_text()).get("network") in PEERS
-                           for p in mdir.glob("cifar10-*.json"))
+                           for p in saved_networks(args))
     import_working_tree_onelip(need_peers=peers_needed, script=__file__, venv=args.peers_venv)
     import torch
 
