@@ -121,13 +121,15 @@ _WHAT_TO_DO = {errno.ENOSPC: "free space on its disk, or write elsewhere",
                errno.EROFS: "write elsewhere (a read-only file system)"}
 
 
-class WriteError(OutputError):
-    """A file that could not be written (:func:`write_error`): :attr:`path`, and
-    :attr:`reason` (what happened and what to do)."""
+class WriteError(OutputError, OSError):
+    """A file that could not be written (:func:`write_error`): :attr:`path`, :attr:`reason`
+    (what happened and what to do) and :attr:`errno`. An :class:`OSError` too, as the error
+    it stands for was."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str, code: int | None = None) -> None:
         self.path, self.reason = Path(path), reason
         super().__init__(f"cannot write {path}: {reason}")
+        self.errno = code
 
 
 def write_error(path: str | Path, e: BaseException) -> WriteError | None:
@@ -145,7 +147,7 @@ def write_error(path: str | Path, e: BaseException) -> WriteError | None:
     else:
         return None
     todo = _WHAT_TO_DO.get(code, "check that place and retry, or write elsewhere")
-    return WriteError(path, f"{why}; {todo}")
+    return WriteError(path, f"{why}; {todo}", code)
 
 
 def _umask() -> int:

@@ -252,7 +252,7 @@ def new_run(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         except WriteError as e:  # named where the file goes, not in the temporary folder
             if not e.path.is_relative_to(tmp):
                 raise
-            raise WriteError(path / e.path.relative_to(tmp), e.reason) from None
+            raise WriteError(path / e.path.relative_to(tmp), e.reason, e.errno) from None
 
 
 @contextmanager
