@@ -302,12 +302,12 @@ def test_an_edited_config_field_is_one_line_naming_the_file(trained, tmp_path, c
                   "restore it from a backup or retrain")
 
 
-def _png_folder(root: Path) -> Path:
+def _png_folder(root: Path, classes=("cat", "dog")) -> Path:
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
+    for c in classes:
         (root / c).mkdir(parents=True)
         for i in range(6):
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
@@ -336,3 +336,65 @@ def test_inspect_works_on_a_run_trained_on_an_image_folder_of_one_split(tmp_path
     assert "estimate_skipped" not in info, info
     assert info["estimate_points"] == "4 of the validation split", info
     assert 0 < info["lipschitz_estimate"] <= info["lipschitz_bound"] + 1e-6, info
+
+
+# ==== 17: reproduce on one class; cifar10.py --evaluate-saved honours --only ================
+
+
+@pytest.mark.parametrize("claim", ["pareto", "consistency", "memorization", "all"])
+def test_reproduce_on_data_of_one_class_says_so(tmp_path, capsys, monkeypatch, claim):
+    """``onelip reproduce`` on a folder of one class blamed the learning rate (or reported
+    100 % accuracies). It is refused before any training, in one line saying the data have
+    one class; two classes go on to the claim."""
+    from onelip.experiments import report
+
+    ran = []
+    monkeypatch.setattr(report, "run_claim", lambda name, **kw: ran.append(name) or {})
+    monkeypatch.setattr("onelip.cli.reproduce._print_verdicts", lambda *a: None)
+    one, two = _png_folder(tmp_path / "one", ["cat"]), _png_folder(tmp_path / "two")
+    for args in (["--quick"], []):
+        rc = main(["reproduce", claim, *args, "--data", f"folder:{one}", "--out",
+                   str(tmp_path / "c")])
+        _one_line(capsys, rc, f"--data folder:{one} has one class (cat)",
+                  "train classifiers, which need two classes or more")
+    assert ran == [] and not (tmp_path / "c").exists()
+    if claim != "all":
+        assert main(["reproduce", claim, "--quick", "--data", f"folder:{two}",
+                     "--out", str(tmp_path / "c")]) == 0
+        assert ran == [claim]
+
+
+def test_cifar10_evaluate_saved_honours_only_and_leaves_the_peers_venv_alone(tmp_path,
+                                                                             monkeypatch):
+    """``benchmarks/cifar10.py --evaluate-saved`` certified every saved network whatever
+    ``--only`` said, and asked for the peers' venv (installing it) when any saved network was
+    a peer's. A dry check (no network is certified, nothing installed): with ``--only onelip``
+    it selects onelip's network alone and asks for no peers; naming a peer selects it and
+    asks for them."""
+    import importlib.util
+    import json
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ first
+    spec = importlib.util.spec_from_file_location("_cifar10_bench_dry",
+                                                  repo / "benchmarks" / "cifar10.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    for net in ("onelip", "deel", "orthogonium"):
+        (models_dir / f"cifar10-{net}.json").write_text(json.dumps({"network": net}))
+    asked, certified = [], []
+    monkeypatch.setattr(bench, "import_working_tree_onelip",
+                        lambda *, need_peers, **kw: asked.append(need_peers))
+    monkeypatch.setattr(bench, "run_evaluate_saved", lambda args: certified.append(args) or 0)
+    venv = tmp_path / "peers-venv"
+    for only, peers in (("onelip", False), ("onelip,deel", True)):
+        assert bench.main(["--evaluate-saved", "--only", only, "--data", str(tmp_path),
+                           "--models", str(models_dir), "--out", str(tmp_path / "out"),
+                           "--peers-venv", str(venv)]) == 0
+        assert asked[-1] is peers
+        assert [p.name for p in bench.saved_networks(certified[-1])] == sorted(
+            f"cifar10-{n}.json" for n in only.split(","))
+    assert not venv.exists()

@@ -133,6 +133,21 @@ def _given(args: argparse.Namespace, field: str) -> bool:
     return getattr(args, field, None) is not None
 
 
+def _check_classes(name: str, need: list[str]) -> None:
+    """A one-line CLIError when ``--data`` is an image folder of one class: the claims that
+    take data train classifiers (such a folder gave 100 % accuracies, or a training that
+    "diverged", blaming the learning rate). Its classes are its sub-folders, read without
+    decoding an image (an npz file of one label is refused by its loader)."""
+    from onelip.data.images import folder_classes
+
+    prefix, _, arg = name.partition(":")
+    classes = folder_classes(arg) if prefix == "folder" else []
+    if len(classes) == 1:
+        raise CLIError(f"--data {name} has one class ({classes[0]}): {', '.join(need)} "
+                       "train classifiers, which need two classes or more (one sub-folder of "
+                       "images per class)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Reproduce a claim of the paper (or all) and write DIR/report.md."""
     from onelip._io import unwritable_reason
@@ -155,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
     if need and not args.quick and args.data is None:
         raise CLIError(f"{', '.join(need)}: the full protocol trains on CIFAR-10: pass --data "
                        "folder:DIR (the training images as an image folder), or use --quick")
+    if need and args.data is not None:
+        _check_classes(args.data, need)
     given = args.config_set or any(_given(args, f) for f in _FIELD_FLAGS)
     overrides = _overrides(names, args) if given else None
     deadline = None if args.budget is None else time.monotonic() + args.budget
