@@ -54,6 +54,7 @@ def test_evaluate_gives_the_numbers_the_command_saves(digits_run, capsys):
     rep = evaluate(model, x, y, eps=EPS, attack=AttackSettings(points=30, steps=8))
     saved = _saved(digits_run)
     assert saved["settings"]["attack"] == {"points": 30, "steps": 8}
+    assert saved.pop("split") == "test"  # the command names the split it certified
     mine = {"settings": saved["settings"], "data": "digits", **rep.to_dict()}
     assert mine == saved, f"evaluate: {mine}\ncommand: {saved}"
     assert rep.n == x.shape[0] == saved["n_test"]
