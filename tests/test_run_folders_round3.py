@@ -243,6 +243,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_what_to_do(tmp_path, capsys
                               "(os error 28) at path \"/somewhere/.tmpAb12Cd\"")
 
     monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    monkeypatch.setattr("onelip.export.plain_file.save_file", no_space)  # imported by name
     out = tmp_path / "out"
     with pytest.raises(OutputError, match=f"cannot write {out / 'run' / runs.WEIGHTS}: No "
                                           "space left on device; free space on its disk"):
