@@ -91,6 +91,7 @@ def test_after_many_adam_steps_train_and_eval_stay_within_one():
     certificate is re-proven at every step (no stale reference)."""
     torch.manual_seed(0)
     layer = CPLConv2d(4, 4, 3, input_size=(6, 6))
+    start = float(torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2))
     opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
     for i in range(80):
         x = torch.randn(8, 4, 6, 6)
@@ -106,7 +107,9 @@ def test_after_many_adam_steps_train_and_eval_stay_within_one():
             with eval_mode(layer):
                 sig = _sigmas(layer, (4, 6, 6), train=False)
             assert max(sig) <= 1 + TOL_F64
-    assert float(torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)) > 3
+    # the objective did push: the weight's norm at least doubled (from 1, the
+    # Dirac-orthogonal start)
+    assert float(torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)) > 2 * start
 
 
 def _one_power_step_h(layer: CPLConv2d, seed: int) -> float:

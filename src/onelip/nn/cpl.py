@@ -18,6 +18,7 @@ from onelip import functional as F
 from onelip.nn._base import ConstrainedLayer
 from onelip.nn._precision import full_precision
 from onelip.nn.channels import FirstChannels, ZeroChannelPad
+from onelip.nn.conv import dirac_orthogonal_
 from onelip.nn.plain import Residual
 from onelip.nn.pooling import InvertibleDownsample
 
@@ -349,11 +350,20 @@ class CPLConv2d(_CPLBase):
                    input_size=input_size)
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_normal_(self.weight)  # as SLL (Prach et al. reuse it for CPL)
+        # Dirac-orthogonal, not Xavier (as SLL; Prach et al. reuse it for CPL): with every
+        # singular value of T_W equal to 1 the block is a local isometry (slopes 1 and
+        # 1 - h ≈ -1 in the basis of W); with a random W the directions of middle singular
+        # values are contracted (to 0 at σ² = ‖W‖²/2), and 26 such blocks start flat.
+        dirac_orthogonal_(self.weight)
         if self.bias is not None:
             bound = 1 / math.sqrt(self.channels * self.kernel_size[0] * self.kernel_size[1])
             nn.init.uniform_(self.bias, -bound, bound)
-        self.reset_power_iteration()
+        # the Gram matrices are then the identity at every frequency (up to the float32
+        # rounding of Q): any unit vector is a top eigenvector, without reset_power_iteration's
+        # eigh (most of the time of building lipconvnet)
+        with torch.no_grad():
+            self.v.zero_()
+            self.v[:, 0, 0] = 1.0
 
     def _inner_size(self, size: tuple[int, int]) -> tuple[int, int]:
         s = self.stride[0]
