@@ -19,6 +19,10 @@ __all__ = ["FrobeniusLinear", "OrthoLinear", "SpectralLinear"]
 # before a training forward; the one-step Björck map used in training is ≤ 1 for any
 # σ_max(W) ≤ 2 (see OrthoLinear).
 _TRAIN_GUARD = 4.0
+# The relative shrink of the latent after a float32 Björck step in retract_, in units of
+# u·‖W‖_F (u = 2^-24): the step's rounding left σ_max(W) up to 1 + 1.54·u·‖W‖_F (measured
+# over shapes 1×1 – 1024×1024, worst on thin ones, e.g. 64×1; 1 + 4.4e-7 on 1024×1024).
+_RETRACT_CAST = 4.0
 # The copies of the latent that OrthoLinear has certified (the fast training path, the guard):
 # which of them equal the latent is its hidden training state (get_extra_state).
 _SNAPSHOTS = ("_retracted_latent", "_guarded_latent")
@@ -102,7 +106,8 @@ class OrthoLinear(DenseLayer):
       :math:`\sigma_{\max}(W)\le1`:
       :math:`\sigma\mapsto\tfrac32\sigma-\tfrac12\sigma^3` maps :math:`[0, 2]` into
       :math:`[0, 1]` and it is applied only when the Gram row-sum bound gives
-      :math:`\sigma_{\max}\le1.58` (otherwise W becomes polar(W)). If the optimiser step moved
+      :math:`\sigma_{\max}\le1.58` (otherwise W becomes polar(W)), and its float32 rounding
+      is absorbed by a cast margin as in eval mode (:meth:`retract_`). If the optimiser step moved
       the singular values to :math:`1\pm\delta`, the retracted ones are
       :math:`\ge 1-\tfrac32\delta^2-\tfrac12\delta^3` (0.99995 after 25 Adam steps at lr 1e-3
       in the benchmark). The backward returns the exact :math:`dx = g_y W` and, for W, the
@@ -202,18 +207,37 @@ class OrthoLinear(DenseLayer):
 
     @torch.no_grad()
     def retract_(self) -> None:
-        """Move the latent W towards polar(W) without changing polar(W).
+        r"""Move the latent W towards polar(W) without changing polar(W).
 
         One Björck step when the certified Gram bound allows it (σ_max(W)² ≤ 2.5), a full
         :func:`~onelip.functional.polar_bjorck` otherwise; either way σ_max(W) ≤ 1 after it,
         and the training forward applies W as it is until W changes (see the class).
+
+        **The cast margin.** In exact arithmetic both give σ_max ≤ 1; computed in the
+        latent's dtype they give σ_max up to :math:`1 + O(u)` (measured up to 1 + 4.4e-7 in
+        float32: the float32 latent the training forward applies, where eval mode and
+        certificates were fine). So the result is scaled as eval mode's weights are
+        (:func:`~onelip.functional.unit_norm_cast`): the float64 polar factor by
+        :math:`1-\delta`, :math:`\delta` = :func:`~onelip.functional.rounding_margin`, before
+        its cast (proven); the float32 Björck step by :math:`1 - 4u\|W\|_F` (u the unit
+        roundoff, 2^-24), 2.6× the largest excess measured (1.54·u·‖W‖_F, over shapes
+        1×1 – 1024×1024 and perturbations 1e-5 – 0.3; a worst-case rounding bound of the two
+        products, :math:`\sim n\,u\|W\|_F^2`, is orders of magnitude looser, and the
+        step in float64 would double the cost of a training step of an MLP). Neither moves
+        polar(W), the eval function; the training operator stays within :math:`4u\|W\|_F`
+        (1e-5 for 512×512) of the Björck-retracted one. ``tests/test_train_mode_margin.py``
+        measures σ_max of the stored latent after retractions and Adam steps.
         """
         w = self.weight
         gram = F.small_gram(w)
         if float(F.gram_row_sum_bound(gram)) <= 2.5:
-            w.copy_(F.bjorck_step(w, gram))
+            new = F.bjorck_step(w, gram)
+            u = torch.finfo(w.dtype).eps / 2
+            delta = _RETRACT_CAST * u * float(torch.linalg.matrix_norm(new.double()))
+            w.copy_(new.double().mul_(1.0 - delta))
         else:
-            w.copy_(F.polar_bjorck(w)[0])
+            q = F.polar_bjorck(w)[0]  # float64, σ_max ≤ 1
+            w.copy_(q * (1.0 - F.rounding_margin(q, w.dtype)))
         # σ_max(W) ≤ 1 now (Björck step from σ² ≤ 2.5, or polar): the training forward
         # applies this latent as it is while it stays equal to this certified copy.
         self.__dict__["_retracted_latent"] = w.detach().clone()

@@ -20,6 +20,24 @@ from onelip.nn.utils import export_tree
 
 __all__ = ["ConvexResidual", "SLLBlock", "SLLConv2d"]
 
+# The training forward's T⁻¹ is computed in the weights' dtype: each T_ii sums n1·n2 rounded
+# terms (n1 per Gram entry, n2 Gram entries), and a T⁻¹ rounded *up* lifts a block whose
+# Gershgorin bound is tight (one inner unit: the reflection I − 2wwᵀ/‖w‖²) above 1 (measured
+# 1 + 2e-7 in float32). The training T⁻¹ is therefore shrunk by 4u√(n1 + n2) (u the unit
+# roundoff: 2^-24 in float32), 3× and more the relative error of T⁻¹ measured (dense blocks
+# of 1–512 features and 1–64 units, convolutions of 1–128 channels and 1–128 inner ones,
+# 1×1 and 3×3; tests/test_train_mode_margin.py). Not a proof (a worst-case bound of the sums,
+# n·u times a ratio of |K|⋆|K| to |K⋆K|, is up to 4e-3 for 256 channels, and a convolution
+# algorithm may round otherwise); eval mode, which certificates use, computes T in float64
+# and is proven (onelip.functional.sll_cast).
+_TRAIN_MARGIN = 4.0
+
+
+def _train_t_inv(t_inv: Tensor, n1: int, n2: int) -> Tensor:
+    """T⁻¹ of the training forward: ``t_inv`` shrunk by its rounding margin (above)."""
+    u = torch.finfo(t_inv.dtype).eps / 2
+    return t_inv * (1.0 - _TRAIN_MARGIN * u * math.sqrt(n1 + n2))
+
 
 class ConvexResidual(LipschitzModule):
     r"""Convex combination of the identity and a 1-Lipschitz branch.
@@ -106,7 +124,9 @@ class SLLBlock(ConstrainedLayer):
 
     W (features × inner), :math:`q = e^{\log q} > 0` learned. :math:`T \succeq W^\top W`,
     which makes the block 1-Lipschitz for every W, b, q (Araujo et al. 2023, Thm 3): in
-    train and eval mode, no approximation.
+    train and eval mode, no approximation. **Train mode** computes :math:`T^{-1}` in the
+    weights' dtype and shrinks it by a rounding margin :math:`4u\sqrt{d + m}` (u = 2^-24 in
+    float32: 2.7e-6 for d = m = 64), measured to cover its rounding (module note).
 
     **Eval mode** (cached, and what :meth:`export` folds in): T in float64 from the weights
     as stored, :math:`2WT^{-1}` rounded to the parameter dtype, and the identity scaled by
@@ -151,7 +171,9 @@ class SLLBlock(ConstrainedLayer):
         return self.features
 
     def _t_inv(self) -> Tensor:
-        return F.sll_scaling(self.weight.mT @ self.weight, self.log_q)
+        """T⁻¹ (m,) of the training forward, with its float rounding margin."""
+        return _train_t_inv(F.sll_scaling(self.weight.mT @ self.weight, self.log_q),
+                            self.features, self.inner)
 
     def applied_weight(self) -> tuple[float, Tensor]:
         """``(a, w_out)``: the skip factor 1 − η and :math:`2aWT^{-1}` (d, m) from float64,
@@ -161,6 +183,13 @@ class SLLBlock(ConstrainedLayer):
     def train_weight(self) -> tuple[float, Tensor]:
         """``(1, 2WT⁻¹)`` with gradients."""
         return 1.0, 2 * self.weight * self._t_inv()
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        # T⁻¹ scales the hidden units, not W: the operator applied, I - 2 W T⁻¹ D Wᵀ, stays
+        # symmetric (a rounded 2WT⁻¹ would perturb it by a non-symmetric u·|2WT⁻¹| Wᵀ, whose
+        # mixing lifted the reflection of one unit to 1 + 3e-10 however small T⁻¹)
+        h = torch.relu(TF.linear(x, self.weight.mT, self.bias))
+        return x - 2 * TF.linear(h * self._t_inv(), self.weight)
 
     def skip_factor(self) -> float:
         """a in :math:`y = a\\,x - \\dots`: 1 in training, 1 − η in eval mode (the class)."""
@@ -212,7 +241,10 @@ class SLLConv2d(ConstrainedLayer):
     :meth:`export` folds in) t is computed in float64 from the kernel as stored,
     :math:`2K\,t` is rounded to the parameter dtype and the identity scaled by
     :math:`a = 1 - \eta` (:meth:`skip_factor`; η ~ 1e-7–1e-6 in float32, 0 in float64) so
-    that the rounding cannot lift the block above 1 (:func:`onelip.functional.sll_cast`).
+    that the rounding cannot lift the block above 1 (:func:`onelip.functional.sll_cast`). In
+    train mode t is computed in the weights' dtype and shrunk by a rounding margin
+    :math:`4u\sqrt{Ck^2 + m(2k-1)^2}` (1.5e-5 for C = m = 128, k = 3), measured to cover
+    its rounding (module note).
 
     Args:
         channels: C (input = output channels).
@@ -274,7 +306,10 @@ class SLLConv2d(ConstrainedLayer):
         return self.channels
 
     def _t_inv(self) -> Tensor:
-        return F.sll_scaling(F.sll_conv_gram(self.weight), self.log_q)
+        """t (m,) of the training forward, with its float rounding margin."""
+        k = self.kernel_size[0]
+        return _train_t_inv(F.sll_scaling(F.sll_conv_gram(self.weight), self.log_q),
+                            self.channels * k * k, self.inner_channels * (2 * k - 1) ** 2)
 
     def applied_weight(self) -> tuple[float, Tensor]:
         """``(a, out)``: the skip factor 1 − η and :math:`2aK\\,t` (m, C, k, k) from
