@@ -124,8 +124,14 @@ def estimate_lipschitz(model: nn.Module, x: Tensor, *, n_power: int = 30, n_asce
     In train mode a layer whose forward updates state (a power-iteration vector) is evaluated
     at its state of each call; a ratio's two points go through one forward.
 
-    Shape: x (N, *input_shape).
+    Shape: x (N, *input_shape), N >= 1.
+
+    Raises:
+        ValueError: ``x`` holds no point.
     """
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"estimate_lipschitz needs a batch of at least one point, shape "
+                         f"(N, *input_shape) with N >= 1; got shape {tuple(x.shape)}")
     gen = torch.Generator().manual_seed(seed)
     x = x.detach()
     shape = (-1,) + (1,) * (x.dim() - 1)

@@ -435,6 +435,11 @@ def _build(args: argparse.Namespace):
                        "data, and certify afterwards on another set (onelip certify --data)")
     if args.eval_test and len(data.x_test) == 0:
         raise CLIError(f"--eval-test: {args.data} has no test split")
+    labels = torch.unique(data.y_train)
+    if labels.numel() < 2:
+        raise CLIError(f"{args.data}: the training data has {labels.numel()} class; a "
+                       "classifier needs at "
+                       "least two: give each class its own sub-folder (DIR/<class>/*.jpg)")
     model_kw = _model_fields(args.model, args, data)
     torch.manual_seed(args.seed)  # same seed, same initial weights (and on every rank)
     model, model_cfg = models.build(args.model, **model_kw)
