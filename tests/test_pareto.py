@@ -65,7 +65,9 @@ def test_bad_settings_are_refused_in_one_line():
                       ({"point_budget": 0.0}, "positive point_budget"),
                       ({"onelip_inputs": "raw"}, "onelip_inputs 'center' or 'std'"),
                       ({"onelip_optimizer": "lbfgs"}, "Unknown optimizer 'lbfgs'"),
-                      ({"jobs": 0}, "jobs >= 1")]:
+                      ({"jobs": 0}, "jobs >= 1"),
+                      ({"onelip_loss": "hinge"}, "onelip_loss 'la' or 'offset-ce'"),
+                      ({"onelip_epsilon_ramp": 1.5}, "epsilon_ramp, a fraction")]:
         with pytest.raises(ValueError, match=match) as info:
             pareto.ParetoConfig(**kw)
         assert "\n" not in str(info.value)
@@ -172,6 +174,55 @@ def test_an_epoch_budget_trains_exactly_its_steps_and_is_seeded():
     assert r["steps"] == 6 and r["epochs"] == pytest.approx(1.5)  # 4 batches a pass
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb), "same seed, same weights"
+
+
+def test_onelips_part_is_the_one_hour_headlines_recipe_sweeping_las_radius():
+    """Part 2 trains the headline's network and recipe (cifar10_hour recipe 12: ShiftConv2d,
+    centred inputs, LA T 0.75 / ξ 2 / γ 5, ε ramp 0.3) and sweeps LA's ε; offset-ce (Prach
+    et al.) is the alternative, with its own cache keys."""
+    cfg = pareto.ParetoConfig.full()
+    model, fields = cfg.net_fields("onelip")
+    assert model == "lipconvnet" and fields["layer"] == "shift" and cfg.onelip_inputs == "center"
+    r = cfg.recipe("onelip")
+    assert (r.optimizer, r.lr, r.schedule, r.batch_size, r.grad_clip, r.epsilon_ramp) == \
+        ("adam", 1e-3, "onecycle", 256, 1.0, 0.3)
+    assert cfg.recipe("paper-spectral").epsilon_ramp == 0.0
+    la = cfg.onelip_loss_at(36.0, 1.0)
+    assert isinstance(la, losses.LogitAnnealingLoss)
+    assert (la.epsilon, la.offset, la.temperature, la.gamma, la.lipschitz) == \
+        pytest.approx((36 / 255, 2.0, 0.75, 5.0, 1.0))
+    assert cfg.onelip_loss_at(0.0, 2.0).epsilon == 0.0
+    ce = replace(cfg, onelip_loss="offset-ce", offset_temperature=0.25)
+    off = ce.onelip_loss_at(36.0, 2.0)
+    assert isinstance(off, losses.OffsetCrossEntropyLoss)
+    assert off.offset == pytest.approx(2 * math.sqrt(2) * 2.0 * 36 / 255)
+    assert common.config_key(cfg.key("onelip", "offset", 36.0)) != \
+        common.config_key(ce.key("onelip", "offset", 36.0))
+
+
+class _Spy(losses.LogitAnnealingLoss):
+    def __init__(self):
+        super().__init__(36 / 255)
+        self.seen = []
+
+    def forward(self, input, target):
+        self.seen.append(self.epsilon_scale)
+        return super().forward(input, target)
+
+
+def test_the_epsilon_ramp_scales_the_loss_over_its_fraction_of_the_budget():
+    data = _digits()
+    spy = _Spy()
+    vision.train_budgeted(_tiny_net(data), data, spy, vision.Recipe(batch_size=50,
+                                                                    epsilon_ramp=0.5),
+                          vision.Budget(epochs=1.5), seed=0)  # 6 steps: p = 0, 1/6, … 5/6
+    assert spy.seen == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0, 1.0])
+    assert spy.epsilon_scale == 1.0, "the loss is left at its full ε"
+    with pytest.raises(ValueError, match="needs a loss with an ε"):
+        vision.train_budgeted(_tiny_net(data), data, losses.TauCrossEntropyLoss(8.0),
+                              vision.Recipe(epsilon_ramp=0.3), vision.Budget(epochs=1.0), seed=0)
+    with pytest.raises(ValueError, match="epsilon_ramp, a fraction"):
+        vision.Recipe(epsilon_ramp=-0.1)
 
 
 def test_a_budget_is_cpu_seconds_or_epochs():

@@ -31,18 +31,21 @@ whose hinge takes m/2): the script ran on a development version; we take 1.2.0's
 HKR and the CE(τ·f)/τ of every later release. The paper's optimiser: Adam, lr 10⁻³, cosine
 decay to 1 %, batch 512, no warm-up, no clipping (:data:`PAPER_RECIPE`). Its augmentation
 (flip, brightness, contrast, hue, saturation, resize to 32–40 then crop) is, in onelip's
-pipeline, crop (zero padding 4) + flip: no colour jitter, no zoom. At initialisation the
-spectral network's input-output gain is tiny (measured ≈ 6·10⁻⁵ on random inputs with
-SpectralConv2d's initialisation of 2026-12: eight random kernels, each normalised by its
-largest singular value; the ortho variant: ≈ 8·10⁻³), as the paper's network starts small
-(its eight RKO correction factors alone multiply to ≈ 2.3·10⁻⁴).
+pipeline, crop (zero padding 4) + flip: no colour jitter, no zoom. At initialisation both
+parameterisations have an input-output gain of ≈ 8·10⁻³ (‖f(x+δ) − f(x)‖/‖δ‖, uniform x,
+small random δ; SpectralConv2d starts Dirac-orthogonal since issue 23; with random kernels
+each normalised by its largest singular value it was ≈ 6·10⁻⁵), as the paper's network starts
+small (its eight RKO correction factors alone multiply to ≈ 2.3·10⁻⁴).
 
-**Part 2: onelip's network** — ``lipconvnet`` (ConvNet XS by default, the layer family
-``onelip_layer``, centred inputs ``Normalize(mean, 1)``: bound 1) under the offset
-cross-entropy of Prach et al. (``OffsetCrossEntropyLoss``, temperature 1/4) sweeping its
-offset ξ = 2√2·L·ε over ε ∈ ``offsets``/255 (ξ sets the margin asked for, hence the
-trade-off), with the recipe of the ``onelip_*`` fields (default: Adam 10⁻³, one-cycle, batch
-256, clipping at 1: the one-hour benchmark's anchor, ``benchmarks/cifar10_hour.py``). A saved
+**Part 2: onelip's network** — by default the one-hour headline's network and recipe
+(``benchmarks/cifar10_hour.py``, recipe 12): ``lipconvnet`` ConvNet XS with ShiftConv2d
+(``onelip_layer="shift"``), centred inputs ``Normalize(mean, 1)`` (bound 1), Logit
+Annealing (``LogitAnnealingLoss``: T = 0.75, offset ξ = 2, γ = 5) with its EMMA radius ε
+ramped over the first 30 % of the budget, Adam 10⁻³, one-cycle, batch 256, clipping at 1.
+The sweep moves ε ∈ ``offsets``/255 (the radius the loss asks to certify, hence the
+trade-off; the headline trains at 36). ``onelip_loss="offset-ce"`` sweeps instead the
+offset ξ = 2√2·L·ε of Prach et al.'s offset cross-entropy (temperature
+``offset_temperature``, theirs 1/4). A saved
 network's figures (``saved_points``: e.g. ``benchmarks/models/cifar10-hour.json``, or any
 JSON with ``clean`` and ``certified``) join its points.
 
@@ -116,7 +119,7 @@ _NET_LABEL = {"paper-spectral": "the paper's VGG in onelip, SpectralConv2d (its 
               "onelip": "onelip's network"}
 _SHORT = {"paper-spectral": "paper VGG, spectral", "paper-ortho": "paper VGG, ortho",
           "onelip": "onelip"}
-_LOSS = {"tau": "τ-CE", "margin": "hinge", "alpha": "HKR (m = 20)", OFFSET: "offset CE"}
+_LOSS = {"tau": "τ-CE", "margin": "hinge", "alpha": "HKR (m = 20)", OFFSET: "margin loss"}
 _SYMBOL = {"tau": "τ", "margin": "m", "alpha": "α", OFFSET: "ε"}
 _ROBUST_END = {"tau": "small", "margin": "large", "alpha": "small", OFFSET: "large"}
 """Which end of each hyper-parameter is the robust one (the paper's claim; for the offset,
@@ -299,13 +302,24 @@ class ParetoConfig:
     """The paper's Adam learning rate (cosine to 1 %)."""
     paper_batch_size: int = 512
     offsets: tuple[float, ...] = (0.0, 18.0, 36.0, 72.0, 108.0, 144.0)
-    """ε (1/255) of onelip's offset cross-entropy: offset ξ = 2√2·L·ε, L the network's
-    certified bound (1 with centred inputs)."""
-    offset_temperature: float = 0.25
-    """Temperature T of the offset cross-entropy (Prach et al.'s 1/4)."""
+    """ε (1/255) swept by onelip's loss: with ``"la"`` the radius of its EMMA logits
+    (:class:`~onelip.losses.LogitAnnealingLoss`, offset ξ = ``la_offset`` fixed); with
+    ``"offset-ce"`` the offset ξ = 2√2·L·ε, L the network's certified bound (1 with centred
+    inputs)."""
+    onelip_loss: str = "la"
+    """'la' (Logit Annealing, the one-hour headline's loss) or 'offset-ce' (Prach et al.)."""
+    offset_temperature: float = 0.75
+    """Temperature T of onelip's loss (the headline's LA: 0.75; Prach et al.'s offset CE:
+    1/4)."""
+    la_offset: float = 2.0
+    """LA's offset ξ (logit units), fixed over the sweep."""
+    la_gamma: float = 5.0
+    """LA's focal exponent γ."""
+    onelip_epsilon_ramp: float = 0.3
+    """The ε ramp of onelip's loss, a fraction of the budget (0: none)."""
     onelip_net: tuple[tuple[str, object], ...] = (("preset", "xs"),)
     """onelip's network: ``lipconvnet`` fields (a preset name under "preset")."""
-    onelip_layer: str = "ortho"
+    onelip_layer: str = "shift"
     """The convolution family of onelip's network (:data:`onelip.nn.CONV_LAYERS`)."""
     onelip_inputs: str = "center"
     """'center' (Normalize(mean, 1), bound 1) or 'std' (Normalize(mean, std), 1/min σ)."""
@@ -344,6 +358,11 @@ class ParetoConfig:
             raise ValueError("Expected positive taus, margins, alphas and hkr_margin")
         if min(self.offsets, default=0) < 0 or self.offset_temperature <= 0:
             raise ValueError("Expected offsets >= 0 and a positive offset_temperature")
+        if self.onelip_loss not in ("la", "offset-ce"):
+            raise ValueError(f"Expected onelip_loss 'la' or 'offset-ce', but got "
+                             f"{self.onelip_loss!r}")
+        if self.la_offset < 0 or self.la_gamma < 0:
+            raise ValueError("Expected la_offset >= 0 and la_gamma >= 0")
         if self.onelip_inputs not in ("center", "std"):
             raise ValueError(f"Expected onelip_inputs 'center' or 'std', but got "
                              f"{self.onelip_inputs!r}")
@@ -380,14 +399,15 @@ class ParetoConfig:
             return vision.Recipe(optimizer=self.onelip_optimizer, lr=self.onelip_lr,
                                  schedule=self.onelip_schedule, batch_size=self.onelip_batch_size,
                                  augment=self.augment, grad_clip=self.onelip_grad_clip,
-                                 weight_decay=self.onelip_weight_decay)
+                                 weight_decay=self.onelip_weight_decay,
+                                 epsilon_ramp=self.onelip_epsilon_ramp)
         return replace(PAPER_RECIPE, lr=self.paper_lr, batch_size=self.paper_batch_size,
                        augment=self.augment)
 
     def key(self, network: str, sweep: str, value: float) -> dict:
         """The config of one sub-run (its cache key)."""
         model, fields = self.net_fields(network)
-        loss = ({"temperature": self.offset_temperature} if sweep == OFFSET else
+        loss = (self.onelip_loss_key() if sweep == OFFSET else
                 {"hinge": "one_vs_all", "input_scale": INPUT_SCALE,
                  **({"hkr_margin": self.hkr_margin} if sweep == "alpha" else {})})
         return {"claim": CLAIM, "schema": 2, "network": [model, fields],
@@ -397,6 +417,22 @@ class ParetoConfig:
                 "budget": asdict(self.budget()), "threads": self.threads, "data": self.data,
                 "val_fraction": self.val_fraction, "n_train": self.n_train, "n_val": self.n_val,
                 "seed": self.seed}
+
+    def onelip_loss_key(self) -> dict:
+        """onelip's loss, without the swept ε (part of the sub-runs' cache key)."""
+        if self.onelip_loss == "la":
+            return {"name": "la", "temperature": self.offset_temperature,
+                    "offset": self.la_offset, "gamma": self.la_gamma}
+        return {"temperature": self.offset_temperature}  # offset-ce (schema 2's key)
+
+    def onelip_loss_at(self, epsilon_255: float, lipschitz: float):
+        """onelip's loss at ε = ``epsilon_255``/255 for a network of certified bound L."""
+        if self.onelip_loss == "la":
+            return losses.LogitAnnealingLoss(epsilon_255 / 255, offset=self.la_offset,
+                                             temperature=self.offset_temperature,
+                                             gamma=self.la_gamma, lipschitz=lipschitz)
+        return losses.OffsetCrossEntropyLoss(2 * math.sqrt(2) * lipschitz * epsilon_255 / 255,
+                                             temperature=self.offset_temperature)
 
     def expected_seconds(self) -> float:
         """A sub-run's expected wall time when its budget is CPU time (training, then
@@ -460,6 +496,9 @@ def _loss_text(loss) -> str:
         return f"MulticlassHKRLoss({loss.alpha:g}, {loss.margin:.4g}, one_vs_all)"
     if isinstance(loss, losses.MulticlassHingeLoss):
         return f"MulticlassHingeLoss({loss.margin:.4g}, one_vs_all)"
+    if isinstance(loss, losses.LogitAnnealingLoss):
+        return (f"LogitAnnealingLoss(ε={loss.epsilon:.4g}, offset={loss.offset:g}, "
+                f"T={loss.temperature:g}, γ={loss.gamma:g}, L={loss.lipschitz:.4g})")
     return f"OffsetCrossEntropyLoss(offset={loss.offset:.4g}, T={loss.temperature:g})"
 
 
@@ -491,8 +530,7 @@ def _point(cfg: ParetoConfig, network: str, sweep: str, value: float,
             from onelip.certify import lipschitz_bound
 
             lip = float(lipschitz_bound(net))
-            loss = losses.OffsetCrossEntropyLoss(2 * math.sqrt(2) * lip * value / 255,
-                                                 temperature=cfg.offset_temperature)
+            loss = cfg.onelip_loss_at(value, lip)
         else:
             lip = None
             loss = paper_loss(sweep, value, num_classes=data.num_classes,

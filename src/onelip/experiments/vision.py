@@ -240,6 +240,10 @@ class Recipe:
     augment: tuple[str, ...] = ("crop", "flip")
     grad_clip: float = 0.0
     weight_decay: float = 0.0
+    epsilon_ramp: float = 0.0
+    """A fraction r ∈ [0, 1] of the budget: before each step a loss with ``ramps_epsilon``
+    (onelip's margin-aware losses) gets ``epsilon_scale = min(1, p / r)`` at progress p, 1
+    again at the end; 0: no ramp."""
 
     def __post_init__(self) -> None:
         from onelip.data.augment import check_augment
@@ -255,6 +259,9 @@ class Recipe:
                              f"{self.batch_size}")
         if not 0 <= self.lr_floor <= 1 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("Expected lr_floor in [0, 1], grad_clip >= 0 and weight_decay >= 0")
+        if not 0 <= self.epsilon_ramp <= 1:
+            raise ValueError(f"Expected epsilon_ramp, a fraction of the budget, in [0, 1], but "
+                             f"got {self.epsilon_ramp}")
         object.__setattr__(self, "augment", check_augment(tuple(self.augment)))
 
     def text(self) -> str:
@@ -269,6 +276,8 @@ class Recipe:
             parts.append(f"weight decay {self.weight_decay:g}")
         if self.grad_clip:
             parts.append(f"gradient clipping at {self.grad_clip:g}")
+        if self.epsilon_ramp:
+            parts.append(f"ε ramp over the first {100 * self.epsilon_ramp:g} %")
         return ", ".join(parts)
 
 
@@ -314,7 +323,8 @@ def train_budgeted(model: nn.Module, data: DataSplit, loss: nn.Module, recipe: R
     Each step: a batch of ``recipe.batch_size`` in a fresh permutation per pass (seeded from
     ``seed``), augmented (images of at least 16×16 only), uint8 → [0, 1], the forward under
     :func:`onelip.nn.utils.batched_kernel_build`, the loss, its gradient (clipped when
-    ``recipe.grad_clip``), the optimiser step at ``lr · lr_factor(progress)``, then
+    ``recipe.grad_clip``; the loss's ε ramped over ``recipe.epsilon_ramp`` of the progress),
+    the optimiser step at ``lr · lr_factor(progress)``, then
     :func:`onelip.nn.utils.retract_`. The progress p is the fraction of the budget spent
     before the step: CPU seconds of this process (:func:`time.process_time`) over
     ``budget.cpu_seconds``, or steps over ``budget.epochs`` × steps per pass; training stops
@@ -344,6 +354,10 @@ def train_budgeted(model: nn.Module, data: DataSplit, loss: nn.Module, recipe: R
     model.to(device).train()
     opt = _optimizer(model, recipe)
     params = [p for p in model.parameters() if p.requires_grad]
+    ramp = recipe.epsilon_ramp > 0
+    if ramp and not getattr(loss, "ramps_epsilon", False):
+        raise ValueError(f"Recipe(epsilon_ramp={recipe.epsilon_ramp:g}) needs a loss with an ε "
+                         f"to ramp (offset-ce, emma, la), not {type(loss).__name__}")
     c0, w0 = time.process_time(), time.perf_counter()
     step, seen, pos, perm = 0, 0, n, None
     loss_sum, hits, count, diverged = 0.0, 0, 0, None
@@ -366,6 +380,8 @@ def train_budgeted(model: nn.Module, data: DataSplit, loss: nn.Module, recipe: R
         xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
         for g in opt.param_groups:
             g["lr"] = recipe.lr * lr_factor(progress, recipe)
+        if ramp:
+            loss.epsilon_scale = min(1.0, progress / recipe.epsilon_ramp)
         with batched_kernel_build(model):
             out = model(xb)
         value = loss(out, yb)
@@ -384,6 +400,8 @@ def train_budgeted(model: nn.Module, data: DataSplit, loss: nn.Module, recipe: R
         hits += int((out.detach().argmax(1) == yb).sum())
         count += len(idx)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    if ramp:
+        loss.epsilon_scale = 1.0
     model.cpu().eval()
     return {"steps": step, "epochs": seen / n, "cpu_seconds": cpu, "wall_seconds": wall,
             "images_per_cpu_second": seen / max(cpu, 1e-9),
