@@ -869,7 +869,7 @@ def baseline_summary(path: Path) -> dict | None:
             row["error"] = r["error"]
         else:
             row.update({k: r.get(k) for k in ("clean", "certified", "epochs_done",
-                                              "predicted_classes")})
+                                              "images_per_second", "predicted_classes")})
         nets[n] = row
     sweep = d.get("sweep")
     return {"path": str(path), "command": d.get("command"), "written": d.get("written"),
@@ -1175,17 +1175,20 @@ def before_after_markdown(result: dict) -> list[str]:
           + ("" if result["recipe"]["family"] == FAMILY else
              f" (onelip's row also changes its layers: OrthoConv2d → "
              f"{onelip_conv(result).split('`')[1]})") + ".", "",
-          "| network | before: loss | clean | cert@36 | cert@72 | after: loss | clean | "
-          "cert@36 | cert@72 | Δ clean | Δ cert@36 |",
-          "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+          "| network | before: loss | epochs | clean | cert@36 | cert@72 | after: loss | epochs | "
+          "clean | cert@36 | cert@72 | Δ clean | Δ cert@36 |",
+          "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for n, r in cands.items():
         o = b["networks"].get(n)
-        before = (["—"] * 4 if o is None else
-                  [f"`{o.get('loss')}`", f"failed ({o['error']})", "", ""] if "error" in o
-                  else [f"`{o['loss']}`", _pct(o["clean"]), _pct(o["certified"]["36"]),
+        def ep(x):
+            return "—" if x.get("epochs_done") is None else f"{x['epochs_done']:.2f}"
+
+        before = (["—"] * 5 if o is None else
+                  [f"`{o.get('loss')}`", "", f"failed ({o['error']})", "", ""] if "error" in o
+                  else [f"`{o['loss']}`", ep(o), _pct(o["clean"]), _pct(o["certified"]["36"]),
                         _pct(o["certified"]["72"])])
-        after = ([f"`{r.get('loss')}`", f"failed ({r['error']})", "", ""] if "error" in r
-                 else [f"`{r['loss']}`", _pct(r["clean"]), _pct(r["certified"]["36"]),
+        after = ([f"`{r.get('loss')}`", "", f"failed ({r['error']})", "", ""] if "error" in r
+                 else [f"`{r['loss']}`", ep(r), _pct(r["clean"]), _pct(r["certified"]["36"]),
                        _pct(r["certified"]["72"])])
         both = o is not None and "error" not in o and "error" not in r
         delta = ([f"{100 * (r['clean'] - o['clean']):+.1f}",
@@ -1198,7 +1201,32 @@ def before_after_markdown(result: dict) -> list[str]:
     L += ["", "Δ in points. Every figure on the validation split; a network that predicts "
           "one class everywhere is a constant classifier (its certified accuracy is that "
           "class's share).", ""]
-    return L
+    speed = machine_speed_note(b, cands, result["recipe"]["family"])
+    return L + ([speed, ""] if speed else [])
+
+
+def machine_speed_note(b: dict, cands: dict, family: str) -> str | None:
+    """A wall-clock budget buys what the machine gives: when a network whose layers did not
+    change trained at another speed before, say by how much (the same budget then bought
+    that ratio of epochs, and the "Δ" columns mix recipe and machine)."""
+    ratios = []
+    for n, r in cands.items():
+        o = b["networks"].get(n) or {}
+        same_layers = n != "onelip" or family == FAMILY
+        if (same_layers and "error" not in r and "error" not in o
+                and o.get("images_per_second") and r.get("images_per_second")):
+            ratios.append((r.get("title") or n, o["images_per_second"], r["images_per_second"]))
+    if not ratios:
+        return None
+    parts = [f"{t} {a:.0f} → {c:.0f} images/s ({c / a:.2f}×)" for t, a, c in ratios]
+    worst = min(c / a for _, a, c in ratios)
+    if 0.8 <= worst and max(c / a for _, a, c in ratios) <= 1.25:
+        return ("Training speed of the unchanged layers, before → after: " + "; ".join(parts)
+                + ": the same machine speed, within 25 %.")
+    return ("**The machine differs.** Training speed of the unchanged layers, before → after: "
+            + "; ".join(parts) + ". The same wall-clock budget bought that ratio of epochs, "
+            "so the Δ columns mix the recipe with the machine's speed; down a column (one run, "
+            "one machine) the comparison holds.")
 
 
 def write_markdown(path: Path, result: dict) -> None:

@@ -151,6 +151,23 @@ def test_report_puts_each_networks_loss_and_the_baseline_beside_the_new_figures(
         c10.before_after_markdown(result))
 
 
+def test_the_report_says_when_the_machine_speed_changed(c10):
+    """A wall-clock budget buys what the machine gives: when the unchanged layers (here
+    orthogonium's; onelip's changed family is left out) trained at another speed before, the
+    before/after table says so with the ratio; within 25 % it says the speed matched."""
+    before = {"networks": {"onelip": {"images_per_second": 235.0},
+                           "orthogonium": {"images_per_second": 171.0}}}
+    after = {"onelip": {"title": "onelip (ShiftConv2d)", "images_per_second": 136.0},
+             "orthogonium": {"title": "orthogonium (AOC)", "images_per_second": 76.0}}
+    note = c10.machine_speed_note(before, after, "shift")
+    assert note.startswith("**The machine differs.**")
+    assert "orthogonium (AOC) 171 → 76 images/s (0.44×)" in note and "onelip" not in note
+    after["orthogonium"]["images_per_second"] = 160.0
+    assert "the same machine speed" in c10.machine_speed_note(before, after, "shift")
+    after["orthogonium"]["error"] = "killed"
+    assert c10.machine_speed_note(before, after, "shift") is None
+
+
 def test_onelips_margin_loss_gets_its_bound_at_initialisation(c10):
     import torch
 
