@@ -1282,7 +1282,7 @@ def write_markdown(path: Path, result: dict) -> None:
           "'images/s' = augmented training images per second of training wall time; 'peak "
           "RSS' = `resource.getrusage` maxrss of the network's process (the 150 MB uint8 data "
           "set included; after loading the data: "
-          + ", ".join(f"{TITLES[n]} {r['peak_rss_after_data_mb']:.0f} MB"
+          + ", ".join(f"{r.get('title') or TITLES[n]} {r['peak_rss_after_data_mb']:.0f} MB"
                       for n, r in ok.items()) + "). 'attack violations' = points of the first "
           f"{a['attack']} whose adversarial (found / of those attacked successfully) is closer "
           "than their certificate: must be 0.", ""]
