@@ -123,7 +123,8 @@ def run_claim(name: str, *, quick: bool = False, out: Path | None = None,
             return results
         merged[name] = results
         _save(out, {k: merged[k] for k in CLAIMS if k in merged})
-        write_report(merged, out)
+        write_report(merged, out, draw={name})  # the other claims' figures are as drawn
+        _save(out, {k: merged[k] for k in CLAIMS if k in merged})  # with their file names
     return results
 
 
@@ -248,8 +249,13 @@ def _summary_paragraph(mod: ModuleType) -> str:
     return text.replace("``", "`")
 
 
-def write_report(results: dict, out: Path) -> Path:
-    """Draw each claim's figures into ``out`` and write ``out/report.md``; returns its path."""
+def write_report(results: dict, out: Path, *, draw: set[str] | None = None) -> Path:
+    """Draw each claim's figures into ``out`` and write ``out/report.md``; returns its path.
+
+    ``draw``: the claims whose figures are drawn (default: all). Another claim keeps the
+    figures it recorded (``results[claim]["figures"]``, set here) if those files are all in
+    ``out``; else they are drawn too. (Drawing is most of a cached re-run's time: ``reproduce
+    all`` rewrites the report after each claim.)"""
     out = Path(out)
     modes = {_mode(r) for r in results.values()}
     lines = ["# Reproducing *Pay attention to your loss* (Béthune et al., NeurIPS 2022)", ""]
@@ -291,7 +297,14 @@ def write_report(results: dict, out: Path) -> Path:
                                                     "agree"], _verdict_rows(r)), ""]
             for t in r.get("tables", []):
                 lines += [f"### {t['title']}", "", _md_table(t["columns"], t["rows"]), ""]
-            for png in mod.plot(r, out):
+            kept = r.get("figures")
+            if (draw is not None and name not in draw and isinstance(kept, list)
+                    and all((out / str(p)).is_file() for p in kept)):
+                pngs = kept
+            else:
+                pngs = [str(p) for p in mod.plot(r, out)]
+                r["figures"] = pngs
+            for png in pngs:
                 lines += [f"![{name}]({png})", ""]
         cfg = json.dumps(r.get("config", {}), separators=(", ", ": "))
         lines += ["<details><summary>configuration</summary>", "", f"`{cfg}`", "",
