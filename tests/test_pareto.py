@@ -66,7 +66,8 @@ def test_bad_settings_are_refused_in_one_line():
                       ({"onelip_inputs": "raw"}, "onelip_inputs 'center' or 'std'"),
                       ({"onelip_optimizer": "lbfgs"}, "Unknown optimizer 'lbfgs'"),
                       ({"jobs": 0}, "jobs >= 1"),
-                      ({"onelip_loss": "hinge"}, "onelip_loss 'la' or 'offset-ce'"),
+                      ({"onelip_loss": "hinge"}, "onelip_loss 'la', 'la-epsilon' or"),
+                      ({"la_offsets": (-1.0,)}, "la_offsets"),
                       ({"onelip_epsilon_ramp": 1.5}, "epsilon_ramp, a fraction")]:
         with pytest.raises(ValueError, match=match) as info:
             pareto.ParetoConfig(**kw)
@@ -176,10 +177,11 @@ def test_an_epoch_budget_trains_exactly_its_steps_and_is_seeded():
         assert torch.equal(pa, pb), "same seed, same weights"
 
 
-def test_onelips_part_is_the_one_hour_headlines_recipe_sweeping_las_radius():
+def test_onelips_part_is_the_one_hour_headlines_recipe_sweeping_las_offset():
     """Part 2 trains the headline's network and recipe (cifar10_hour recipe 12: ShiftConv2d,
-    centred inputs, LA T 0.75 / ξ 2 / γ 5, ε ramp 0.3) and sweeps LA's ε; offset-ce (Prach
-    et al.) is the alternative, with its own cache keys."""
+    centred inputs, LA T 0.75 / γ 5 at ε 36/255, ε ramp 0.3) and sweeps LA's offset ξ over
+    six values; LA's ε at ξ = 2 and offset-ce (Prach et al.) are the alternatives, each with
+    its own cache keys."""
     cfg = pareto.ParetoConfig.full()
     model, fields = cfg.net_fields("onelip")
     assert model == "lipconvnet" and fields["layer"] == "shift" and cfg.onelip_inputs == "center"
@@ -187,11 +189,28 @@ def test_onelips_part_is_the_one_hour_headlines_recipe_sweeping_las_radius():
     assert (r.optimizer, r.lr, r.schedule, r.batch_size, r.grad_clip, r.epsilon_ramp) == \
         ("adam", 1e-3, "onecycle", 256, 1.0, 0.3)
     assert cfg.recipe("paper-spectral").epsilon_ramp == 0.0
-    la = cfg.onelip_loss_at(36.0, 1.0)
+    assert cfg.sweeps("onelip") == (pareto.XI,) and len(cfg.values(pareto.XI)) >= 6
+    la = cfg.onelip_loss_at(4.0, 1.0)
     assert isinstance(la, losses.LogitAnnealingLoss)
     assert (la.epsilon, la.offset, la.temperature, la.gamma, la.lipschitz) == \
-        pytest.approx((36 / 255, 2.0, 0.75, 5.0, 1.0))
-    assert cfg.onelip_loss_at(0.0, 2.0).epsilon == 0.0
+        pytest.approx((36 / 255, 4.0, 0.75, 5.0, 1.0))
+    eps = replace(cfg, onelip_loss="la-epsilon")
+    assert eps.sweeps("onelip") == (pareto.OFFSET,)
+    at = eps.onelip_loss_at(72.0, 2.0)
+    assert (at.epsilon, at.offset, at.lipschitz) == pytest.approx((72 / 255, 2.0, 2.0))
+    # the ε sweep's cache keys are those its first sub-runs were stored under
+    assert eps.key("onelip", pareto.OFFSET, 0.0)["loss"] == {
+        "name": "la", "temperature": 0.75, "offset": 2.0, "gamma": 5.0}
+    assert cfg.key("onelip", pareto.XI, 2.0)["loss"] == {
+        "name": "la", "temperature": 0.75, "epsilon": 36.0, "gamma": 5.0}
+    # each sweep's table reads its own values
+    for c, sweep, value, setting in [(eps, pareto.OFFSET, 36.0, "ε = 36/255"),
+                                     (cfg, pareto.XI, 4.0, "ξ = 4")]:
+        res = {"config": config_dict(replace(c, networks=("onelip",))), "saved": [],
+               "networks": {"onelip": {sweep: [_sub(value, 0.44, 0.36)]}}}
+        table = next(t for t in pareto.tables(res) if t["title"].startswith("onelip"))
+        assert [setting, "44.0", "36.0"] == [table["rows"][c.values(sweep).index(value)][i]
+                                             for i in (0, 2, 3)]
     ce = replace(cfg, onelip_loss="offset-ce", offset_temperature=0.25)
     off = ce.onelip_loss_at(36.0, 2.0)
     assert isinstance(off, losses.OffsetCrossEntropyLoss)
@@ -246,8 +265,9 @@ def _sub(value, clean, cert):
 
 def _results(onelip_points, paper_spectral=None, saved=()):
     cfg = pareto.ParetoConfig(data="folder:x")
-    nets = {"onelip": {"offset": [_sub(v, c, r) for v, (c, r) in
-                                  zip(cfg.offsets, onelip_points)]}}
+    sweep = cfg.sweeps("onelip")[0]
+    nets = {"onelip": {sweep: [_sub(v, c, r) for v, (c, r) in
+                               zip(cfg.values(sweep), onelip_points)]}}
     if paper_spectral is not None:
         nets["paper-spectral"] = paper_spectral
     return {"config": config_dict(cfg), "networks": nets, "saved": list(saved)}
@@ -355,13 +375,13 @@ def test_pareto_resumes_from_its_cache_and_reports_what_did_not_run(tmp_path):
     assert x["params"] > 0 and x["budget"] == "1 epoch" and x["threads"] == 1
     files = {json.loads(p.read_text())["name"]: p for p in (out / "pareto/runs").glob("*.json")}
     assert set(files) == {"paper-spectral τ=0.1", "paper-spectral m=36",
-                          "paper-spectral α=10", "onelip ε=0", "onelip ε=72"}
-    files["onelip ε=72"].unlink()
+                          "paper-spectral α=10", "onelip ξ=0", "onelip ξ=4"}
+    files["onelip ξ=4"].unlink()
     past = time.monotonic() - 1
     again = pareto.run(cfg, out=out, progress=False, deadline=past)
-    assert again["subruns"]["cached"] == 4 and again["subruns"]["not_run"] == ["onelip ε=72"]
+    assert again["subruns"]["cached"] == 4 and again["subruns"]["not_run"] == ["onelip ξ=4"]
     row = next(t for t in again["tables"] if t["title"].startswith("onelip"))["rows"][1]
-    assert row[0] == "ε = 72/255" and row[2] == "not run"
+    assert row[0] == "ξ = 4" and row[2] == "not run"
     again = pareto.run(cfg, out=out, progress=False)
     assert again["subruns"]["ran"] == 1 and again["subruns"]["cached"] == 4
     assert again["networks"]["paper-spectral"] == r["networks"]["paper-spectral"]

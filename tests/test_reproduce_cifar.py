@@ -137,7 +137,7 @@ def test_pareto_on_an_image_folder_writes_results_verdicts_and_figure(tmp_path, 
     nets = r["networks"]
     assert set(nets) == set(pareto.NETWORKS)
     assert set(nets["paper-spectral"]) == set(nets["paper-ortho"]) == set(pareto.SWEEPS)
-    assert set(nets["onelip"]) == {pareto.OFFSET}
+    assert set(nets["onelip"]) == set(cfg.sweeps("onelip")) == {pareto.XI}
     for network in ("paper-spectral", "paper-ortho"):
         for rs in nets[network].values():
             for x in rs:

@@ -42,10 +42,12 @@ small (its eight RKO correction factors alone multiply to ≈ 2.3·10⁻⁴).
 (``onelip_layer="shift"``), centred inputs ``Normalize(mean, 1)`` (bound 1), Logit
 Annealing (``LogitAnnealingLoss``: T = 0.75, offset ξ = 2, γ = 5) with its EMMA radius ε
 ramped over the first 30 % of the budget, Adam 10⁻³, one-cycle, batch 256, clipping at 1.
-The sweep moves ε ∈ ``offsets``/255 (the radius the loss asks to certify, hence the
-trade-off; the headline trains at 36). ``onelip_loss="offset-ce"`` sweeps instead the
-offset ξ = 2√2·L·ε of Prach et al.'s offset cross-entropy (temperature
-``offset_temperature``, theirs 1/4). A saved
+The sweep moves LA's offset ξ ∈ ``la_offsets`` (0 … 8 logit units: the margin the loss asks
+for, hence the trade-off) at the headline's ε = 36/255. (Sweeping ε at ξ = 2 instead,
+``onelip_loss="la-epsilon"``, hardly moves the network: at 20 CPU-minutes ε = 0 and 18/255
+gave 43.9 / 36.2 and 43.5 / 36.1 % clean / cert@36 — EMMA's margin ε·√2·L is small beside
+ξ.) ``onelip_loss="offset-ce"`` sweeps the offset ξ = 2√2·L·ε of Prach et al.'s offset
+cross-entropy (temperature ``offset_temperature``, theirs 1/4). A saved
 network's figures (``saved_points``: e.g. ``benchmarks/models/cifar10-hour.json``, or any
 JSON with ``clean`` and ``certified``) join its points.
 
@@ -111,7 +113,10 @@ PAPER_POINTS = tuple(p for sweep in PAPER.values() for p in sweep.values())
 SWEEPS = ("tau", "margin", "alpha")
 """The paper's losses: τ-CE, hinge, HKR."""
 OFFSET = "offset"
-"""onelip's loss: the offset cross-entropy, swept over ε (ξ = 2√2·L·ε)."""
+"""onelip's loss swept over ε: the offset cross-entropy (ξ = 2√2·L·ε) or LA's EMMA radius."""
+XI = "xi"
+"""onelip's loss swept over LA's offset ξ (logit units) at a fixed ε."""
+ONELIP_SWEEPS = (XI, OFFSET)
 NETWORKS = ("paper-spectral", "paper-ortho", "onelip")
 _NET_LABEL = {"paper-spectral": "the paper's VGG in onelip, SpectralConv2d (its 489,322 "
                                 "parameters)",
@@ -119,9 +124,11 @@ _NET_LABEL = {"paper-spectral": "the paper's VGG in onelip, SpectralConv2d (its 
               "onelip": "onelip's network"}
 _SHORT = {"paper-spectral": "paper VGG, spectral", "paper-ortho": "paper VGG, ortho",
           "onelip": "onelip"}
-_LOSS = {"tau": "τ-CE", "margin": "hinge", "alpha": "HKR (m = 20)", OFFSET: "margin loss"}
-_SYMBOL = {"tau": "τ", "margin": "m", "alpha": "α", OFFSET: "ε"}
-_ROBUST_END = {"tau": "small", "margin": "large", "alpha": "small", OFFSET: "large"}
+_LOSS = {"tau": "τ-CE", "margin": "hinge", "alpha": "HKR (m = 20)", OFFSET: "margin loss",
+         XI: "LA"}
+_SYMBOL = {"tau": "τ", "margin": "m", "alpha": "α", OFFSET: "ε", XI: "ξ"}
+_ROBUST_END = {"tau": "small", "margin": "large", "alpha": "small", OFFSET: "large",
+               XI: "large"}
 """Which end of each hyper-parameter is the robust one (the paper's claim; for the offset,
 the margin it asks for)."""
 INPUT_SCALE = 255.0
@@ -275,7 +282,7 @@ def order(sweep: str, rows: list[tuple[float, float, float]]) -> dict:
 @dataclass(frozen=True)
 class ParetoConfig:
     """Fig. 3's loss sweeps: the paper's network in onelip (two parameterisations) under the
-    paper's losses, onelip's network under the offset cross-entropy, each sub-run within the
+    paper's losses, onelip's network under its margin loss (LA), each sub-run within the
     same budget."""
 
     data: str | None = None
@@ -302,12 +309,18 @@ class ParetoConfig:
     """The paper's Adam learning rate (cosine to 1 %)."""
     paper_batch_size: int = 512
     offsets: tuple[float, ...] = (0.0, 18.0, 36.0, 72.0, 108.0, 144.0)
-    """ε (1/255) swept by onelip's loss: with ``"la"`` the radius of its EMMA logits
-    (:class:`~onelip.losses.LogitAnnealingLoss`, offset ξ = ``la_offset`` fixed); with
-    ``"offset-ce"`` the offset ξ = 2√2·L·ε, L the network's certified bound (1 with centred
-    inputs)."""
+    """ε (1/255) swept by onelip's loss with ``onelip_loss="la-epsilon"``: the radius of LA's
+    EMMA logits (:class:`~onelip.losses.LogitAnnealingLoss`, offset ξ = ``la_offset``
+    fixed); with ``"offset-ce"`` the offset ξ = 2√2·L·ε, L the network's certified bound (1
+    with centred inputs)."""
+    la_offsets: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+    """LA's offset ξ (logit units) swept with ``onelip_loss="la"``, at ε = ``la_epsilon``."""
+    la_epsilon: float = 36.0
+    """LA's EMMA radius ε (1/255) while ξ is swept (the headline's 36)."""
     onelip_loss: str = "la"
-    """'la' (Logit Annealing, the one-hour headline's loss) or 'offset-ce' (Prach et al.)."""
+    """'la' (Logit Annealing, the one-hour headline's loss, sweeping its offset ξ: what sets
+    the trade-off), 'la-epsilon' (LA sweeping its EMMA radius ε at ξ = ``la_offset``) or
+    'offset-ce' (Prach et al., sweeping its offset through ε)."""
     offset_temperature: float = 0.75
     """Temperature T of onelip's loss (the headline's LA: 0.75; Prach et al.'s offset CE:
     1/4)."""
@@ -358,11 +371,12 @@ class ParetoConfig:
             raise ValueError("Expected positive taus, margins, alphas and hkr_margin")
         if min(self.offsets, default=0) < 0 or self.offset_temperature <= 0:
             raise ValueError("Expected offsets >= 0 and a positive offset_temperature")
-        if self.onelip_loss not in ("la", "offset-ce"):
-            raise ValueError(f"Expected onelip_loss 'la' or 'offset-ce', but got "
+        if self.onelip_loss not in ("la", "la-epsilon", "offset-ce"):
+            raise ValueError(f"Expected onelip_loss 'la', 'la-epsilon' or 'offset-ce', but got "
                              f"{self.onelip_loss!r}")
-        if self.la_offset < 0 or self.la_gamma < 0:
-            raise ValueError("Expected la_offset >= 0 and la_gamma >= 0")
+        if (self.la_offset < 0 or self.la_gamma < 0 or self.la_epsilon < 0
+                or min(self.la_offsets, default=0) < 0):
+            raise ValueError("Expected la_offset, la_offsets, la_epsilon and la_gamma >= 0")
         if self.onelip_inputs not in ("center", "std"):
             raise ValueError(f"Expected onelip_inputs 'center' or 'std', but got "
                              f"{self.onelip_inputs!r}")
@@ -376,11 +390,13 @@ class ParetoConfig:
             self.recipe(network)  # validates the optimiser, schedule, batch, augmentation
 
     def sweeps(self, network: str) -> tuple[str, ...]:
-        return (OFFSET,) if network == "onelip" else SWEEPS
+        if network == "onelip":
+            return (XI,) if self.onelip_loss == "la" else (OFFSET,)
+        return SWEEPS
 
     def values(self, sweep: str) -> tuple[float, ...]:
         return {"tau": self.taus, "margin": self.margins, "alpha": self.alphas,
-                OFFSET: self.offsets}[sweep]
+                OFFSET: self.offsets, XI: self.la_offsets}[sweep]
 
     def budget(self) -> vision.Budget:
         return (vision.Budget(cpu_seconds=float(self.point_budget))
@@ -407,7 +423,7 @@ class ParetoConfig:
     def key(self, network: str, sweep: str, value: float) -> dict:
         """The config of one sub-run (its cache key)."""
         model, fields = self.net_fields(network)
-        loss = (self.onelip_loss_key() if sweep == OFFSET else
+        loss = (self.onelip_loss_key() if sweep in ONELIP_SWEEPS else
                 {"hinge": "one_vs_all", "input_scale": INPUT_SCALE,
                  **({"hkr_margin": self.hkr_margin} if sweep == "alpha" else {})})
         return {"claim": CLAIM, "schema": 2, "network": [model, fields],
@@ -419,15 +435,24 @@ class ParetoConfig:
                 "seed": self.seed}
 
     def onelip_loss_key(self) -> dict:
-        """onelip's loss, without the swept ε (part of the sub-runs' cache key)."""
+        """onelip's loss, without the swept value (part of the sub-runs' cache key)."""
         if self.onelip_loss == "la":
+            return {"name": "la", "temperature": self.offset_temperature,
+                    "epsilon": self.la_epsilon, "gamma": self.la_gamma}
+        if self.onelip_loss == "la-epsilon":
             return {"name": "la", "temperature": self.offset_temperature,
                     "offset": self.la_offset, "gamma": self.la_gamma}
         return {"temperature": self.offset_temperature}  # offset-ce (schema 2's key)
 
-    def onelip_loss_at(self, epsilon_255: float, lipschitz: float):
-        """onelip's loss at ε = ``epsilon_255``/255 for a network of certified bound L."""
+    def onelip_loss_at(self, value: float, lipschitz: float):
+        """onelip's loss at the swept ``value`` (LA's ξ with ``"la"``, else ε in 1/255) for a
+        network of certified bound L."""
         if self.onelip_loss == "la":
+            return losses.LogitAnnealingLoss(self.la_epsilon / 255, offset=value,
+                                             temperature=self.offset_temperature,
+                                             gamma=self.la_gamma, lipschitz=lipschitz)
+        epsilon_255 = value
+        if self.onelip_loss == "la-epsilon":
             return losses.LogitAnnealingLoss(epsilon_255 / 255, offset=self.la_offset,
                                              temperature=self.offset_temperature,
                                              gamma=self.la_gamma, lipschitz=lipschitz)
@@ -446,7 +471,8 @@ class ParetoConfig:
         networks; on the scikit-learn digits unless ``--data`` is given."""
         return cls(data="digits", val_fraction=0.2, n_train=4000, n_val=1000,
                    taus=(0.1, 3.0), margins=(10.0, 50.0), alphas=(10.0, 100.0),
-                   offsets=(0.0, 72.0), point_budget=None, epochs=3.0, paper_batch_size=128,
+                   offsets=(0.0, 72.0), la_offsets=(0.0, 4.0), point_budget=None, epochs=3.0,
+                   paper_batch_size=128,
                    paper_lr=3e-3, onelip_batch_size=128, onelip_lr=3e-3,
                    paper_net=(("preset", "bethune-vgg"), ("width", 16)),
                    onelip_net=(("width", 16), ("blocks", 3), ("depth", 2)))
@@ -526,7 +552,7 @@ def _point(cfg: ParetoConfig, network: str, sweep: str, value: float,
         model, fields = cfg.net_fields(network)
         net = vision.build_network(model, fields, data, seed=cfg.seed,
                                    normalize=cfg.onelip_inputs if network == "onelip" else False)
-        if sweep == OFFSET:
+        if sweep in ONELIP_SWEEPS:
             from onelip.certify import lipschitz_bound
 
             lip = float(lipschitz_bound(net))
@@ -684,6 +710,29 @@ def _value_text(sweep: str, value: float) -> str:
     return f"{_SYMBOL[sweep]} = {value:g}"
 
 
+def _onelip_sweep(cfg: dict) -> tuple[str, tuple, str]:
+    """(sweep, values, the loss in words) of onelip's part, from a stored config (one
+    written before ``onelip_loss`` existed swept the offset cross-entropy)."""
+    loss = cfg.get("onelip_loss", "offset-ce")
+    t = cfg.get("offset_temperature")
+    if loss == "la":
+        return XI, tuple(cfg.get("la_offsets", ())), (
+            f"Logit Annealing (ε = {cfg.get('la_epsilon'):g}/255, T = {t:g}, γ = "
+            f"{cfg.get('la_gamma'):g}, ε ramp {cfg.get('onelip_epsilon_ramp', 0):g}), its "
+            "offset ξ swept")
+    if loss == "la-epsilon":
+        return OFFSET, tuple(cfg.get("offsets", ())), (
+            f"Logit Annealing (ξ = {cfg.get('la_offset'):g}, T = {t:g}, γ = "
+            f"{cfg.get('la_gamma'):g}, ε ramp {cfg.get('onelip_epsilon_ramp', 0):g}), its "
+            "EMMA radius ε swept")
+    return OFFSET, tuple(cfg.get("offsets", ())), (
+        f"the offset cross-entropy (T = {t:g}), its offset ξ = 2√2·L·ε swept")
+
+
+def _setting_text(sweep: str, value: float) -> str:
+    return f"ξ = {value:g}" if sweep == XI else f"ε = {value:g}/255"
+
+
 def tables(results: dict) -> list[dict]:
     cfg = results["config"]
     nets = results["networks"]
@@ -723,16 +772,18 @@ def tables(results: dict) -> list[dict]:
                           "budget"], rows))
     if "onelip" in cfg["networks"] or results.get("saved"):
         rows = []
-        for value in (cfg["offsets"] if "onelip" in cfg["networks"] else []):
-            r = next((x for x in nets.get("onelip", {}).get(OFFSET, [])
+        osweep, ovalues, owords = _onelip_sweep(cfg)
+        for value in (ovalues if "onelip" in cfg["networks"] else []):
+            r = next((x for x in nets.get("onelip", {}).get(osweep, [])
                       if x["value"] == value), None)
+            setting = _setting_text(osweep, value)
             if r is None:
-                rows.append([f"ε = {value:g}/255", "", "not run", "", "", "", ""])
+                rows.append([setting, "", "not run", "", "", "", ""])
             elif not _ok(r):
-                rows.append([f"ε = {value:g}/255", r.get("loss", ""),
+                rows.append([setting, r.get("loss", ""),
                              f"failed: {r.get('diverged')}", "", "", "", _budget_cell(r)])
             else:
-                rows.append([f"ε = {value:g}/255", r.get("loss", ""), _pct(r["val_acc"]),
+                rows.append([setting, r.get("loss", ""), _pct(r["val_acc"]),
                              _pct(r["certified"]["36"]), _pct(r["certified"]["72"]),
                              _pct(r["certified"]["108"]), _budget_cell(r)])
         for p in results.get("saved", []):
@@ -742,7 +793,7 @@ def tables(results: dict) -> list[dict]:
                          f"{p['budget']}: {p['epochs'] or '?'} epochs ({p['split']})"])
         net = cfg.get("onelip_net")
         out.append(table(f"onelip's network (lipconvnet {net}, layer {cfg.get('onelip_layer')}, "
-                         f"{cfg.get('onelip_inputs')} inputs) under the offset cross-entropy: "
+                         f"{cfg.get('onelip_inputs')} inputs) under {owords}: "
                          f"validation accuracy (%) ({_protocol(results)})",
                          ["setting", "loss", "clean", "cert@36", "cert@72", "cert@108",
                           "budget"], rows))
@@ -771,7 +822,7 @@ def verdicts(results: dict) -> list[dict]:
     # (a) the order along the front, per network and loss
     paper_order = {s: order(s, [(v, c, r) for v, (c, r) in PAPER[s].items()]) for s in SWEEPS}
     for network in NETWORKS:
-        for sweep in (SWEEPS if network != "onelip" else (OFFSET,)):
+        for sweep in (SWEEPS if network != "onelip" else ONELIP_SWEEPS):
             rs = [r for r in nets.get(network, {}).get(sweep, []) if _ok(r)]
             if len(rs) < 2:
                 continue
@@ -785,6 +836,9 @@ def verdicts(results: dict) -> list[dict]:
                                 f"{v:g}: {_pct(c)}/{_pct(r)}" for v, c, r in p["rows"])
                             + f"; ρ(clean) {p['rho_clean']:+.2f}, ρ(cert) "
                             f"{p['rho_certified']:+.2f})")
+            elif sweep == XI:
+                research = ("a larger offset ξ asks for a larger margin: more certified, less "
+                            "clean accuracy (Prach et al.; LA, Lai et al.)")
             else:
                 research = ("a larger offset asks for a larger margin: more certified, less "
                             "clean accuracy (Prach et al.)")
@@ -870,7 +924,7 @@ def plot(results: dict, outdir: Path) -> list[str]:
 
     fig = Figure(figsize=(9.0, 5.0), layout="constrained")
     ax = fig.subplots()
-    markers = {"tau": "o", "margin": "s", "alpha": "^", OFFSET: "D"}
+    markers = {"tau": "o", "margin": "s", "alpha": "^", OFFSET: "D", XI: "D"}
     for sweep, pts in PAPER.items():
         ax.scatter(*zip(*pts.values()), marker=markers[sweep], facecolors="none",
                    edgecolors="0.35", label=f"paper, Fig. 3: {_LOSS[sweep]}")
