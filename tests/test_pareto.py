@@ -22,7 +22,8 @@ from onelip.experiments.common import SubRuns, config_dict
 # ==== the paper's network and settings ======================================================
 
 
-@pytest.mark.parametrize("network, params", [("paper-spectral", 489_322),
+@pytest.mark.parametrize("network, params", [("paper-rko", 489_322),
+                                             ("paper-spectral", 489_322),
                                              ("paper-ortho", 197_738)])
 def test_the_papers_network_has_the_papers_parameter_count(network, params):
     from onelip import models
@@ -31,9 +32,10 @@ def test_the_papers_network_has_the_papers_parameter_count(network, params):
     net, _ = models.build(name, input_shape=(3, 32, 32), num_outputs=10, **fields)
     assert sum(p.numel() for p in net.parameters()) == params
     convs = [m for m in net.modules() if type(m).__name__.endswith("Conv2d")]
-    kind = "SpectralConv2d" if network == "paper-spectral" else "OrthoConv2d"
+    kind = {"paper-rko": "RKOConv2d", "paper-spectral": "SpectralConv2d",
+            "paper-ortho": "OrthoConv2d"}[network]
     assert len(convs) == 8 and {type(m).__name__ for m in convs} == {kind}
-    if network == "paper-spectral":  # dense 3×3 kernels: in·out·9 weights + out biases each
+    if network != "paper-ortho":  # dense 3×3 kernels: in·out·9 weights + out biases each
         widths = [(3, 32), (32, 32), (32, 64), (64, 64), (64, 64), (64, 128), (128, 128),
                   (128, 128)]
         assert [m.weight.shape for m in convs] == [(o, i, 3, 3) for i, o in widths]

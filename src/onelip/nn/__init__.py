@@ -45,6 +45,7 @@ from onelip.nn.pooling import (
     ToImage,
 )
 from onelip.nn.residual import ConvexResidual, SLLBlock, SLLConv2d
+from onelip.nn.rko import RKOConv2d
 from onelip.nn.sequential import Sequential, module_lipschitz_bound
 from onelip.nn.shift import PositionBias, ShiftConv2d, SpatialShift
 from onelip.nn.soc import ConvSeries2d, SOCConv2d
@@ -72,6 +73,7 @@ CONV_LAYERS: MappingProxyType[str, type[ConstrainedLayer]] = MappingProxyType({
     "bro": BROConv2d,
     "liresnet": LiResConv2d,
     "shift": ShiftConv2d,
+    "rko": RKOConv2d,
 })
 """Convolution families by name (``layer=`` of the convolutional models), each built by
 ``cls.for_shape(c_in, c_out, k, stride=s, input_size=(H, W))`` (docs/layers.md); 'sll' is a
@@ -111,6 +113,7 @@ __all__ = [
     "OrthoConv2d",
     "OrthoLinear",
     "PositionBias",
+    "RKOConv2d",
     "Residual",
     "SLLBlock",
     "SLLConv2d",
