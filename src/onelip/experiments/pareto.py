@@ -124,7 +124,8 @@ _NET_LABEL = {"paper-rko": "the paper's VGG in onelip, RKOConv2d (the paper's RK
                                 "parameters)",
               "paper-ortho": "the paper's VGG in onelip, OrthoConv2d",
               "onelip": "onelip's network"}
-_SHORT = {"paper-rko": "paper VGG, RKO", "paper-spectral": "paper VGG, spectral", "paper-ortho": "paper VGG, ortho",
+_SHORT = {"paper-rko": "paper VGG, RKO", "paper-spectral": "paper VGG, spectral",
+          "paper-ortho": "paper VGG, ortho",
           "onelip": "onelip"}
 _LOSS = {"tau": "τ-CE", "margin": "hinge", "alpha": "HKR (m = 20)", OFFSET: "margin loss",
          XI: "LA"}
@@ -932,7 +933,8 @@ def plot(results: dict, outdir: Path) -> list[str]:
         ax.scatter(*zip(*pts.values()), marker=markers[sweep], facecolors="none",
                    edgecolors="0.35", label=f"paper, Fig. 3: {_LOSS[sweep]}")
     ax.plot(*zip(*PAPER_FRONT), color="0.35", ls="--", lw=0.8)
-    colors = {"paper-rko": "#67000d", "paper-spectral": "#a50f15", "paper-ortho": "#fd8d3c", "onelip": "#08519c"}
+    colors = {"paper-rko": "#67000d", "paper-spectral": "#a50f15", "paper-ortho": "#fd8d3c",
+              "onelip": "#08519c"}
     for network in NETWORKS:
         sweeps = results["networks"].get(network, {})
         for sweep, rs in sweeps.items():
