@@ -71,6 +71,8 @@ def _image_cases() -> dict[str, Callable[[bool], nn.Module]]:
         "AOLConv2d": lambda bias: _perturbed(onn.AOLConv2d(c, 5, 3, bias=bias,
                                                            learnable_q=True)),
         "AOLConv2d_stride2": lambda bias: onn.AOLConv2d(c, 8, 3, stride=2, bias=bias),
+        "RKOConv2d": lambda bias: _perturbed(onn.RKOConv2d(c, 5, 3, bias=bias)),
+        "RKOConv2d_stride2": lambda bias: onn.RKOConv2d(c, 8, 3, stride=2, bias=bias),
         "CPLConv2d": lambda bias: onn.CPLConv2d(c, 5, 3, input_size=(h, w), bias=bias),
         "CPLConv2d_stride2": lambda bias: onn.CPLConv2d(c, 8, 3, input_size=(h, w), stride=2,
                                                         bias=bias),
