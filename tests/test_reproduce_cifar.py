@@ -135,10 +135,10 @@ def test_pareto_on_an_image_folder_writes_results_verdicts_and_figure(tmp_path, 
     out = tmp_path / "claims"
     r = pareto.run(cfg, out=out, progress=False)
     nets = r["networks"]
-    assert set(nets) == set(pareto.NETWORKS)
-    assert set(nets["paper-spectral"]) == set(nets["paper-ortho"]) == set(pareto.SWEEPS)
+    assert set(nets) == set(cfg.networks) == {"paper-rko", "paper-ortho", "onelip"}
+    assert set(nets["paper-rko"]) == set(nets["paper-ortho"]) == set(pareto.SWEEPS)
     assert set(nets["onelip"]) == set(cfg.sweeps("onelip")) == {pareto.XI}
-    for network in ("paper-spectral", "paper-ortho"):
+    for network in ("paper-rko", "paper-ortho"):
         for rs in nets[network].values():
             for x in rs:
                 assert x["n_train"] == 36 and x["n_val"] == 12, "25 % of 48 training images"
