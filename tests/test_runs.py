@@ -418,6 +418,7 @@ _EXAMPLES = {  # name: (an instance with arguments off their defaults, the shape
     "AOLConv2d": (lambda: onn.AOLConv2d(4, 6, 3, stride=2, padding_mode="circular",
                                         learnable_q=True), _IMG),
     "AOLLinear": (lambda: onn.AOLLinear(4, 3, bias=False, learnable_q=True), _VEC),
+    "RKOConv2d": (lambda: onn.RKOConv2d(4, 6, 3, stride=2, iterations=10), _IMG),
     "CPLConv2d": (lambda: onn.CPLConv2d(4, 6, 3, input_size=(4, 4), stride=2,
                                         inner_channels=5), _IMG),
     "CPLLinear": (lambda: onn.CPLLinear(4, 3, inner_features=6, bias=False), _VEC),
